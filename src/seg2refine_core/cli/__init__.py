@@ -1,0 +1,47 @@
+"""The ``seg2refine`` command line. Each subcommand lives in its own module with ``add_parser`` and ``run``.
+
+Subcommand modules import heavy libraries inside ``run`` so that ``seg2refine --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ..errors import Seg2RefineError, StopRequested
+
+SUBCOMMANDS = ("phantom", "evaluate", "models", "train", "predict", "benchmark", "demo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="seg2refine",
+        description="Coronary artery segmentation in CCTA: SFANet (2D, stage 1) + 3D Attention-GAN (stage 2).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in SUBCOMMANDS:
+        module = importlib.import_module(f"{__name__}.{name}")
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args.run(args)
+    except Seg2RefineError as err:
+        print(f"seg2refine {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except StopRequested:
+        print(f"seg2refine {args.command}: stopped", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print(f"seg2refine {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,16 @@
+"""`seg2refine phantom`: placeholder until its issue lands."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..errors import Seg2RefineError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("phantom", help="(not available yet)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    raise Seg2RefineError("'phantom' is not implemented yet")

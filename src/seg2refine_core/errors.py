@@ -1,0 +1,21 @@
+"""User-facing errors. Each message names the file (or option) and the problem in one line."""
+
+
+class Seg2RefineError(Exception):
+    """Base class: the CLI prints the message without a traceback and exits with status 2."""
+
+
+class VolumeError(Seg2RefineError):
+    """A CT volume or mask file that cannot be used (missing, corrupt, wrong shape, bad values)."""
+
+
+class DatasetError(Seg2RefineError):
+    """A dataset folder or split table that cannot be understood."""
+
+
+class CheckpointError(Seg2RefineError):
+    """A checkpoint whose files are missing, unsafe, or do not match their config."""
+
+
+class StopRequested(Exception):
+    """Raised inside long-running work when the caller's ``should_stop()`` returns True."""
