@@ -58,7 +58,8 @@ def build_model(config: dict[str, Any]) -> nn.Module:
     try:
         return model_class(config["architecture"])(**config.get("model", {}))
     except TypeError as err:
-        raise CheckpointError(f"model settings {config.get('model')} do not fit {config['architecture']}: {err}") from None
+        message = f"model settings {config.get('model')} do not fit {config['architecture']}: {err}"
+        raise CheckpointError(message) from None
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, config: dict[str, Any]) -> Path:
@@ -123,7 +124,11 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], name: st
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     extra = sorted(set(state) - set(own))
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
     if missing or extra or shapes:
         parts = []
         if missing:

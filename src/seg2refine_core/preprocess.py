@@ -1,0 +1,200 @@
+"""CT preprocessing (paper: "Data preparation"): HU window, then in-plane unsharp masking => X'.
+
+``X' = clip(W + amount * (W - G_sigma * W), 0, 1)`` with ``W = clip((HU - (center - width/2)) / width, 0, 1)``
+(window center 200 HU, width 600 HU: -100 HU -> 0, 200 HU -> 0.5, 500 HU -> 1).
+
+Choices the paper leaves open, fixed here:
+
+- The Gaussian of the unsharp mask is **in-plane only** (sigma 0 along z): stage 1 sees single axial slices
+  and the z spacing is usually coarser than the in-plane one, so blurring across slices would mix anatomy.
+- ``unsharp_radius`` is the Gaussian sigma in **voxels** by default (``radius_units="voxels"``, default 1.0),
+  because neither stage resamples: the networks see the pixel grid, so a pixel-sized sharpening gives them the
+  same kind of input whatever the field of view. ``radius_units="mm"`` converts with the in-plane spacing.
+- Clipping to [0, 1] after sharpening keeps X' a valid image for both stages (overshoot is cut at the ends).
+- ``unsharp_amount=0`` (or radius 0) gives the pure window.
+
+Memory: :func:`preprocess` writes into one float32 output (or a caller's array, e.g. a memory-mapped cache)
+and works through ``chunk_slices`` axial slices at a time, so the extra memory is a few chunk-sized buffers,
+not full-volume temporaries. Since the filter has no extent along z, chunking gives bit-identical results.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+from skimage.filters import unsharp_mask as _sk_unsharp_mask
+
+from .errors import Seg2RefineError, VolumeError
+from .progress import ProgressFn, StopFn, check_stop
+
+RADIUS_UNITS = ("voxels", "mm")
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Preprocessing parameters; stored in checkpoint JSON via :meth:`to_dict` / :meth:`from_dict`.
+
+    window_center, window_width: HU window (paper: 200 / 600).
+    unsharp_radius: Gaussian sigma of the unsharp mask, in-plane, in ``radius_units`` ("voxels" or "mm").
+    unsharp_amount: gain of the high-pass term; 0 disables sharpening.
+    """
+
+    window_center: float = 200.0
+    window_width: float = 600.0
+    unsharp_radius: float = 1.0
+    unsharp_amount: float = 1.0
+    radius_units: str = "voxels"
+
+    def __post_init__(self) -> None:
+        for name in ("window_center", "window_width", "unsharp_radius", "unsharp_amount"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise Seg2RefineError(f"preprocessing option {name} must be a finite number, got {value!r}")
+        if self.window_width <= 0:
+            raise Seg2RefineError(f"preprocessing option window_width must be > 0, got {self.window_width}")
+        if self.unsharp_radius < 0:
+            raise Seg2RefineError(
+                f"preprocessing option unsharp_radius must be >= 0, got {self.unsharp_radius}"
+            )
+        if self.unsharp_amount < 0:
+            raise Seg2RefineError(
+                f"preprocessing option unsharp_amount must be >= 0, got {self.unsharp_amount}"
+            )
+        if self.radius_units not in RADIUS_UNITS:
+            raise Seg2RefineError(
+                f"preprocessing option radius_units must be one of {RADIUS_UNITS}, got {self.radius_units!r}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict of all options."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PreprocessConfig:
+        """Inverse of :meth:`to_dict`. Missing keys take their defaults; unknown keys are an error."""
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise Seg2RefineError(
+                f"unknown preprocessing option(s) {', '.join(map(repr, unknown))} (known: {', '.join(known)})"
+            )
+        return cls(**dict(data))
+
+    def sigma_yx(self, spacing: Sequence[float] | None = None) -> tuple[float, float]:
+        """In-plane Gaussian sigma ``(sigma_y, sigma_x)`` in voxels; ``spacing`` is ``(sz, sy, sx)`` mm."""
+        if self.radius_units == "voxels":
+            return (float(self.unsharp_radius), float(self.unsharp_radius))
+        if spacing is None or len(spacing) != 3:
+            raise Seg2RefineError(
+                f"preprocessing option radius_units='mm' needs the (sz, sy, sx) spacing, got {spacing!r}"
+            )
+        sy, sx = float(spacing[1]), float(spacing[2])
+        if not (sy > 0 and sx > 0):
+            raise Seg2RefineError(f"in-plane spacing must be > 0 mm for radius_units='mm', got {spacing!r}")
+        return (self.unsharp_radius / sy, self.unsharp_radius / sx)
+
+
+def hu_window(
+    array_hu: np.ndarray, center: float = 200.0, width: float = 600.0, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Map HU linearly so that ``center -/+ width/2`` -> 0/1, clipped to [0, 1]; float32, same shape.
+
+    ``out`` (float32, same shape) receives the result without a further temporary.
+    """
+    if not width > 0:
+        raise Seg2RefineError(f"HU window width must be > 0, got {width}")
+    if out is None:
+        out = np.empty(np.shape(array_hu), dtype=np.float32)
+    low = np.float32(center - width / 2.0)
+    np.subtract(array_hu, low, out=out, casting="unsafe")
+    np.multiply(out, np.float32(1.0 / width), out=out)
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+def unsharp_mask(
+    x01: np.ndarray,
+    radius: float | Sequence[float] = 1.0,
+    amount: float = 1.0,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """In-plane unsharp mask of a windowed ``(y, x)`` image or ``(z, y, x)`` volume in [0, 1] -> float32.
+
+    ``radius``: Gaussian sigma in voxels, a scalar or ``(sigma_y, sigma_x)``; nothing is blurred along z.
+    The whole input is filtered at once: for big volumes use :func:`preprocess`, which works in z-chunks.
+    """
+    x01 = np.asarray(x01)
+    if x01.ndim not in (2, 3):
+        raise VolumeError(f"unsharp_mask expects a (y, x) image or (z, y, x) volume, got shape {x01.shape}")
+    sigma = (float(radius), float(radius)) if np.isscalar(radius) else tuple(float(r) for r in radius)
+    if len(sigma) != 2 or min(sigma) < 0 or amount < 0:
+        raise Seg2RefineError(
+            f"unsharp_mask needs radius >= 0 (one or two values) and amount >= 0, got {radius}, {amount}"
+        )
+    if out is None:
+        out = np.empty(x01.shape, dtype=np.float32)
+    if amount == 0 or max(sigma) == 0:
+        return np.clip(x01, 0.0, 1.0, out=out, casting="unsafe")
+    full_sigma = sigma if x01.ndim == 2 else (0.0, *sigma)
+    sharpened = _sk_unsharp_mask(
+        x01.astype(np.float32, copy=False), radius=full_sigma, amount=float(amount), preserve_range=True
+    )
+    return np.clip(sharpened, 0.0, 1.0, out=out, casting="unsafe")
+
+
+def preprocess(
+    array_hu: np.ndarray,
+    spacing: Sequence[float] | None = None,
+    config: PreprocessConfig | None = None,
+    *,
+    out: np.ndarray | None = None,
+    chunk_slices: int = 16,
+    progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+) -> np.ndarray:
+    """HU volume ``(z, y, x)`` (any real dtype) -> X', float32 ``(z, y, x)`` in [0, 1].
+
+    spacing: ``(sz, sy, sx)`` mm, needed only when ``config.radius_units == "mm"``.
+    out: optional float32 array of the same shape to fill (e.g. a ``np.memmap`` cache); returned.
+    chunk_slices: axial slices processed at a time (bounds the extra memory; results do not depend on it).
+    """
+    config = PreprocessConfig() if config is None else config
+    if np.ndim(array_hu) != 3:
+        raise VolumeError(f"preprocess expects a (z, y, x) volume, got shape {np.shape(array_hu)}")
+    if out is None:
+        out = np.empty(array_hu.shape, dtype=np.float32)
+    elif out.shape != array_hu.shape or out.dtype != np.float32:
+        raise VolumeError(f"preprocess output must be float32 {array_hu.shape}, got {out.dtype} {out.shape}")
+    if chunk_slices < 1:
+        raise Seg2RefineError(f"chunk_slices must be >= 1, got {chunk_slices}")
+    sigma = config.sigma_yx(spacing)
+    sharpen = config.unsharp_amount > 0 and max(sigma) > 0
+    nz = array_hu.shape[0]
+    buffer = np.empty((min(chunk_slices, nz), *array_hu.shape[1:]), dtype=np.float32) if sharpen else None
+    for z0 in range(0, nz, chunk_slices):
+        check_stop(should_stop)
+        z1 = min(z0 + chunk_slices, nz)
+        if buffer is None:
+            hu_window(array_hu[z0:z1], config.window_center, config.window_width, out=out[z0:z1])
+        else:
+            windowed = hu_window(
+                array_hu[z0:z1], config.window_center, config.window_width, out=buffer[: z1 - z0]
+            )
+            unsharp_mask(windowed, sigma, config.unsharp_amount, out=out[z0:z1])
+        if progress is not None:
+            progress(z1, nz, "preprocess")
+    return out
+
+
+def preprocess_slice(
+    slice_hu: np.ndarray, spacing_yx: Sequence[float] | None = None, config: PreprocessConfig | None = None
+) -> np.ndarray:
+    """One axial slice ``(y, x)`` in HU -> float32 ``(y, x)`` in [0, 1]; identical to that slice of
+    :func:`preprocess` (the filter is in-plane). ``spacing_yx`` is ``(sy, sx)`` mm, only for mm radii."""
+    if np.ndim(slice_hu) != 2:
+        raise VolumeError(f"preprocess_slice expects a (y, x) slice, got shape {np.shape(slice_hu)}")
+    spacing = None if spacing_yx is None else (1.0, *spacing_yx)
+    return preprocess(np.asarray(slice_hu)[None], spacing, config)[0]

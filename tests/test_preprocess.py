@@ -1,0 +1,132 @@
+import json
+
+import numpy as np
+import pytest
+
+from seg2refine_core.errors import Seg2RefineError, StopRequested, VolumeError
+from seg2refine_core.preprocess import (
+    PreprocessConfig,
+    hu_window,
+    preprocess,
+    preprocess_slice,
+    unsharp_mask,
+)
+
+
+def test_window_maps_edges_and_center():
+    hu = np.array([-100.0, 200.0, 500.0, 50.0], dtype=np.float32)
+    out = hu_window(hu, center=200.0, width=600.0)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, [0.0, 0.5, 1.0, 0.25], atol=1e-6)
+
+
+def test_window_clips_and_accepts_integer_hu():
+    hu = np.array([[-1024, -101, 501, 3000]], dtype=np.int16)
+    out = hu_window(hu, 200.0, 600.0)
+    assert out.dtype == np.float32 and out.shape == hu.shape
+    np.testing.assert_array_equal(out, [[0.0, 0.0, 1.0, 1.0]])
+
+
+def test_window_rejects_bad_width():
+    with pytest.raises(Seg2RefineError, match="width"):
+        hu_window(np.zeros(3), 200.0, 0.0)
+
+
+def _step_image() -> np.ndarray:
+    image = np.full((32, 32), 0.3, dtype=np.float32)
+    image[:, 16:] = 0.7
+    return image
+
+
+def test_unsharp_overshoots_at_edge_and_keeps_far_field():
+    image = _step_image()
+    sharp = unsharp_mask(image, radius=1.5, amount=1.0)
+    assert sharp.dtype == np.float32
+    assert sharp[16, 16] > 0.7 + 0.05  # bright side next to the step overshoots
+    assert sharp[16, 15] < 0.3 - 0.05  # dark side undershoots
+    np.testing.assert_allclose(sharp[:, :8], 0.3, atol=1e-5)
+    np.testing.assert_allclose(sharp[:, 24:], 0.7, atol=1e-5)
+    assert sharp.min() >= 0.0 and sharp.max() <= 1.0
+
+
+def test_unsharp_clips_to_unit_range():
+    image = np.zeros((16, 16), dtype=np.float32)
+    image[:, 8:] = 1.0
+    sharp = unsharp_mask(image, radius=1.0, amount=3.0)
+    assert sharp.min() == 0.0 and sharp.max() == 1.0
+
+
+def test_unsharp_leaves_constant_image_constant():
+    image = np.full((4, 20, 20), 0.42, dtype=np.float32)
+    np.testing.assert_allclose(unsharp_mask(image, radius=2.0, amount=2.0), 0.42, atol=1e-6)
+
+
+def test_unsharp_is_in_plane_only():
+    volume = np.empty((8, 12, 12), dtype=np.float32)
+    volume[:] = np.linspace(0.0, 1.0, 8, dtype=np.float32)[:, None, None]  # varies along z only
+    volume[4] = 0.9  # a sharp jump between slices
+    np.testing.assert_allclose(unsharp_mask(volume, radius=2.0, amount=1.0), volume, atol=1e-6)
+    hu = volume * 600.0 - 100.0
+    np.testing.assert_allclose(preprocess(hu), hu_window(hu), atol=1e-6)
+
+
+def test_amount_zero_is_pure_window():
+    rng = np.random.default_rng(0)
+    hu = rng.uniform(-1000, 1500, size=(5, 16, 16)).astype(np.float32)
+    out = preprocess(hu, config=PreprocessConfig(unsharp_amount=0.0))
+    np.testing.assert_array_equal(out, hu_window(hu))
+
+
+def test_preprocess_is_chunk_invariant_and_matches_slices():
+    rng = np.random.default_rng(1)
+    hu = rng.normal(150, 300, size=(7, 24, 20)).astype(np.int16)
+    whole = preprocess(hu, chunk_slices=100)
+    assert whole.dtype == np.float32 and whole.shape == hu.shape
+    assert whole.min() >= 0.0 and whole.max() <= 1.0
+    np.testing.assert_array_equal(preprocess(hu, chunk_slices=1), whole)
+    np.testing.assert_array_equal(preprocess(hu, chunk_slices=3), whole)
+    np.testing.assert_array_equal(preprocess_slice(hu[5]), whole[5])
+    per_slice = np.stack([unsharp_mask(hu_window(s)) for s in hu])
+    np.testing.assert_allclose(whole, per_slice, atol=1e-6)
+
+
+def test_preprocess_fills_out_reports_progress_and_stops(tmp_path):
+    hu = np.zeros((5, 8, 8), dtype=np.float32)
+    out = np.lib.format.open_memmap(tmp_path / "cache.npy", mode="w+", dtype=np.float32, shape=hu.shape)
+    calls = []
+    result = preprocess(hu, out=out, chunk_slices=2, progress=lambda d, t, i: calls.append((d, t)))
+    assert result is out
+    np.testing.assert_allclose(out, 1.0 / 6.0, atol=1e-6)
+    assert calls == [(2, 5), (4, 5), (5, 5)]
+    with pytest.raises(StopRequested):
+        preprocess(hu, should_stop=lambda: True)
+    with pytest.raises(VolumeError, match="float32"):
+        preprocess(hu, out=np.zeros(hu.shape, dtype=np.float64))
+    with pytest.raises(VolumeError, match=r"\(z, y, x\)"):
+        preprocess(hu[0])
+
+
+def test_radius_in_mm_uses_in_plane_spacing():
+    rng = np.random.default_rng(2)
+    hu = rng.uniform(-200, 600, size=(3, 16, 16)).astype(np.float32)
+    mm = PreprocessConfig(unsharp_radius=1.0, radius_units="mm")
+    voxels = PreprocessConfig(unsharp_radius=2.0)
+    np.testing.assert_array_equal(preprocess(hu, (3.0, 0.5, 0.5), mm), preprocess(hu, None, voxels))
+    assert mm.sigma_yx((3.0, 0.5, 0.25)) == (2.0, 4.0)
+    with pytest.raises(Seg2RefineError, match="spacing"):
+        preprocess(hu, None, mm)
+
+
+def test_config_round_trip_and_validation():
+    config = PreprocessConfig(window_center=300.0, window_width=800.0, unsharp_radius=1.5, unsharp_amount=0.5)
+    data = json.loads(json.dumps(config.to_dict()))
+    assert PreprocessConfig.from_dict(data) == config
+    assert PreprocessConfig.from_dict({}) == PreprocessConfig()
+    with pytest.raises(Seg2RefineError, match="unknown preprocessing option.*'gamma'"):
+        PreprocessConfig.from_dict({**data, "gamma": 2.0})
+    with pytest.raises(Seg2RefineError, match="window_width"):
+        PreprocessConfig(window_width=-1.0)
+    with pytest.raises(Seg2RefineError, match="unsharp_amount"):
+        PreprocessConfig.from_dict({"unsharp_amount": "much"})
+    with pytest.raises(Seg2RefineError, match="radius_units"):
+        PreprocessConfig(radius_units="pixels")
