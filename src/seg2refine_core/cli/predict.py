@@ -1,16 +1,122 @@
-"""`seg2refine predict`: placeholder until its issue lands."""
+"""`seg2refine predict`: run stage 1 (S) and/or stage 2 (Y) on one volume or a folder of volumes."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from ..devices import DEVICE_CHOICES
 from ..errors import Seg2RefineError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("predict", help="(not available yet)")
+    p = sub.add_parser(
+        "predict",
+        help="segment CCTA volumes: S (stage 1) and Y (stage 2)",
+        description=(
+            "Segment one volume or every volume in a folder (.nii, .nii.gz, .nrrd; ImageCAS '<id>.img.nii.gz' names "
+            "give '<id>'). Writes <id>.s.nii.gz (stage 1) and <id>.y.nii.gz (stage 2) with the input's geometry. "
+            "With neither --stage1 nor --stage2, both stages use the bundled demo weights; with --stage1 alone, only "
+            "stage 1 runs; with --stage2 alone, stage 1 uses the bundled weights. The model stays loaded across "
+            "the cohort and only one volume is held in memory at a time."
+        ),
+    )
+    p.add_argument("inputs", type=Path, nargs="+", metavar="IMAGE_OR_DIR")
+    p.add_argument("--stage1", metavar="CKPT", help="stage-1 (SFANet) checkpoint, or 'bundled'")
+    p.add_argument("--stage2", metavar="CKPT", help="stage-2 (3D Attention-GAN) checkpoint, or 'bundled'")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    p.add_argument("--save-prob", action="store_true", help="also write probabilities <id>.s_prob / <id>.y_prob")
+    p.add_argument("--threshold", type=float, default=0.5, help="probability threshold for masks (default 0.5)")
+    p.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICE_CHOICES)} (default auto)")
+    p.add_argument("--batch-size", type=int, default=4, help="axial slices per stage-1 batch (default 4)")
+    p.add_argument("--overlap", type=float, default=0.25, help="stage-2 sliding-window overlap (default 0.25)")
+    p.add_argument("--sw-batch-size", type=int, default=1, help="stage-2 windows per batch (default 1)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
     p.set_defaults(run=run)
 
 
+def resolve_stages(stage1: str | None, stage2: str | None) -> tuple[str | None, str | None]:
+    """Map the CLI's --stage1/--stage2 to checkpoint paths ('' = bundled, None = stage not run)."""
+    if stage1 is None and stage2 is None:
+        return "", ""
+    s1 = "" if stage1 in (None, "bundled") else stage1
+    s2 = None if stage2 is None else ("" if stage2 == "bundled" else stage2)
+    return s1, s2
+
+
+def list_inputs(inputs: list[Path]) -> list[tuple[str, Path]]:
+    """(case id, image path) for files and folders; label files (``*.label.*``) in folders are skipped."""
+    from ..volume import SUPPORTED_SUFFIXES, strip_suffix
+
+    found: list[tuple[str, Path]] = []
+    for item in inputs:
+        if item.is_dir():
+            files = sorted(
+                p for p in item.rglob("*")
+                if p.is_file() and p.name.lower().endswith(SUPPORTED_SUFFIXES) and ".label." not in p.name
+                and not p.name.startswith(".")
+            )
+            if not files:
+                raise Seg2RefineError(f"{item}: no .nii, .nii.gz or .nrrd volumes found")
+        elif item.exists():
+            files = [item]
+        else:
+            raise Seg2RefineError(f"{item}: file or folder not found")
+        for path in files:
+            case_id = strip_suffix(path)
+            found.append((case_id[: -len(".img")] if case_id.endswith(".img") else case_id, path))
+    ids = [c for c, _ in found]
+    dupes = sorted({c for c in ids if ids.count(c) > 1})
+    if dupes:
+        raise Seg2RefineError(f"several inputs share the case id(s) {', '.join(dupes[:5])}; give them separately")
+    return found
+
+
 def run(args: argparse.Namespace) -> int:
-    raise Seg2RefineError("'predict' is not implemented yet")
+    import time
+
+    from ..devices import resolve_device
+    from ..inference import load_stage, run_pipeline
+    from ..progress import tqdm_progress
+    from ..volume import read_volume, write_volume
+
+    device = resolve_device(args.device)
+    s1_path, s2_path = resolve_stages(args.stage1, args.stage2)
+    cases = list_inputs(args.inputs)
+    stage1 = load_stage("stage1", s1_path or None, device) if s1_path is not None else None
+    stage2 = load_stage("stage2", s2_path or None, device) if s2_path is not None else None
+    outputs = {"s": stage1 is not None, "y": stage2 is not None}
+    input_paths = {p.resolve() for _, p in cases}
+    planned = []
+    for case_id, path in cases:
+        names = [f"{case_id}.{k}{suffix}.nii.gz" for k, on in outputs.items() if on
+                 for suffix in ("", "_prob") if suffix == "" or args.save_prob]
+        targets = [args.out / n for n in names]
+        clash = [t for t in targets if t.resolve() in input_paths]
+        if clash:
+            raise Seg2RefineError(f"{clash[0]}: output would overwrite an input file; choose another --out")
+        existing = [t for t in targets if t.exists()]
+        if existing and not args.overwrite:
+            raise Seg2RefineError(f"{existing[0]}: already exists; pass --overwrite to replace outputs")
+        planned.append((case_id, path))
+    print(f"device: {device}; stage 1: {stage1.path if stage1 else '-'}; stage 2: {stage2.path if stage2 else '-'}")
+    for case_id, path in planned:
+        volume = read_volume(path)
+        t0 = time.perf_counter()
+        with tqdm_progress(f"{case_id}", unit="step") as progress:
+            result = run_pipeline(
+                volume.array, volume.spacing, stage1, stage2, threshold=args.threshold,
+                batch_size=args.batch_size, overlap=args.overlap, sw_batch_size=args.sw_batch_size,
+                device=device, progress=progress,
+            )
+        written = []
+        for key, mask, prob in (("s", result.s_mask, result.s_prob), ("y", result.y_mask, result.y_prob)):
+            if mask is None:
+                continue
+            written.append(write_volume(args.out / f"{case_id}.{key}.nii.gz", mask, like=volume))
+            if args.save_prob:
+                written.append(write_volume(args.out / f"{case_id}.{key}_prob.nii.gz", prob, like=volume))
+        elapsed = time.perf_counter() - t0
+        print(f"{case_id}: {volume.shape} in {elapsed:.1f} s -> {', '.join(p.name for p in written)}")
+        del volume, result
+    return 0

@@ -1,0 +1,236 @@
+"""Evaluate predicted masks against ground truth files: pair them by case id, score them, write reports.
+
+Naming (design section 5; folders are searched recursively, hidden files are ignored):
+
+- Ground truth: ``<id>.label.nii.gz`` (ImageCAS), or plain ``<id>.nii.gz`` / ``<id>.nrrd`` (ASOCA, generic).
+  When a ground-truth folder holds any ``*.label.*`` file, only those are ground truth, so an ImageCAS folder
+  with ``<id>.img.nii.gz`` beside ``<id>.label.nii.gz`` works as it is.
+- Prediction: the ground truth's name, ``<id>.<ext>``, or ``<id>.<anything>.<ext>`` such as
+  ``<id>.s.nii.gz`` (stage 1) or ``<id>.y.nii.gz`` (stage 2). ``<id>.img.*`` files are CT images and never
+  predictions. When a case has several predictions, ``suffix`` picks one kind (``suffix="y"`` keeps
+  ``<id>.y.<ext>`` only).
+
+Distances use the ground truth's spacing; the prediction must have the ground truth's shape and geometry.
+Each case's metrics are those of :func:`seg2refine_core.metrics.evaluate_case`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import write_text_atomic
+from .errors import DatasetError
+from .metrics import evaluate_case
+from .progress import ProgressFn, StopFn, check_stop
+from .volume import SUPPORTED_SUFFIXES, read_mask, read_volume, strip_suffix
+
+Pair = tuple[str, Path, Path]
+SCALAR_KEYS = (
+    "dice", "hd_mm", "hd95_mm", "b0_pred", "b0_gt", "betti0_error", "cldice", "slice_dice_mean",
+    "slice_dice_undefined",
+)
+_IMAGE_TAG = "img"
+_LABEL_TAG = "label"
+
+
+@dataclass
+class Pairing:
+    """Predictions matched to ground truth: ``pairs`` (id, prediction, ground truth) and the leftovers."""
+
+    pred_path: Path
+    gt_path: Path
+    suffix: str | None = None
+    pairs: list[Pair] = field(default_factory=list)
+    gt_without_pred: list[str] = field(default_factory=list)
+    pred_without_gt: list[Path] = field(default_factory=list)
+
+    def checked(self) -> list[Pair]:
+        """The pairs; :class:`DatasetError` naming both paths and the unpaired ids when there are none."""
+        if self.pairs:
+            return self.pairs
+        kind = f" named <id>.{self.suffix}.<ext>" if self.suffix else ""
+        detail = f"ground-truth ids without a prediction: {_preview(self.gt_without_pred)}"
+        if self.pred_without_gt:
+            orphans = _preview([p.name for p in self.pred_without_gt])
+            detail += f"; predictions without ground truth: {orphans}"
+        raise DatasetError(
+            f"{self.pred_path}: no prediction{kind} pairs with the ground truth in {self.gt_path} ({detail})"
+        )
+
+
+def _is_volume(path: Path) -> bool:
+    return path.is_file() and not path.name.startswith(".") and path.name.lower().endswith(SUPPORTED_SUFFIXES)
+
+
+def _volume_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if _is_volume(p))
+
+
+def _tag(stem: str) -> str:
+    """The last dotted part of a stem (``1.label`` -> ``label``), or '' when there is none."""
+    return stem.rsplit(".", 1)[1] if "." in stem else ""
+
+
+def _gt_id(path: Path) -> str:
+    stem = strip_suffix(path)
+    return stem[: -len(_LABEL_TAG) - 1] if _tag(stem) == _LABEL_TAG else stem
+
+
+def _check_exists(path: Path, what: str) -> None:
+    if not path.exists():
+        raise DatasetError(f"{path}: {what} not found")
+    if path.is_file() and not path.name.lower().endswith(SUPPORTED_SUFFIXES):
+        raise DatasetError(f"{path}: {what} is not a volume file ({', '.join(SUPPORTED_SUFFIXES)})")
+
+
+def _ground_truth(gt_path: Path) -> dict[str, Path]:
+    files = [gt_path] if gt_path.is_file() else _volume_files(gt_path)
+    labels = [p for p in files if _tag(strip_suffix(p)) == _LABEL_TAG]
+    by_id: dict[str, Path] = {}
+    for path in labels or files:
+        case_id = _gt_id(path)
+        if case_id in by_id:
+            both = f"{by_id[case_id]}, {path}"
+            raise DatasetError(f"{gt_path}: case '{case_id}' has two ground-truth files: {both}")
+        by_id[case_id] = path
+    if not by_id:
+        raise DatasetError(f"{gt_path}: no ground-truth volumes ({', '.join(SUPPORTED_SUFFIXES)}) found")
+    return by_id
+
+
+def _match_id(stem: str, ids: dict[str, Path]) -> str | None:
+    """The longest ground-truth id that ``stem`` is, or starts with followed by a dot."""
+    if stem in ids:
+        return stem
+    parts = stem.split(".")
+    for n in range(len(parts) - 1, 0, -1):
+        candidate = ".".join(parts[:n])
+        if candidate in ids:
+            return candidate
+    return None
+
+
+def match_predictions(
+    pred_path: str | os.PathLike, gt_path: str | os.PathLike, suffix: str | None = None
+) -> Pairing:
+    """Pair prediction files with ground-truth files (each argument a file or a folder); see the module doc.
+
+    Two files are always a pair (the case id comes from the ground truth's name). Raises :class:`DatasetError`
+    for a missing path, duplicate ground-truth ids, or a case with several predictions and no ``suffix``.
+    """
+    pred_path, gt_path = Path(pred_path), Path(gt_path)
+    _check_exists(gt_path, "ground truth")
+    _check_exists(pred_path, "prediction")
+    gt_by_id = _ground_truth(gt_path)
+    if pred_path.is_file() and gt_path.is_file():
+        ((case_id, gt_file),) = gt_by_id.items()
+        return Pairing(pred_path, gt_path, suffix, pairs=[(case_id, pred_path, gt_file)])
+    gt_files = {p.resolve() for p in gt_by_id.values()}
+    candidates = [pred_path] if pred_path.is_file() else _volume_files(pred_path)
+    found: dict[str, list[Path]] = {}
+    unmatched: list[Path] = []
+    for path in candidates:
+        stem = strip_suffix(path)
+        if path.resolve() in gt_files or _tag(stem) == _IMAGE_TAG:
+            continue
+        case_id = _match_id(stem, gt_by_id)
+        if case_id is None:
+            unmatched.append(path)
+        elif suffix is None or stem == f"{case_id}.{suffix}":
+            found.setdefault(case_id, []).append(path)
+    pairs = []
+    for case_id, files in found.items():
+        if len(files) > 1:
+            names = ", ".join(p.name for p in files)
+            raise DatasetError(
+                f"{pred_path}: case '{case_id}' has several predictions ({names}): pick one with --suffix"
+            )
+        pairs.append((case_id, files[0], gt_by_id[case_id]))
+    pairs.sort(key=lambda pair: _natural_key(pair[0]))
+    missing = sorted((i for i in gt_by_id if i not in found), key=_natural_key)
+    if pred_path.is_file():
+        missing = []
+    return Pairing(pred_path, gt_path, suffix, pairs, gt_without_pred=missing, pred_without_gt=unmatched)
+
+
+def _natural_key(case_id: str) -> tuple:
+    """Sort ``2`` before ``10``."""
+    return tuple((0, int(t), "") if t.isdigit() else (1, 0, t) for t in case_id.replace("-", ".").split("."))
+
+
+def _preview(items: list, limit: int = 10) -> str:
+    shown = ", ".join(str(i) for i in items[:limit])
+    return shown + (f", ... ({len(items)} in all)" if len(items) > limit else "")
+
+
+def pair_predictions(
+    pred_path: str | os.PathLike, gt_path: str | os.PathLike, suffix: str | None = None
+) -> list[Pair]:
+    """``[(case_id, prediction_file, ground_truth_file), ...]`` sorted by id; see :func:`match_predictions`.
+
+    Raises :class:`DatasetError` naming the folders and the unpaired ids when nothing pairs.
+    """
+    return match_predictions(pred_path, gt_path, suffix=suffix).checked()
+
+
+def evaluate_files(
+    pairs: list[Pair], progress: ProgressFn | None = None, should_stop: StopFn | None = None
+) -> dict:
+    """Score each (id, prediction, ground truth) pair; one volume pair in memory at a time.
+
+    Returns ``{"cases": [{"id", "prediction", "ground_truth", <evaluate_case keys>}, ...], "mean": {...}}``;
+    ``mean`` averages each scalar over the cases where it is defined (None values, e.g. HD with an empty mask,
+    are left out; None when no case defines it) and omits ``slice_dice``.
+    """
+    cases = []
+    for done, (case_id, pred_file, gt_file) in enumerate(pairs):
+        check_stop(should_stop)
+        if progress is not None:
+            progress(done, len(pairs), case_id)
+        gt_volume = read_volume(gt_file)
+        pred = read_mask(pred_file, like=gt_volume)
+        gt = gt_volume.array > 0.5
+        scores = evaluate_case(pred, gt, gt_volume.spacing)
+        cases.append({"id": case_id, "prediction": str(pred_file), "ground_truth": str(gt_file), **scores})
+    if progress is not None:
+        progress(len(pairs), len(pairs), "")
+    return {"cases": cases, "mean": mean_metrics(cases)}
+
+
+def mean_metrics(cases: list[dict]) -> dict:
+    """Mean of each scalar metric over the cases that define it (None where none does), plus ``n_cases``."""
+    mean: dict = {"n_cases": len(cases)}
+    for key in SCALAR_KEYS:
+        values = [c[key] for c in cases if c.get(key) is not None]
+        mean[key] = float(np.mean(values)) if values else None
+    return mean
+
+
+def _csv_text(report: dict) -> str:
+    columns = ["id", *SCALAR_KEYS, "prediction", "ground_truth"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for case in report["cases"]:
+        writer.writerow({k: "" if case.get(k) is None else case[k] for k in columns})
+    return buffer.getvalue()
+
+
+def write_report(
+    report: dict, json_path: str | os.PathLike | None = None, csv_path: str | os.PathLike | None = None
+) -> None:
+    """Write the report atomically: JSON as it is (no NaN/inf: those are null already), CSV one row per case.
+
+    The CSV holds ``id``, the scalar metrics (empty cell for None) and the two file paths.
+    """
+    if json_path is not None:
+        write_text_atomic(json_path, json.dumps(report, indent=2, allow_nan=False) + "\n")
+    if csv_path is not None:
+        write_text_atomic(csv_path, _csv_text(report))

@@ -1,0 +1,91 @@
+"""Inference plumbing: batched slices, sliding windows (count, blending, progress, stop), input listing."""
+
+import numpy as np
+import pytest
+from torch import nn
+
+from seg2refine_core.cli.predict import list_inputs, resolve_stages
+from seg2refine_core.errors import Seg2RefineError, StopRequested
+from seg2refine_core.inference import count_windows, refine_volume, segment_slices
+
+
+class SliceLogit(nn.Module):
+    """logit = 10 * (x - 0.5): a 'model' whose probabilities are known exactly; records batch sizes."""
+
+    def __init__(self):
+        super().__init__()
+        self.batches = []
+
+    def forward(self, x):
+        self.batches.append(x.shape[0])
+        return 10.0 * (x - 0.5)
+
+
+class CopyS(nn.Module):
+    """A 'generator' returning a large logit where the S channel is 1 and a small one elsewhere."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        assert x.shape[1] == 2
+        return 20.0 * (x[:, 1:2] - 0.5)
+
+
+def test_segment_slices_batches_and_values():
+    rng = np.random.default_rng(0)
+    xprime = rng.random((10, 12, 20)).astype(np.float32)
+    model = SliceLogit()
+    seen = []
+    prob = segment_slices(model, xprime, batch_size=4, progress=lambda d, t, i: seen.append((d, t)))
+    assert model.batches == [4, 4, 2]
+    np.testing.assert_allclose(prob, 1 / (1 + np.exp(-10 * (xprime - 0.5))), rtol=1e-5, atol=1e-6)
+    assert seen[-1] == (10, 10) and [d for d, _ in seen] == [4, 8, 10]
+
+
+@pytest.mark.parametrize("shape, roi, overlap", [((40, 50, 33), (16, 32, 32), 0.25), ((10, 20, 20), (16, 32, 32), 0.5)])
+def test_count_windows_matches_monai_and_output_is_blended_copy(shape, roi, overlap):
+    rng = np.random.default_rng(1)
+    xprime = rng.random(shape).astype(np.float32)
+    s_mask = (rng.random(shape) > 0.7).astype(np.uint8)
+    model = CopyS()
+    seen = []
+    y = refine_volume(model, xprime, s_mask, patch_size=roi, overlap=overlap, progress=lambda d, t, i: seen.append(d))
+    assert model.calls == count_windows(shape, roi, overlap)
+    assert seen[-1] == model.calls
+    assert y.shape == shape and y.dtype == np.float32
+    # every window agrees, so Gaussian blending must reproduce the per-voxel value exactly
+    np.testing.assert_allclose(y, 1 / (1 + np.exp(-20 * (s_mask - 0.5))), rtol=1e-4, atol=1e-5)
+
+
+def test_stop_flag_interrupts_sliding_window():
+    calls = []
+
+    def stop():
+        calls.append(1)
+        return len(calls) > 2
+
+    with pytest.raises(StopRequested):
+        refine_volume(CopyS(), np.zeros((32, 64, 64), np.float32), np.zeros((32, 64, 64), np.uint8),
+                      patch_size=(16, 16, 16), should_stop=stop)
+
+
+def test_resolve_stages_rules():
+    assert resolve_stages(None, None) == ("", "")  # both bundled
+    assert resolve_stages("a.safetensors", None) == ("a.safetensors", None)  # stage 1 only
+    assert resolve_stages(None, "b.safetensors") == ("", "b.safetensors")
+    assert resolve_stages("bundled", "bundled") == ("", "")
+
+
+def test_list_inputs(tmp_path):
+    for name in ("1.img.nii.gz", "1.label.nii.gz", "2.img.nii.gz", "x.nrrd", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    assert [c for c, _ in list_inputs([tmp_path])] == ["1", "2", "x"]
+    with pytest.raises(Seg2RefineError, match="not found"):
+        list_inputs([tmp_path / "nope.nii.gz"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(Seg2RefineError, match="no .nii"):
+        list_inputs([tmp_path / "empty"])
+
