@@ -70,3 +70,19 @@ def test_truncated_weights_are_reported(tmp_path):
     path.write_bytes(path.read_bytes()[:40])
     with pytest.raises(CheckpointError, match="best.safetensors: not a readable safetensors file"):
         load_checkpoint(path)
+
+
+def test_half_precision_storage_loads_into_float32_model(tmp_path):
+    from monai.networks.nets import UNet
+
+    torch.manual_seed(0)
+    model = UNet(**UNET).eval()
+    full = save_checkpoint(tmp_path / "full", model, {"architecture": "monai-unet-3d", "model": UNET})
+    half = save_checkpoint(tmp_path / "half", model, {"architecture": "monai-unet-3d", "model": UNET},
+                           dtype=torch.float16)
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    loaded, _ = load_checkpoint(half)
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    x = torch.rand(1, 2, 8, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), atol=2e-2, rtol=2e-2)

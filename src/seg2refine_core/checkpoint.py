@@ -62,11 +62,15 @@ def build_model(config: dict[str, Any]) -> nn.Module:
         raise CheckpointError(message) from None
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, config: dict[str, Any]) -> Path:
+def save_checkpoint(
+    path: str | Path, model: nn.Module, config: dict[str, Any], dtype: torch.dtype | None = None
+) -> Path:
     """Write weights and config atomically; returns the ``.safetensors`` path.
 
     ``config`` must name ``architecture`` and ``model``; the format marker is added. Parameters of a
-    DistributedDataParallel or compiled wrapper are saved under the inner module's names.
+    DistributedDataParallel or compiled wrapper are saved under the inner module's names. ``dtype`` (e.g.
+    ``torch.float16``, used for the bundled demo weights) stores floating tensors at that precision; loading
+    casts them back to the model's dtype.
     """
     from safetensors.torch import save_file
 
@@ -75,6 +79,8 @@ def save_checkpoint(path: str | Path, model: nn.Module, config: dict[str, Any]) 
     weights_path, config_path = checkpoint_paths(path)
     module = unwrap(model)
     state = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     full_config = {"format": FORMAT, "version": FORMAT_VERSION, **config}
     with atomic_path(weights_path) as tmp:
         save_file(state, str(tmp), metadata={"format": FORMAT, "architecture": config["architecture"]})

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import Seg2RefineError
+
+if TYPE_CHECKING:
+    import torch
 
 DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
     """Return the torch device for ``name`` (one of :data:`DEVICE_CHOICES`, or e.g. ``cuda:1``)."""
+    import torch
+
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -29,6 +34,8 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
     """The mixed-precision dtype to use on ``device`` (bf16 on capable CUDA GPUs, fp16 on older), or None."""
+    import torch
+
     if device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

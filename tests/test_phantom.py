@@ -1,0 +1,168 @@
+"""The synthetic CCTA phantom: deterministic, anatomically sane, non-trivial to segment, and its CLI."""
+
+import cc3d
+import nibabel as nib
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from seg2refine_core.cli import main
+from seg2refine_core.errors import Seg2RefineError, StopRequested
+from seg2refine_core.phantom import TISSUES, Phantom, make_phantom, preview_png, write_phantom_case
+
+SMALL = ((48, 64, 64), (2.0, 1.4, 1.4))  # same field of view as the default, 8x fewer voxels
+T = {name: code for code, name in enumerate(TISSUES)}
+
+
+@pytest.fixture(scope="module")
+def default() -> Phantom:
+    return make_phantom(seed=0)
+
+
+@pytest.fixture(scope="module")
+def small() -> Phantom:
+    return make_phantom(*SMALL, seed=3)
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * np.logical_and(a, b).sum() / max(a.sum() + b.sum(), 1)
+
+
+def test_same_seed_same_arrays_other_seed_differs(small):
+    a = small
+    b = make_phantom(*SMALL, seed=3)
+    c = make_phantom(*SMALL, seed=4)
+    np.testing.assert_array_equal(a.image, b.image)
+    np.testing.assert_array_equal(a.label, b.label)
+    assert a.meta == b.meta
+    assert not np.array_equal(a.label, c.label)
+    assert np.abs(a.image - c.image).mean() > 5.0
+
+
+def test_types_geometry_and_affine(default):
+    assert default.image.shape == default.label.shape == default.tissue.shape == (96, 128, 128)
+    assert default.image.dtype == np.float32 and default.label.dtype == np.uint8
+    assert set(np.unique(default.label)) == {0, 1}
+    assert default.spacing == (1.0, 0.7, 0.7)
+    # (x, y, z) indices -> RAS: x towards patient left, y towards posterior, z superior, centred on the origin
+    assert nib.aff2axcodes(default.affine) == ("L", "P", "S")
+    np.testing.assert_allclose(np.abs(np.diag(default.affine)[:3]), (0.7, 0.7, 1.0))
+    centre = default.affine @ np.array([63.5, 63.5, 47.5, 1.0])
+    np.testing.assert_allclose(centre[:3], 0.0, atol=1e-9)
+
+
+def test_label_is_two_small_coronary_trees(default):
+    label = default.label
+    fraction = label.mean()
+    assert 0.0003 < fraction < 0.01  # coronaries are well under 1 % of the voxels
+    _, n = cc3d.connected_components(label, connectivity=26, return_N=True)
+    assert 1 <= n <= 4  # a left and a right tree (they may touch)
+    trees = {v["tree"] for v in default.meta["vessels"]}
+    assert trees == {"left", "right"}
+    names = {v["name"] for v in default.meta["vessels"]}
+    assert {"LM", "LAD", "LCX", "RCA"} <= names
+    # Murray taper: from ~2 mm at the ostia to below the voxel size distally
+    radii = {v["name"]: (v["r_start_mm"], v["r_end_mm"]) for v in default.meta["vessels"]}
+    assert 1.5 < radii["LM"][0] < 2.6 and 1.5 < radii["RCA"][0] < 2.6
+    assert all(radii[name][1] < 0.7 for name in ("LAD", "LCX", "RCA"))
+    lm, lad, lcx = radii["LM"][0], radii["LAD"][0], radii["LCX"][0]
+    assert lm**3 == pytest.approx(lad**3 + lcx**3, rel=1e-3)
+
+
+def test_hu_ranges_blood_pools_share_the_lumen_hu(default):
+    image, tissue = default.image, default.tissue
+    lv = ndimage.binary_erosion(tissue == T["lv_blood"], iterations=2)
+    lumen_core = ndimage.binary_erosion(default.label > 0)  # away from partial volume at the lumen edge
+    assert lv.sum() > 1000 and lumen_core.sum() > 50
+    blood = float(image[lv].mean())
+    assert 250 < blood < 500
+    assert abs(float(image[lumen_core].mean()) - blood) < 100
+    myo = ndimage.binary_erosion(tissue == T["myocardium"], iterations=2)
+    assert 50 < float(image[myo].mean()) < 160
+    fat = ndimage.binary_erosion(tissue == T["epicardial_fat"], iterations=1)
+    assert -160 < float(np.median(image[fat])) < -30
+    lung = ndimage.binary_erosion(tissue == T["lung"], iterations=3)
+    assert float(np.median(image[lung])) < -700
+    air = ndimage.binary_erosion(tissue == T["air"], iterations=2)
+    assert float(np.median(image[air])) < -900
+    bone = ndimage.binary_erosion(tissue == T["cortical_bone"], iterations=1)
+    assert float(np.percentile(image[bone], 90)) > 600
+    assert len(default.meta["calcified_plaques"]) >= 1 and len(default.meta["stenoses"]) >= 1
+    assert all(800 <= p["hu"] <= 1200 for p in default.meta["calcified_plaques"])
+    assert 15 < default.meta["noise_sd_hu"] < 45
+
+
+def test_no_single_threshold_segments_the_coronaries(default):
+    """Acceptance criterion: the best global HU threshold scores Dice < 0.8 against the label."""
+    label = default.label > 0
+    best = max(_dice(default.image >= t, label) for t in np.arange(-200.0, 1400.0, 10.0))
+    assert best < 0.8
+
+
+def test_anatomy_is_in_mm_whatever_the_spacing(default):
+    coarse = make_phantom((96, 96, 96), (1.0, 0.9333, 0.9333), seed=0)  # same field of view, other spacing
+    vol_default = default.label.sum() * np.prod(default.spacing)
+    vol_coarse = coarse.label.sum() * np.prod(coarse.spacing)
+    assert vol_coarse == pytest.approx(vol_default, rel=0.25)
+    same = [(v["name"], v["r_start_mm"], v["r_end_mm"]) for v in coarse.meta["vessels"]]
+    assert same == [(v["name"], v["r_start_mm"], v["r_end_mm"]) for v in default.meta["vessels"]]
+
+
+def test_progress_and_stop():
+    calls = []
+    make_phantom(*SMALL, progress=lambda done, total, info: calls.append((done, total)))
+    assert calls[-1][0] == calls[-1][1] and len(calls) > 5
+    with pytest.raises(StopRequested):
+        make_phantom(*SMALL, should_stop=lambda: True)
+
+
+@pytest.mark.parametrize("kwargs", [{"shape": (0, 64, 64)}, {"spacing": (1.0, -0.7, 0.7)}, {"seed": -1}])
+def test_bad_arguments_raise(kwargs):
+    with pytest.raises(Seg2RefineError):
+        make_phantom(**kwargs)
+
+
+def test_write_case_and_preview(tmp_path, small):
+    ph = small
+    img_path, label_path = write_phantom_case(ph, tmp_path, 7)
+    assert (img_path.name, label_path.name) == ("7.img.nii.gz", "7.label.nii.gz")
+    img = nib.load(img_path)
+    assert img.get_data_dtype() == np.int16
+    np.testing.assert_allclose(img.affine, ph.affine, atol=1e-5)
+    hu = np.asarray(img.dataobj).transpose(2, 1, 0)
+    np.testing.assert_allclose(hu, np.rint(ph.image), atol=0.5)
+    lab = np.asarray(nib.load(label_path).dataobj).transpose(2, 1, 0)
+    np.testing.assert_array_equal(lab, ph.label)
+    png = preview_png((ph.image, ph.label, ph.spacing), tmp_path / "p.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(tmp_path.glob(".partial*"))
+
+
+def test_cli_writes_imagecas_cases(tmp_path, capsys, small):
+    out = tmp_path / "cases"
+    rc = main(["phantom", "--out", str(out), "--count", "2", "--shape", "48", "64", "64",
+               "--spacing", "2", "1.4", "1.4", "--seed", "2", "--preview"])  # fmt: skip
+    assert rc == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(f"{i}.{kind}" for i in (1, 2) for kind in ("img.nii.gz", "label.nii.gz", "preview.png"))
+    assert (out / "2.preview.png").read_bytes()[:4] == b"\x89PNG"
+    # case i uses seed SEED + i - 1
+    lab2 = np.asarray(nib.load(out / "2.label.nii.gz").dataobj).transpose(2, 1, 0)
+    np.testing.assert_array_equal(lab2, small.label)
+    assert "wrote 2 case(s)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--count", "0"], "--count"),
+        (["--shape", "48", "0", "64"], "--shape"),
+        (["--spacing", "1", "-1", "1"], "--spacing"),
+        (["--seed", "-3"], "--seed"),
+    ],
+)
+def test_cli_bad_arguments_exit_2(tmp_path, capsys, args, message):
+    assert main(["phantom", "--out", str(tmp_path / "o"), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
