@@ -1,0 +1,124 @@
+"""Build the bundled demo weights: both stages trained on synthetic phantoms by one command.
+
+``seg2refine train demo`` (``make demo-weights``) makes phantoms with seeds ``0 .. n_cases-1`` (ids ``1 .. n``),
+trains SFANet (stage 1) on a seeded hold-out split of them, then trains the 3D Attention-GAN (stage 2) on S
+that the stage-1 model produced for the cases it never trained on (its validation cases, as the paper does
+with the ImageCAS validation set), and copies both best checkpoints into the package's ``weights/`` folder as
+``stage1`` and ``stage2`` (float16 on disk to stay small). The demo evaluates on seed 1000, never used here.
+These are demo weights: trained on synthetic data only, not for clinical or research use on real scans.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .demo import DEMO_SEED
+from .progress import ProgressFn, StopFn
+
+
+@dataclass
+class DemoWeightsConfig:
+    """Sizes and budgets of the demo-weights training (defaults: ~25 min on a 2-core CPU)."""
+
+    out: Path
+    work: Path
+    n_cases: int = 18
+    shape: tuple[int, int, int] = (96, 128, 128)
+    width: int = 16
+    stage1_epochs: int = 12
+    stage1_samples_per_epoch: int = 512
+    stage1_batch_size: int = 8
+    stage2_epochs: int = 12
+    stage2_patches_per_epoch: int = 48
+    stage2_batch_size: int = 2
+    patch_size: tuple[int, int, int] = (64, 64, 64)
+    val_fraction: float = 0.4
+    device: str = "auto"
+    seed: int = 0
+    num_workers: int = 1
+
+
+def train_demo_weights(
+    config: DemoWeightsConfig,
+    progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+) -> dict[str, Any]:
+    """Run the three steps (phantoms, stage 1, stage 2) and install the weights; returns a summary."""
+    from .phantom import make_phantom, write_phantom_case
+    from .train_stage1 import Stage1TrainConfig, train_stage1
+    from .train_stage2 import Stage2TrainConfig, train_stage2
+
+    if config.n_cases >= DEMO_SEED:
+        raise ValueError(f"n_cases must stay below the demo seed {DEMO_SEED}")
+    work = Path(config.work)
+    data = work / "phantoms"
+    t0 = time.perf_counter()
+    for case in range(1, config.n_cases + 1):
+        if not (data / f"{case}.label.nii.gz").exists():
+            write_phantom_case(make_phantom(shape=config.shape, seed=case - 1), data, case)
+        if progress is not None:
+            progress(case, config.n_cases, f"phantom {case}/{config.n_cases}")
+    s1 = train_stage1(
+        Stage1TrainConfig(
+            data=data, out=work / "stage1", val_fraction=config.val_fraction, test_fraction=0.0,
+            split_seed=config.seed, variant="sfanet", width=config.width, epochs=config.stage1_epochs,
+            batch_size=config.stage1_batch_size, samples_per_epoch=config.stage1_samples_per_epoch,
+            num_workers=config.num_workers, device=config.device, seed=config.seed, command="seg2refine train demo",
+        ),
+        progress=progress, should_stop=should_stop,
+    )
+    s2 = train_stage2(
+        Stage2TrainConfig(
+            data=data, stage1=Path(s1["best"]), out=work / "stage2", width=config.width,
+            patch_size=config.patch_size, epochs=config.stage2_epochs, batch_size=config.stage2_batch_size,
+            patches_per_epoch=config.stage2_patches_per_epoch, num_workers=config.num_workers,
+            device=config.device, seed=config.seed, command="seg2refine train demo",
+        ),
+        progress=progress, should_stop=should_stop,
+    )
+    provenance = {
+        "command": "seg2refine train demo (make demo-weights)",
+        "data": f"synthetic phantoms, seeds 0-{config.n_cases - 1}, shape {list(config.shape)}",
+        "evaluated_on": f"phantom seed {DEMO_SEED} (make demo)",
+        "minutes": round((time.perf_counter() - t0) / 60, 1),
+        "note": "demo weights trained on synthetic phantoms only",
+    }
+    installed = {name: install(Path(run["best"]), Path(config.out) / name, provenance)
+                 for name, run in (("stage1", s1), ("stage2", s2))}
+    return {"stage1": s1, "stage2": s2, "installed": {k: str(v) for k, v in installed.items()}, **provenance}
+
+
+def install(best: Path, target: Path, provenance: dict[str, Any]) -> Path:
+    """Copy checkpoint ``best`` to ``target`` (a stem) in float16, adding ``provenance`` to its training record."""
+    import torch
+
+    from .checkpoint import load_checkpoint, read_config, save_checkpoint
+
+    model, _ = load_checkpoint(best)
+    config = read_config(best)
+    config.pop("format", None)
+    config.pop("version", None)
+    config["training"] = {**config.get("training", {}), "demo_weights": provenance}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    path = save_checkpoint(target, model, config, dtype=torch.float16)
+    metrics = best.parent / "metrics.jsonl"
+    if metrics.is_file():
+        shutil.copyfile(metrics, target.parent / f"{target.name}.metrics.jsonl")
+    return path
+
+
+def describe(out: Path) -> str:
+    """One line per installed checkpoint: size and best validation metric."""
+    lines = []
+    for name in ("stage1", "stage2"):
+        weights = out / f"{name}.safetensors"
+        if weights.is_file():
+            training = json.loads((out / f"{name}.json").read_text()).get("training", {})
+            best = {k: v for k, v in training.items() if k.startswith("best")}
+            lines.append(f"{weights} ({weights.stat().st_size / 1e6:.1f} MB) {best}")
+    return "\n".join(lines)

@@ -1,0 +1,440 @@
+"""A plain 3D baseline for the README comparison: MONAI ``UNet`` on X' patches (one channel), DiceCE loss.
+
+It answers "what does a single 3D network of about the same size get on the same data?" next to the two-stage
+Seg2RefineNet (design §7; the paper compares against 3D U-Nets).
+
+- **Cases.** The same rule as stage 1 (:mod:`seg2refine_core.train_stage1`) with the same defaults: the split
+  table's ``train``/``val`` cases of ``fold``, or without a table :func:`~seg2refine_core.datasets.holdout_split`
+  (``val_fraction`` 0.1, ``test_fraction`` 0.2, ``split_seed`` 0). So the baseline trains on stage 1's training
+  cases, selects on its validation cases and leaves the same test cases untouched. X' comes from the same
+  memmap cache (:mod:`seg2refine_core.cache`; pass the stage-1 run's ``--cache-dir`` to reuse it).
+- **Model.** ``monai.networks.nets.UNet(spatial_dims=3, in_channels=1, out_channels=1, channels=w·(1, 2, 4, 8, 16),
+  strides=(2, 2, 2, 2), num_res_units)``, checkpoint architecture ``monai-unet-3d``. With ``w = 16`` and one
+  residual unit it has 2.4 M parameters against 3.5 M for the stage-2 generator at width 16 (3D part only).
+- **Training.** Patches from :mod:`seg2refine_core.patches` (vessel-centred and random, rotation ≤ 15°, Gaussian
+  noise; no S), ``monai.losses.DiceCELoss`` on the logits (sigmoid), Adam (lr 1e-4, weight decay 1e-5 as stage 1),
+  mixed precision and channels_last_3d on CUDA only, DistributedDataParallel under ``torchrun``.
+- **Validation** after each epoch on whole volumes with :func:`predict_baseline3d` (MONAI sliding window, Gaussian
+  blending), mean Dice and Betti-0 error at threshold 0.5. ``best`` keeps the highest mean validation Dice (the
+  lowest training loss without validation cases), ``last`` the latest state; ``resume`` continues exactly, even
+  mid-epoch, from ``last`` + ``last.resume.pt``.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import distributed
+from .checkpoint import build_model, load_state_strict, read_config, save_checkpoint
+from .datasets import Case, discover_cases, holdout_split, read_split, split_cases
+from .devices import autocast_dtype
+from .errors import CheckpointError, DatasetError, Seg2RefineError
+from .inference import count_windows, use_channels_last
+from .metrics import betti0_error, dice
+from .patches import PatchConfig, PatchDataset, patch_loader, patch_sources
+from .preprocess import PreprocessConfig
+from .progress import ProgressFn, StopFn, check_stop
+from .runlog import (
+    append_metrics,
+    capture_rng_state,
+    check_run_dir,
+    load_resume_state,
+    plot_curves,
+    restore_rng_state,
+    resume_path,
+    save_resume_state,
+    truncate_metrics,
+)
+from .train_stage2 import OPTION_NAMES, prepare_xprime_cache
+
+ARCHITECTURE = "monai-unet-3d"
+THRESHOLD = 0.5
+RUN_DEFINING = (
+    "split", "fold", "val_fraction", "test_fraction", "split_seed", "layout", "width", "num_res_units",
+    "patch_size", "batch_size", "patches_per_epoch", "lr", "weight_decay", "vessel_fraction", "augment", "seed",
+    "preprocess",
+)  # fmt: skip
+PANELS = {"loss": ["train_loss"], "validation": ["val_dice"], "validation Betti-0 error": ["val_b0_error"]}
+
+EpochFn = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class Baseline3dTrainConfig:
+    """Options of a baseline run (CLI: ``seg2refine train baseline3d``); see the module doc.
+
+    Split options as stage 1. width: channels of the first UNet level; num_res_units: residual units per level.
+    patch_size: (d, h, w), multiples of 16. patches_per_epoch: over all ranks. cache_dir: None → ``<out>/cache``.
+    """
+
+    data: Path
+    out: Path
+    split: Path | None = None
+    fold: int = 1
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    split_seed: int = 0
+    layout: str = "auto"
+    width: int = 16
+    num_res_units: int = 1
+    patch_size: tuple[int, int, int] = (64, 64, 64)
+    epochs: int = 50
+    batch_size: int = 2
+    patches_per_epoch: int = 200
+    lr: float = 1e-4
+    weight_decay: float = 1e-5
+    vessel_fraction: float = 0.7
+    augment: bool = True
+    val_overlap: float = 0.25
+    num_workers: int = 2
+    device: str = "auto"
+    seed: int = 0
+    resume: bool = False
+    amp: bool = True
+    deterministic: bool = False
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    cache_dir: Path | None = None
+    command: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (paths as strings, ``preprocess`` as a dict, ``patch_size`` as a list)."""
+        out = asdict(self)
+        out["preprocess"] = self.preprocess.to_dict()
+        for key in ("data", "out", "split", "cache_dir"):
+            out[key] = None if out[key] is None else str(out[key])
+        out["patch_size"] = [int(p) for p in self.patch_size]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Baseline3dTrainConfig:
+        """Inverse of :meth:`to_dict` (unknown keys are ignored)."""
+        known = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        for key in ("data", "out", "split", "cache_dir"):
+            if kwargs.get(key) is not None:
+                kwargs[key] = Path(kwargs[key])
+        if "patch_size" in kwargs:
+            kwargs["patch_size"] = tuple(int(p) for p in kwargs["patch_size"])
+        if "preprocess" in kwargs:
+            kwargs["preprocess"] = PreprocessConfig.from_dict(kwargs["preprocess"])
+        return cls(**kwargs)
+
+    def check(self) -> None:
+        """Raise :class:`Seg2RefineError` naming the first invalid option."""
+        for name in ("width", "epochs", "batch_size", "patches_per_epoch"):
+            if getattr(self, name) < 1:
+                raise Seg2RefineError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.num_res_units < 0:
+            raise Seg2RefineError(f"--num-res-units must be >= 0, got {self.num_res_units}")
+        if len(self.patch_size) != 3 or any(p < 16 or p % 16 for p in self.patch_size):
+            raise Seg2RefineError(f"--patch needs three sides, multiples of 16, got {self.patch_size}")
+        if not (self.lr > 0 and self.weight_decay >= 0):
+            raise Seg2RefineError(f"--lr must be > 0 and weight decay >= 0, got {self.lr}, {self.weight_decay}")
+        if not 0.0 <= self.val_overlap < 1.0:
+            raise Seg2RefineError(f"--val-overlap must be in [0, 1), got {self.val_overlap}")
+        if self.num_workers < 0:
+            raise Seg2RefineError(f"--num-workers must be >= 0, got {self.num_workers}")
+
+    def model_config(self) -> dict[str, Any]:
+        """Keyword arguments of ``monai.networks.nets.UNet`` (the checkpoint's ``model`` entry)."""
+        return {
+            "spatial_dims": 3, "in_channels": 1, "out_channels": 1,
+            "channels": [self.width * m for m in (1, 2, 4, 8, 16)], "strides": [2, 2, 2, 2],
+            "num_res_units": self.num_res_units,
+        }
+
+
+def stored_run_config(run_dir: str | Path) -> Baseline3dTrainConfig:
+    """The options a baseline run was started with, from ``run_dir/last.json`` (for ``--resume``)."""
+    config = read_config(Path(run_dir) / "last")
+    stored = config.get("training", {}).get("config")
+    if config.get("architecture") != ARCHITECTURE or not isinstance(stored, dict):
+        raise CheckpointError(f"{Path(run_dir) / 'last.json'}: holds no baseline training options to resume")
+    return Baseline3dTrainConfig.from_dict(stored)
+
+
+@torch.inference_mode()
+def predict_baseline3d(
+    model: nn.Module,
+    xprime: np.ndarray,
+    *,
+    patch_size: Sequence[int] = (64, 64, 64),
+    overlap: float = 0.25,
+    sw_batch_size: int = 1,
+    device: torch.device | str = "cpu",
+    progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+) -> np.ndarray:
+    """Vessel probabilities (z, y, x) float32 of a one-channel 3D model on X' (z, y, x) in [0, 1].
+
+    MONAI sliding windows of ``patch_size`` with Gaussian blending; windows run on ``device``, the blended output
+    stays on the CPU. Autocast on CUDA.
+    """
+    from monai.inferers import sliding_window_inference
+
+    device = torch.device(device)
+    layout = torch.channels_last_3d if use_channels_last(device) else torch.contiguous_format
+    model = model.to(device, memory_format=layout).eval()
+    patch = tuple(int(p) for p in patch_size)
+    total = count_windows(xprime.shape, patch, overlap)
+    done = [0]
+    dtype = autocast_dtype(device)
+
+    def predictor(window: torch.Tensor) -> torch.Tensor:
+        check_stop(should_stop)
+        window = window.to(device).contiguous(memory_format=layout)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            logits = model(window)
+        done[0] = min(done[0] + window.shape[0], total)
+        if progress is not None:
+            progress(done[0], total, f"3D baseline: window {done[0]}/{total}")
+        return torch.sigmoid(logits.float())
+
+    inputs = torch.from_numpy(np.asarray(xprime, dtype=np.float32))[None, None]
+    y = sliding_window_inference(
+        inputs, patch, sw_batch_size, predictor, overlap=overlap, mode="gaussian", sw_device=device, device="cpu"
+    )
+    return y[0, 0].numpy()
+
+
+def baseline_split(config: Baseline3dTrainConfig) -> tuple[list[Case], list[Case]]:
+    """Training and validation cases by stage 1's rule (module doc); DatasetError for unlabelled ones."""
+    cases = discover_cases(config.data, config.layout)
+    if config.split is not None:
+        ids = read_split(config.split, config.fold)
+    else:
+        ids = holdout_split(cases, config.val_fraction, config.test_fraction, config.split_seed)
+    parts = split_cases(cases, ids)
+    train, val = parts["train"], parts["val"]
+    if not train:
+        raise DatasetError(f"{config.data}: the split leaves no training case")
+    unlabelled = [case.case_id for case in train + val if case.label is None]
+    if unlabelled:
+        raise DatasetError(f"{config.data}: training/validation case(s) without a label: {', '.join(unlabelled[:5])}")
+    return train, val
+
+
+def _validate(
+    model: nn.Module, cache: Any, val_ids: list[str], config: Baseline3dTrainConfig, info: distributed.DistInfo
+) -> dict[str, float | None]:
+    if not val_ids:
+        return {"val_dice": None, "val_b0_error": None}
+    sums = [0.0, 0.0, 0.0]
+    for case_id in val_ids[info.rank :: info.world_size]:
+        label = np.asarray(cache.label(case_id))
+        y = predict_baseline3d(model, cache.image(case_id), patch_size=config.patch_size, overlap=config.val_overlap,
+                               sw_batch_size=config.batch_size, device=info.device) >= THRESHOLD
+        sums = [sums[0] + dice(y, label), sums[1] + betti0_error(y, label), sums[2] + 1.0]
+    total = distributed.all_reduce_sum(sums)
+    return {"val_dice": total[0] / total[2], "val_b0_error": total[1] / total[2]}
+
+
+def train_baseline3d(
+    config: Baseline3dTrainConfig,
+    progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+    on_epoch: EpochFn | None = None,
+) -> dict[str, Any]:
+    """Train the 3D baseline (module doc) and return a summary dict like stage 2's.
+
+    progress counts cases while caching, then optimisation steps; should_stop() is polled after every step (a stop
+    saves a resumable ``last`` and returns ``stopped=True``); on_epoch(record) gets each epoch's record (rank 0).
+    """
+    config.check()
+    info = distributed.init_distributed(config.device)
+    run_dir = Path(config.out)
+    check_run_dir(run_dir, config.resume)
+    state = load_resume_state(resume_path(run_dir / "last")) if config.resume else None
+    train_cases, val_cases = baseline_split(config)
+    train_ids, val_ids = [c.case_id for c in train_cases], [c.case_id for c in val_cases]
+    case_ids = {"train": train_ids, "val": val_ids}
+    if state is not None:
+        stored, given = state["config"], config.to_dict()
+        for key in RUN_DEFINING:
+            if given[key] != stored.get(key):
+                raise Seg2RefineError(
+                    f"{config.out}: resume with {OPTION_NAMES.get(key, '--' + key.replace('_', '-'))} "
+                    f"{given[key]!r}, but the run used "
+                    f"{stored.get(key)!r}; give the same value or leave the option out"
+                )
+        if case_ids != state["cases"]:
+            raise Seg2RefineError(f"{config.data}: the training/validation cases differ from the resumed run's")
+    torch.manual_seed(config.seed)
+    if info.device.type == "cuda":
+        torch.backends.cudnn.benchmark = not config.deterministic
+        torch.backends.cudnn.deterministic = config.deterministic
+
+    cache_dir = Path(config.cache_dir) if config.cache_dir else run_dir / "cache"
+    cache = prepare_xprime_cache(train_cases + val_cases, cache_dir, config.preprocess, info, progress, should_stop)
+    patch_config = PatchConfig(patch_size=config.patch_size, vessel_fraction=config.vessel_fraction, s_share=0.0,
+                               augment=config.augment)
+    dataset = PatchDataset(patch_sources(cache, train_ids), patch_config, with_s=False)
+    loader, sampler = patch_loader(
+        dataset, batch_size=config.batch_size, patches_per_epoch=config.patches_per_epoch, seed=config.seed,
+        num_workers=config.num_workers, rank=info.rank, world_size=info.world_size,
+        pin_memory=info.device.type == "cuda",
+    )
+    steps_per_epoch = math.ceil(sampler.per_rank / config.batch_size)
+
+    model_config = config.model_config()
+    model = build_model({"architecture": ARCHITECTURE, "model": model_config})
+    if state is not None:
+        from safetensors.torch import load_file
+
+        load_state_strict(model, load_file(str(run_dir / "last.safetensors")), "last.safetensors")
+    memory_format = torch.channels_last_3d if use_channels_last(info.device) else torch.contiguous_format
+    model.to(info.device, memory_format=memory_format)
+    train_model: nn.Module = model
+    if info.distributed:
+        device_ids = [info.device.index] if info.device.type == "cuda" else None
+        train_model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    amp_dtype = autocast_dtype(info.device) if config.amp else None
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    from monai.losses import DiceCELoss
+
+    loss_fn = DiceCELoss(sigmoid=True)
+
+    epoch, step_in_epoch, loss_sum, loss_count = 0, 0, 0.0, 0
+    best = {"metric": "val_dice" if val_ids else "train_loss", "value": None, "epoch": None}
+    history: list[dict[str, Any]] = []
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        restore_rng_state(state["rng"])
+        epoch, step_in_epoch = int(state["epoch"]), int(state["step"])
+        if info.is_main:
+            loss_sum, loss_count = float(state["loss_sum"]), int(state["loss_count"])
+        best = dict(state["best"])
+        if info.is_main:
+            history = truncate_metrics(run_dir, epoch)
+    run_config = config.to_dict()
+
+    def checkpoint_config(epochs_done: int, step: int) -> dict[str, Any]:
+        return {
+            "architecture": ARCHITECTURE,
+            "model": model_config,
+            "preprocess": config.preprocess.to_dict(),
+            "input": {"patch_size": list(config.patch_size), "channels": ["xprime"], "threshold": THRESHOLD},
+            "training": {
+                "stage": "baseline3d",
+                "data": str(config.data),
+                "split": str(config.split) if config.split else "holdout",
+                "fold": config.fold if config.split else None,
+                "cases": case_ids,
+                "epochs_done": epochs_done,
+                "step_in_epoch": step,
+                "epochs": config.epochs,
+                "seed": config.seed,
+                "loss": "DiceCELoss(sigmoid)",
+                "best": best,
+                "history": history,
+                "world_size": info.world_size,
+                "torch_version": torch.__version__,
+                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "command": config.command or " ".join(sys.argv),
+                "config": run_config,
+            },
+        }
+
+    def save_last(epochs_done: int, step: int) -> None:
+        if not info.is_main:
+            return
+        save_checkpoint(run_dir / "last", model, checkpoint_config(epochs_done, step))
+        save_resume_state(
+            resume_path(run_dir / "last"),
+            {
+                "epoch": epochs_done, "step": step, "loss_sum": loss_sum, "loss_count": loss_count,
+                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "best": best,
+                "rng": capture_rng_state(), "config": run_config, "cases": case_ids,
+            },
+        )
+
+    total_steps = config.epochs * steps_per_epoch
+    global_step = epoch * steps_per_epoch + step_in_epoch
+    stopped = False
+    train_model.train()
+    while epoch < config.epochs and not stopped:
+        sampler.set_epoch(epoch, skip=step_in_epoch * config.batch_size)
+        t0 = time.perf_counter()
+        seen = 0
+        for batch in loader:
+            x = batch["input"].to(info.device, non_blocking=True)
+            t = batch["label"].to(info.device, non_blocking=True)
+            x = x.contiguous(memory_format=memory_format)
+            with torch.autocast(info.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits = train_model(x)
+            loss = loss_fn(logits.float(), t)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            loss_sum, loss_count = loss_sum + float(loss.detach()), loss_count + 1
+            seen += x.shape[0]
+            step_in_epoch += 1
+            global_step += 1
+            if info.is_main and progress is not None:
+                info_text = f"epoch {epoch + 1}/{config.epochs} loss {loss_sum / loss_count:.4f}"
+                progress(global_step, total_steps, info_text)
+            if distributed.any_rank(should_stop is not None and bool(should_stop())):
+                stopped = True
+                break
+        train_time = time.perf_counter() - t0
+        if stopped:
+            loss_sum, loss_count = distributed.all_reduce_sum([loss_sum, loss_count])
+            save_last(epoch, step_in_epoch)
+            break
+        if info.distributed:
+            distributed.sync_buffers(model)
+        total_loss, total_count = distributed.all_reduce_sum([loss_sum, loss_count])
+        if info.is_main and progress is not None:
+            progress(global_step, total_steps, f"epoch {epoch + 1}/{config.epochs}: validating")
+        metrics = _validate(model, cache, val_ids, config, info)
+        model.train()
+        epoch += 1
+        record = {
+            "epoch": epoch, "train_loss": total_loss / max(total_count, 1), **metrics, "lr": config.lr,
+            "time_s": time.perf_counter() - t0,
+            "patches_per_s": distributed.all_reduce_sum([seen])[0] / max(train_time, 1e-9),
+        }
+        history.append(record)
+        score = record[best["metric"]]
+        higher = best["metric"] == "val_dice"
+        better = best["value"] is None or (score > best["value"] if higher else score < best["value"])
+        if better:
+            best = {"metric": best["metric"], "value": score, "epoch": epoch}
+        step_in_epoch, loss_sum, loss_count = 0, 0.0, 0
+        if info.is_main:
+            if better:
+                save_checkpoint(run_dir / "best", model, checkpoint_config(epoch, 0))
+            save_last(epoch, 0)
+            append_metrics(run_dir, record)
+            plot_curves(run_dir, PANELS)
+            if on_epoch is not None:
+                on_epoch(record)
+    distributed.barrier()
+    return {
+        "run_dir": str(run_dir),
+        "best": str(run_dir / "best.safetensors"),
+        "last": str(run_dir / "last.safetensors"),
+        "epochs_done": epoch,
+        "best_epoch": best["epoch"],
+        "best_metric": best["metric"],
+        "best_value": best["value"],
+        "stopped": stopped,
+        "train_cases": len(train_ids),
+        "val_cases": len(val_ids),
+        "patch_size": list(config.patch_size),
+        "history": history,
+    }

@@ -1,0 +1,180 @@
+"""Stage-1 training end to end on tiny phantoms: CLI run, checkpoints, logs, resume, stop, overwrite guard, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from seg2refine_core.cache import build_cache
+from seg2refine_core.checkpoint import load_checkpoint
+from seg2refine_core.cli import main
+from seg2refine_core.datasets import discover_cases
+from seg2refine_core.phantom import make_phantom
+from seg2refine_core.train_stage1 import SliceDataset, Stage1TrainConfig, cosine_decay, default_crop, train_stage1
+from seg2refine_core.volume import write_volume
+
+ROOT = Path(__file__).resolve().parents[1]
+# 4 phantoms: hold-out 1 val, 1 test, 2 train; 2 epochs of 8 slices in batches of 4 = 4 steps.
+OPTIONS = {"width": 4, "epochs": 2, "batch_size": 4, "samples_per_epoch": 8, "num_workers": 0, "device": "cpu",
+           "val_fraction": 0.25, "test_fraction": 0.25}  # fmt: skip
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Two shared cores: one intra-op thread is both faster and bit-reproducible."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("phantoms")
+    for seed in range(4):
+        phantom = make_phantom((16, 64, 64), (2.0, 1.5, 1.5), seed=seed)
+        for kind, array in (("img", phantom.image), ("label", phantom.label)):
+            write_volume(root / f"{seed + 1}.{kind}.nii.gz", array, spacing=phantom.spacing, affine=phantom.affine)
+    return root
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+def config_for(data: Path, out: Path, cache_dir: Path, **changes) -> Stage1TrainConfig:
+    return replace(Stage1TrainConfig(data=data, out=out, cache_dir=cache_dir, **OPTIONS), **changes)
+
+
+def cli_args(data: Path, out: Path, cache_dir: Path) -> list[str]:
+    args = ["train", "stage1", "--data", str(data), "--out", str(out), "--cache-dir", str(cache_dir)]
+    for key, value in OPTIONS.items():
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    return args
+
+
+@pytest.fixture(scope="module")
+def straight_run(data, cache_dir, tmp_path_factory) -> Path:
+    """Two epochs in one go, through the command line."""
+    out = tmp_path_factory.mktemp("runs") / "straight"
+    assert main(cli_args(data, out, cache_dir)) == 0
+    return out
+
+
+def weights(run: Path, name: str = "last") -> dict[str, torch.Tensor]:
+    return load_file(str(run / f"{name}.safetensors"))
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+def test_cli_run_writes_loadable_checkpoints_metrics_and_curves(straight_run, capsys):
+    for name in ("best", "last"):
+        model, config = load_checkpoint(straight_run / name)
+        assert config["architecture"] == "sfanet" and config["model"]["width"] == 4
+        assert config["input"]["slice_size"] == [64, 64]
+        assert config["preprocess"]["window_center"] == 200.0
+        training = config["training"]
+        assert len(training["cases"]["train"]) == 2 and len(training["cases"]["val"]) == 1
+        assert training["seed"] == 0 and training["torch_version"] == torch.__version__
+        with torch.no_grad():
+            assert model(torch.rand(1, 1, 64, 64)).shape == (1, 1, 64, 64)
+    assert json.loads((straight_run / "last.json").read_text())["training"]["epochs_done"] == 2
+    records = [json.loads(line) for line in (straight_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    for record in records:
+        assert {"train_loss", "val_dice", "lr", "time_s", "samples_per_s"} <= record.keys()
+        assert 0.0 <= record["val_dice"] <= 1.0 and record["train_loss"] > 0
+    assert records[0]["lr"] == pytest.approx(1e-4) and records[1]["lr"] < records[0]["lr"]
+    assert (straight_run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_existing_run_is_not_overwritten(straight_run, data, cache_dir, capsys):
+    before = (straight_run / "last.safetensors").stat().st_mtime_ns
+    assert main(cli_args(data, straight_run, cache_dir)) == 2
+    assert "pass --resume" in capsys.readouterr().err
+    assert (straight_run / "last.safetensors").stat().st_mtime_ns == before
+
+
+def test_resume_after_one_epoch_matches_a_straight_run(straight_run, data, cache_dir, tmp_path):
+    out = tmp_path / "resumed"
+    records = []
+    first = train_stage1(config_for(data, out, cache_dir, epochs=1), on_epoch=records.append)
+    assert first["epochs_done"] == 1 and not first["stopped"] and [r["epoch"] for r in records] == [1]
+    assert main(["train", "stage1", "--out", str(out), "--resume", "--epochs", "2"]) == 0
+    assert_same_weights(weights(out), weights(straight_run))
+    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_stop_saves_last_and_resumes_mid_epoch_exactly(straight_run, data, cache_dir, tmp_path):
+    out = tmp_path / "stopped"
+    steps = []
+    summary = train_stage1(
+        config_for(data, out, cache_dir), should_stop=lambda: len(steps) >= 3, on_step=lambda s, loss: steps.append(s)
+    )
+    assert summary["stopped"] and summary["epochs_done"] == 1 and steps == [1, 2, 3]
+    assert json.loads((out / "last.json").read_text())["training"]["step_in_epoch"] == 1
+    resumed = train_stage1(config_for(data, out, cache_dir, resume=True), on_step=lambda s, loss: steps.append(s))
+    assert not resumed["stopped"] and resumed["epochs_done"] == 2 and steps == [1, 2, 3, 4]
+    assert_same_weights(weights(out), weights(straight_run))
+
+
+def test_resume_refuses_a_changed_run_option(straight_run, data, cache_dir):
+    from seg2refine_core.errors import Seg2RefineError
+
+    with pytest.raises(Seg2RefineError, match="--width 8, but the run used 4"):
+        train_stage1(config_for(data, straight_run, cache_dir, width=8, resume=True))
+
+
+def test_slice_dataset_crops_and_augments_deterministically(data, cache_dir):
+    index = build_cache(discover_cases(data), cache_dir)
+    dataset = SliceDataset(index, (48, 32))
+    assert len(dataset) == 4 * 16
+    sample = dataset[(20, 7)]
+    assert sample["image"].shape == sample["label"].shape == (1, 48, 32)
+    assert torch.equal(sample["image"], dataset[(20, 7)]["image"])
+    assert set(np.unique(sample["label"].numpy())) <= {0.0, 1.0}
+    assert dataset.locate(20) == (1, 4)
+    padded = SliceDataset(index, (80, 64), augment=False)[3]
+    assert padded["image"].shape == (1, 80, 64) and float(padded["image"][0, :8].abs().max()) == 0.0
+    assert default_crop([(16, 64, 64), (10, 64, 64)]) == (64, 64)
+    assert default_crop([(16, 70, 64), (10, 100, 50)]) == (64, 48)
+    assert cosine_decay(4)(0) == 1.0 and cosine_decay(4)(4) == pytest.approx(0.01)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_ddp_ranks_end_with_identical_weights(data, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
+        f"--master_port={free_port()}", str(ROOT / "tests" / "ddp_worker.py"),
+        str(data), str(out), str(tmp_path / "cache"),
+    ]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    hashes = [(out / f"rank{rank}.sha256").read_text().split() for rank in (0, 1)]
+    assert hashes[0] == hashes[1] and hashes[0][1] == "2"
+    model, config = load_checkpoint(out / "last")
+    assert config["training"]["world_size"] == 2
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2

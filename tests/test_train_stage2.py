@@ -1,0 +1,286 @@
+"""Stage-2 (Attention-GAN) and 3D-baseline training end to end on tiny tube volumes.
+
+CLI run, loadable checkpoints and logs, the pool rule and overlap refusal, the S cache, stop + resume equal to a
+straight run, and two DDP ranks ending with the same generator.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from seg2refine_core import train_stage2 as stage2
+from seg2refine_core.cache import CacheIndex
+from seg2refine_core.checkpoint import load_checkpoint, save_checkpoint
+from seg2refine_core.cli import main
+from seg2refine_core.datasets import discover_cases, holdout_split
+from seg2refine_core.errors import CheckpointError, DatasetError
+from seg2refine_core.inference import load_stage, refine_volume
+from seg2refine_core.nets.sfanet import build_sfanet
+from seg2refine_core.preprocess import PreprocessConfig
+from seg2refine_core.runlog import load_resume_state, read_metrics
+from seg2refine_core.train_baseline3d import predict_baseline3d
+from seg2refine_core.volume import write_volume
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAPE = (32, 64, 64)
+# 6 cases; stage 1's hold-out (val 0.34, test 0.17, seed 0): 3 train, 2 val, 1 test. The stage-2 pool is stage 1's
+# 2 val cases: 1 stage-2 train case and 1 validation case. 2 epochs of 2 patches of 32³ in batches of 1.
+STAGE1_SPLIT = {"val_fraction": 0.34, "test_fraction": 0.17, "split_seed": 0}
+OPTIONS = {"width": 4, "epochs": 2, "batch_size": 1, "patches_per_epoch": 2, "num_workers": 0, "device": "cpu",
+           "val_fraction": 0.5}  # fmt: skip
+PATCH = (32, 32, 32)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Two shared cores: one intra-op thread is both faster and bit-reproducible."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_tubes(root: Path, n: int = 6) -> Path:
+    """``n`` ImageCAS-style cases: noisy soft tissue with a tube along z and a tube across, both at 400 HU."""
+    zz, yy, xx = np.mgrid[: SHAPE[0], : SHAPE[1], : SHAPE[2]]
+    for i in range(1, n + 1):
+        rng = np.random.default_rng(i)
+        label = np.zeros(SHAPE, np.uint8)
+        cy, cx = rng.integers(16, SHAPE[1] - 16, 2)
+        label[(yy - cy) ** 2 + (xx - cx) ** 2 <= 4] = 1
+        z0, slope = rng.integers(6, SHAPE[0] - 6), rng.uniform(-0.4, 0.4)
+        across = (zz - z0) ** 2 + (yy - 32 - slope * (xx - 32)) ** 2 <= 5
+        label[across & (xx > 8) & (xx < SHAPE[2] - 8)] = 1
+        image = rng.normal(0.0, 40.0, SHAPE).astype(np.float32) + 400.0 * label
+        write_volume(root / f"{i}.img.nii.gz", image, spacing=(1.0, 1.0, 1.0))
+        write_volume(root / f"{i}.label.nii.gz", label, spacing=(1.0, 1.0, 1.0))
+    return root
+
+
+def stage1_ids(data: Path) -> dict[str, list[str]]:
+    """The split ``train_stage1`` makes with the options of :data:`STAGE1_SPLIT`."""
+    return holdout_split(discover_cases(data), STAGE1_SPLIT["val_fraction"], STAGE1_SPLIT["test_fraction"],
+                         STAGE1_SPLIT["split_seed"])
+
+
+def write_stage1(path: Path, data: Path | None, seed: int = 0, provenance: bool = True) -> Path:
+    """An (untrained) SFANet of width 4 with the provenance ``train_stage1`` records for its hold-out split."""
+    torch.manual_seed(seed)
+    model = build_sfanet("sfanet", 4, input_size=SHAPE[1:])
+    config = {"architecture": "sfanet", "model": model.config(), "preprocess": {"unsharp_amount": 0.5}}
+    if provenance:
+        ids = stage1_ids(data)
+        config["training"] = {"stage": 1, "cases": {"train": ids["train"], "val": ids["val"]},
+                              "config": {**STAGE1_SPLIT, "cache_dir": None}}
+    return save_checkpoint(path, model, config)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return write_tubes(tmp_path_factory.mktemp("tubes"))
+
+
+@pytest.fixture(scope="module")
+def stage1_ckpt(data, tmp_path_factory) -> Path:
+    return write_stage1(tmp_path_factory.mktemp("stage1") / "best", data)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+def config_for(data: Path, stage1: Path, out: Path, cache_dir: Path, **changes) -> stage2.Stage2TrainConfig:
+    base = stage2.Stage2TrainConfig(data=data, stage1=stage1, out=out, cache_dir=cache_dir, patch_size=PATCH,
+                                    **OPTIONS)
+    return replace(base, **changes)
+
+
+def cli_args(data: Path, stage1: Path, out: Path, cache_dir: Path) -> list[str]:
+    args = ["train", "stage2", "--data", str(data), "--stage1", str(stage1), "--out", str(out),
+            "--cache-dir", str(cache_dir), "--patch", *map(str, PATCH)]  # fmt: skip
+    for key, value in OPTIONS.items():
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    return args
+
+
+@pytest.fixture(scope="module")
+def straight_run(data, stage1_ckpt, cache_dir, tmp_path_factory) -> Path:
+    """Two epochs in one go, through the command line."""
+    out = tmp_path_factory.mktemp("runs") / "straight"
+    assert main(cli_args(data, stage1_ckpt, out, cache_dir)) == 0
+    return out
+
+
+def assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+def test_cli_run_writes_loadable_generator_metrics_and_curves(straight_run, data, stage1_ckpt, cache_dir):
+    loaded = load_stage("stage2", straight_run / "best.safetensors", torch.device("cpu"))
+    config = loaded.config
+    assert config["architecture"] == "attention-gan-3d" and config["model"]["width"] == 4
+    assert config["input"] == {"patch_size": list(PATCH), "s_input": "mask", "threshold": 0.5}
+    # X' must match stage 1's
+    assert config["preprocess"] == PreprocessConfig.from_dict(load_checkpoint(stage1_ckpt)[1]["preprocess"]).to_dict()
+    training = config["training"]
+    ids = stage1_ids(data)
+    assert sorted(training["cases"]["train"] + training["cases"]["val"]) == ids["val"]  # the pool
+    assert training["cases"]["test"] == ids["test"]
+    assert training["stage1"]["sha256"] == stage2.checkpoint_fingerprint(stage1_ckpt)
+    assert training["lambda"] == 5.0 and training["delta_b0"] is True and training["topology"] is None
+    records = read_metrics(straight_run)
+    assert [r["epoch"] for r in records] == [1, 2]
+    for key in ("d_loss", "g_loss", "g_adv", "g_dice", "g_delta_b0", "val_dice_y", "val_dice_s", "val_b0_error_y",
+                "val_b0_error_s", "patches_per_s"):
+        assert all(isinstance(r[key], float) for r in records), key
+    assert (straight_run / "curves.png").stat().st_size > 0
+    state = load_resume_state(straight_run / "last.resume.pt")
+    assert state["epoch"] == 2 and "discriminator" in state and "opt_d" in state and "opt_g" in state
+    # the checkpoint refines a whole volume as inference will call it
+    cache = CacheIndex.load(cache_dir)
+    val_id = training["cases"]["val"][0]
+    s_path, _ = stage2.build_s_cache(cache, [val_id], load_stage("stage1", stage1_ckpt, torch.device("cpu")),
+                                     training["stage1"]["sha256"])[val_id]
+    y = refine_volume(loaded.model, cache.image(val_id), np.load(s_path), patch_size=PATCH)
+    assert y.shape == SHAPE and 0.0 <= y.min() and y.max() <= 1.0
+
+
+def test_existing_run_is_not_overwritten_and_resume_refuses_changes(straight_run, data, stage1_ckpt, cache_dir,
+                                                                    capsys):
+    assert main(cli_args(data, stage1_ckpt, straight_run, cache_dir)) == 2
+    assert "already holds checkpoints" in capsys.readouterr().err
+    assert main(["train", "stage2", "--out", str(straight_run), "--resume", "--lambda", "3"]) == 2
+    assert "resume with --lambda 3.0, but the run used 5.0" in capsys.readouterr().err
+
+
+def test_stop_mid_epoch_then_resume_matches_straight_run(straight_run, data, stage1_ckpt, cache_dir, tmp_path):
+    out = tmp_path / "stopped"
+    seen = []  # progress infos; stop right after the first step of epoch 2
+
+    def progress(done, total, info):
+        seen.append(info)
+
+    summary = stage2.train_stage2(config_for(data, stage1_ckpt, out, cache_dir), progress=progress,
+                                  should_stop=lambda: bool(seen) and seen[-1].startswith("epoch 2/2 D"))
+    assert summary["stopped"] and summary["epochs_done"] == 1
+    assert load_checkpoint(out / "last")[1]["training"]["step_in_epoch"] == 1
+    assert main(["train", "stage2", "--out", str(out), "--resume"]) == 0
+    assert_same_state(load_file(str(out / "last.safetensors")), load_file(str(straight_run / "last.safetensors")))
+    ours, theirs = (load_resume_state(run / "last.resume.pt") for run in (out, straight_run))
+    assert_same_state(ours["discriminator"], theirs["discriminator"])
+    assert len(read_metrics(out)) == 2
+    for key in ("d_loss", "g_loss", "val_dice_y"):
+        assert read_metrics(out)[1][key] == pytest.approx(read_metrics(straight_run)[1][key], rel=1e-6)
+
+
+def test_pool_rule_and_overlap_refusal(data, stage1_ckpt, tmp_path, capsys):
+    cases = discover_cases(data)
+    stage1_config = load_checkpoint(stage1_ckpt)[1]
+    config = config_for(data, stage1_ckpt, tmp_path / "x", tmp_path / "cache")
+    ids = stage1_ids(data)
+    split = stage2.stage2_split(cases, stage1_config, config)
+    assert sorted(split["train"] + split["val"]) == ids["val"] and len(split["val"]) == 1
+    assert split["test"] == ids["test"]
+    assert stage2.stage2_split(cases, stage1_config, config) == split  # deterministic
+    # a split table whose val cases include a stage-1 training case
+    table = tmp_path / "split.csv"
+    rows = [f"{i}.img.nii.gz,{'Val' if i in (ids['train'][0], ids['val'][0]) else 'Training'}" for i in "123456"]
+    table.write_text("FileName,Split-1\n" + "\n".join(rows) + "\n")
+    with pytest.raises(DatasetError, match=f"case\\(s\\) {ids['train'][0]} were used to train the stage-1 model"):
+        stage2.stage2_split(cases, stage1_config, replace(config, split=table))
+    args = cli_args(data, stage1_ckpt, tmp_path / "refused", tmp_path / "cache") + ["--split", str(table)]
+    assert main(args) == 2
+    assert "never saw" in capsys.readouterr().err
+    assert not (tmp_path / "refused" / "last.safetensors").exists()
+    # a stage-1 checkpoint without provenance is refused unless explicitly allowed
+    bare = load_checkpoint(write_stage1(tmp_path / "bare", None, provenance=False))[1]
+    with pytest.raises(CheckpointError, match="records no training cases"):
+        stage2.stage2_split(cases, bare, config)
+    allowed = stage2.stage2_split(cases, bare, replace(config, allow_unknown_stage1=True))
+    assert len(allowed["train"] + allowed["val"]) == 5 and allowed["test"] == ids["test"]
+
+
+def test_s_cache_is_reused_and_keyed_by_the_stage1_model(straight_run, stage1_ckpt, cache_dir, tmp_path, monkeypatch):
+    cache = CacheIndex.load(cache_dir)
+    case_id = load_checkpoint(straight_run / "last")[1]["training"]["cases"]["train"][0]
+    fingerprint = stage2.checkpoint_fingerprint(stage1_ckpt)
+    model = load_stage("stage1", stage1_ckpt, torch.device("cpu"))
+    path, counts = stage2.build_s_cache(cache, [case_id], model, fingerprint)[case_id]
+    assert path.parent.name == fingerprint[:16] and path.parent.parent.name == "stage1-s"
+    s = np.load(path)
+    assert s.dtype == np.uint8 and s.shape == SHAPE and counts == tuple(s.reshape(SHAPE[0], -1).sum(axis=1))
+    mtime = path.stat().st_mtime_ns
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("S was recomputed")
+
+    monkeypatch.setattr(stage2, "segment_slices", refuse)
+    assert stage2.build_s_cache(cache, [case_id], model, fingerprint)[case_id] == (path, counts)
+    assert path.stat().st_mtime_ns == mtime
+    # another stage-1 model gets its own folder (and is computed)
+    other = write_stage1(tmp_path / "other", None, seed=1, provenance=False)
+    other_fp = stage2.checkpoint_fingerprint(other)
+    assert other_fp != fingerprint
+    monkeypatch.undo()
+    other_path, _ = stage2.build_s_cache(cache, [case_id], load_stage("stage1", other, torch.device("cpu")),
+                                         other_fp)[case_id]
+    assert other_path.parent.name == other_fp[:16] and path.is_file()
+    # a rebuilt X' (new mtime) makes S stale
+    os.utime(cache[case_id].image_path, ns=(mtime + 10**9, mtime + 10**9))
+    assert not stage2._s_entry_fresh(json.loads(path.with_name(f"{path.name[:-4]}.json").read_text()),
+                                     path.parent, cache[case_id].image_path, fingerprint)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_ddp_ranks_end_with_identical_generators(data, stage1_ckpt, cache_dir, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
+        f"--master_port={free_port()}", str(ROOT / "tests" / "ddp_worker_stage2.py"), str(data), str(stage1_ckpt),
+        str(out), str(cache_dir),
+    ]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    hashes = [(out / f"rank{rank}.sha256").read_text().split() for rank in (0, 1)]
+    assert hashes[0] == hashes[1] and hashes[0][1] == "1"
+    _, config = load_checkpoint(out / "last")
+    assert config["training"]["world_size"] == 2 and config["training"]["topology"] == "cldice"
+    (record,) = read_metrics(out)
+    assert isinstance(record["g_topology"], float)
+
+
+def test_baseline3d_trains_one_epoch_end_to_end(data, cache_dir, tmp_path):
+    out = tmp_path / "baseline"
+    args = ["train", "baseline3d", "--data", str(data), "--out", str(out), "--cache-dir", str(cache_dir),
+            "--width", "4", "--patch", *map(str, PATCH), "--epochs", "1", "--batch-size", "1",
+            "--patches-per-epoch", "2", "--num-workers", "0", "--device", "cpu", "--val-fraction", "0.34",
+            "--test-fraction", "0.17"]  # fmt: skip
+    assert main(args) == 0
+    model, config = load_checkpoint(out / "best")
+    assert config["architecture"] == "monai-unet-3d" and config["model"]["in_channels"] == 1
+    ids = stage1_ids(data)
+    assert config["training"]["cases"] == {"train": ids["train"], "val": ids["val"]}  # stage 1's cases
+    record = read_metrics(out)[0]
+    assert isinstance(record["train_loss"], float) and isinstance(record["val_dice"], float)
+    prob = predict_baseline3d(model, CacheIndex.load(cache_dir).image(ids["val"][0]), patch_size=PATCH)
+    assert prob.shape == SHAPE and prob.dtype == np.float32 and 0.0 <= prob.min() and prob.max() <= 1.0
