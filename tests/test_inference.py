@@ -80,9 +80,14 @@ def test_resolve_stages_rules():
 
 
 def test_list_inputs(tmp_path):
-    for name in ("1.img.nii.gz", "1.label.nii.gz", "2.img.nii.gz", "x.nrrd", "notes.txt"):
+    for name in ("1.img.nii.gz", "1.label.nii.gz", "2.img.nii.gz", "1.s.nii.gz", "x.nrrd", "notes.txt"):
         (tmp_path / name).write_bytes(b"")
-    assert [c for c, _ in list_inputs([tmp_path])] == ["1", "2", "x"]
+    assert [c for c, _ in list_inputs([tmp_path])] == ["1", "2"]  # ImageCAS images only
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in ("a.nii.gz", "a.s.nii.gz", "a.y_prob.nii.gz", "b.label.nrrd", "c.nrrd"):
+        (other / name).write_bytes(b"")
+    assert [c for c, _ in list_inputs([other])] == ["a", "c"]
     with pytest.raises(Seg2RefineError, match="not found"):
         list_inputs([tmp_path / "nope.nii.gz"])
     (tmp_path / "empty").mkdir()

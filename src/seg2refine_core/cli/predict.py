@@ -24,6 +24,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", type=Path, nargs="+", metavar="IMAGE_OR_DIR")
     p.add_argument("--stage1", metavar="CKPT", help="stage-1 (SFANet) checkpoint, or 'bundled'")
     p.add_argument("--stage2", metavar="CKPT", help="stage-2 (3D Attention-GAN) checkpoint, or 'bundled'")
+    p.add_argument("--baseline3d", metavar="CKPT", type=Path,
+                   help="instead of the two stages: a 3D UNet baseline checkpoint (train baseline3d) -> <id>.b.nii.gz")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
     p.add_argument("--save-prob", action="store_true", help="also write probabilities <id>.s_prob / <id>.y_prob")
     p.add_argument("--threshold", type=float, default=0.5, help="probability threshold for masks (default 0.5)")
@@ -44,18 +46,27 @@ def resolve_stages(stage1: str | None, stage2: str | None) -> tuple[str | None, 
     return s1, s2
 
 
+#: Name endings (before the file suffix) of files that are never taken as input images in a folder.
+NOT_IMAGES = (".label", ".s", ".y", ".b", ".s_prob", ".y_prob", ".b_prob")
+
+
 def list_inputs(inputs: list[Path]) -> list[tuple[str, Path]]:
-    """(case id, image path) for files and folders; label files (``*.label.*``) in folders are skipped."""
+    """(case id, image path) for files and folders.
+
+    In a folder, ImageCAS images (``<id>.img.*``) are taken when there are any; otherwise every volume except
+    labels and this tool's outputs (names ending in :data:`NOT_IMAGES`), so re-running on a folder is safe.
+    """
     from ..volume import SUPPORTED_SUFFIXES, strip_suffix
 
     found: list[tuple[str, Path]] = []
     for item in inputs:
         if item.is_dir():
-            files = sorted(
+            volumes = sorted(
                 p for p in item.rglob("*")
-                if p.is_file() and p.name.lower().endswith(SUPPORTED_SUFFIXES) and ".label." not in p.name
-                and not p.name.startswith(".")
+                if p.is_file() and p.name.lower().endswith(SUPPORTED_SUFFIXES) and not p.name.startswith(".")
             )
+            images = [p for p in volumes if strip_suffix(p).endswith(".img")]
+            files = images or [p for p in volumes if not strip_suffix(p).endswith(NOT_IMAGES)]
             if not files:
                 raise Seg2RefineError(f"{item}: no .nii, .nii.gz or .nrrd volumes found")
         elif item.exists():
@@ -64,7 +75,7 @@ def list_inputs(inputs: list[Path]) -> list[tuple[str, Path]]:
             raise Seg2RefineError(f"{item}: file or folder not found")
         for path in files:
             case_id = strip_suffix(path)
-            found.append((case_id[: -len(".img")] if case_id.endswith(".img") else case_id, path))
+            found.append((case_id.removesuffix(".img"), path))
     ids = [c for c, _ in found]
     dupes = sorted({c for c in ids if ids.count(c) > 1})
     if dupes:
@@ -75,17 +86,25 @@ def list_inputs(inputs: list[Path]) -> list[tuple[str, Path]]:
 def run(args: argparse.Namespace) -> int:
     import time
 
+    from ..checkpoint import load_checkpoint
     from ..devices import resolve_device
     from ..inference import load_stage, run_pipeline
     from ..progress import tqdm_progress
     from ..volume import read_volume, write_volume
 
     device = resolve_device(args.device)
-    s1_path, s2_path = resolve_stages(args.stage1, args.stage2)
     cases = list_inputs(args.inputs)
-    stage1 = load_stage("stage1", s1_path or None, device) if s1_path is not None else None
-    stage2 = load_stage("stage2", s2_path or None, device) if s2_path is not None else None
-    outputs = {"s": stage1 is not None, "y": stage2 is not None}
+    if args.baseline3d is not None:
+        if args.stage1 or args.stage2:
+            raise Seg2RefineError("--baseline3d replaces both stages; do not combine it with --stage1/--stage2")
+        stage1 = stage2 = None
+        baseline = load_checkpoint(args.baseline3d, device=device)
+    else:
+        s1_path, s2_path = resolve_stages(args.stage1, args.stage2)
+        stage1 = load_stage("stage1", s1_path or None, device) if s1_path is not None else None
+        stage2 = load_stage("stage2", s2_path or None, device) if s2_path is not None else None
+        baseline = None
+    outputs = {"s": stage1 is not None, "y": stage2 is not None, "b": baseline is not None}
     input_paths = {p.resolve() for _, p in cases}
     planned = []
     for case_id, path in cases:
@@ -99,18 +118,24 @@ def run(args: argparse.Namespace) -> int:
         if existing and not args.overwrite:
             raise Seg2RefineError(f"{existing[0]}: already exists; pass --overwrite to replace outputs")
         planned.append((case_id, path))
-    print(f"device: {device}; stage 1: {stage1.path if stage1 else '-'}; stage 2: {stage2.path if stage2 else '-'}")
+    print(f"device: {device}; stage 1: {stage1.path if stage1 else '-'}; stage 2: {stage2.path if stage2 else '-'}"
+          + (f"; 3D baseline: {args.baseline3d}" if baseline else ""))
     for case_id, path in planned:
         volume = read_volume(path)
         t0 = time.perf_counter()
         with tqdm_progress(f"{case_id}", unit="step") as progress:
-            result = run_pipeline(
-                volume.array, volume.spacing, stage1, stage2, threshold=args.threshold,
-                batch_size=args.batch_size, overlap=args.overlap, sw_batch_size=args.sw_batch_size,
-                device=device, progress=progress,
-            )
+            if baseline is not None:
+                b_prob = predict_baseline(baseline, volume, args, device, progress)
+                results = [("b", (b_prob >= args.threshold).astype("uint8"), b_prob)]
+            else:
+                result = run_pipeline(
+                    volume.array, volume.spacing, stage1, stage2, threshold=args.threshold,
+                    batch_size=args.batch_size, overlap=args.overlap, sw_batch_size=args.sw_batch_size,
+                    device=device, progress=progress,
+                )
+                results = [("s", result.s_mask, result.s_prob), ("y", result.y_mask, result.y_prob)]
         written = []
-        for key, mask, prob in (("s", result.s_mask, result.s_prob), ("y", result.y_mask, result.y_prob)):
+        for key, mask, prob in results:
             if mask is None:
                 continue
             written.append(write_volume(args.out / f"{case_id}.{key}.nii.gz", mask, like=volume))
@@ -118,5 +143,16 @@ def run(args: argparse.Namespace) -> int:
                 written.append(write_volume(args.out / f"{case_id}.{key}_prob.nii.gz", prob, like=volume))
         elapsed = time.perf_counter() - t0
         print(f"{case_id}: {volume.shape} in {elapsed:.1f} s -> {', '.join(p.name for p in written)}")
-        del volume, result
+        del volume, results
     return 0
+
+
+def predict_baseline(baseline, volume, args: argparse.Namespace, device, progress):
+    """Probabilities of the 3D UNet baseline for ``volume`` (X' with the checkpoint's preprocessing)."""
+    from ..preprocess import PreprocessConfig, preprocess
+    from ..train_baseline3d import predict_baseline3d
+
+    model, config = baseline
+    xprime = preprocess(volume.array, volume.spacing, PreprocessConfig.from_dict(config.get("preprocess", {})))
+    return predict_baseline3d(model, xprime, patch_size=config["input"]["patch_size"], overlap=args.overlap,
+                              sw_batch_size=args.sw_batch_size, device=device, progress=progress)

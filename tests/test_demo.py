@@ -1,0 +1,45 @@
+"""The demo job end to end on a small phantom with tiny checkpoints, and the bundled demo weights' budget."""
+
+import json
+
+import numpy as np
+import pytest
+
+from plugin_support import tiny_checkpoints
+from seg2refine_core.cli import main
+from seg2refine_core.inference import BUNDLED
+from seg2refine_core.volume import read_volume
+
+
+def test_demo_writes_every_output(tmp_path, capsys):
+    s1, s2 = tiny_checkpoints(tmp_path)
+    out = tmp_path / "demo"
+    code = main(["demo", "--out", str(out), "--shape", "32", "64", "64", "--device", "cpu",
+                 "--stage1", str(s1), "--stage2", str(s2)])
+    assert code == 0
+    for name in ("demo.img.nii.gz", "demo.label.nii.gz", "demo.s.nii.gz", "demo.y.nii.gz", "metrics.json",
+                 "slice_dice.png", "overlay.png", "demo.preview.png"):
+        assert (out / name).is_file(), name
+    for png in ("slice_dice.png", "overlay.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((out / "metrics.json").read_text())
+    assert set(summary["metrics"]) == {"S", "Y", "threshold"}
+    for row in summary["metrics"].values():
+        assert 0.0 <= row["dice"] <= 1.0 and row["b0_gt"] >= 1
+    assert len(summary["slice_dice"]["S"]) == 32
+    # outputs keep the phantom's geometry, and the printed table matches the JSON
+    image, s_mask = read_volume(out / "demo.img.nii.gz"), read_volume(out / "demo.s.nii.gz")
+    np.testing.assert_allclose(s_mask.affine, image.affine)
+    printed = capsys.readouterr().out
+    assert f"{summary['metrics']['Y']['dice']:7.3f}" in printed
+
+
+def test_bundled_demo_weights_fit_the_budget():
+    present = [p for p in BUNDLED.values() if p.is_file()]
+    if not present:
+        pytest.skip("demo weights not built yet (make demo-weights)")
+    total = sum(p.stat().st_size for p in present)
+    assert total <= 20e6
+    for path in present:
+        config = json.loads(path.with_suffix(".json").read_text())
+        assert "demo_weights" in config["training"]

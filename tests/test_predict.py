@@ -1,0 +1,71 @@
+"""`seg2refine predict` end to end: outputs with the input's geometry, the baseline path, refusals."""
+
+import numpy as np
+import pytest
+import torch
+
+from plugin_support import tiny_checkpoints, tiny_phantom
+from seg2refine_core.checkpoint import save_checkpoint
+from seg2refine_core.cli import main
+from seg2refine_core.phantom import write_phantom_case
+from seg2refine_core.preprocess import PreprocessConfig
+from seg2refine_core.volume import read_volume
+
+
+@pytest.fixture(scope="module")
+def case_and_models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("predict")
+    image, label = write_phantom_case(tiny_phantom(), root / "data", 7)
+    return root, image, tiny_checkpoints(root)
+
+
+def test_both_stages_write_masks_and_probabilities_with_source_geometry(case_and_models, tmp_path, capsys):
+    root, image, (s1, s2) = case_and_models
+    out = tmp_path / "pred"
+    assert main(["predict", str(root / "data"), "--stage1", str(s1), "--stage2", str(s2), "--out", str(out),
+                 "--save-prob", "--device", "cpu"]) == 0
+    source = read_volume(image)
+    for name in ("7.s.nii.gz", "7.y.nii.gz", "7.s_prob.nii.gz", "7.y_prob.nii.gz"):
+        written = read_volume(out / name)
+        assert written.shape == source.shape
+        np.testing.assert_allclose(written.affine, source.affine)
+    s_mask, s_prob = read_volume(out / "7.s.nii.gz").array, read_volume(out / "7.s_prob.nii.gz").array
+    assert set(np.unique(s_mask)) <= {0.0, 1.0}
+    np.testing.assert_array_equal(s_mask, (s_prob >= 0.5).astype(np.float32))
+    assert "7:" in capsys.readouterr().out
+    # a second run refuses to replace the outputs unless asked
+    assert main(["predict", str(image), "--stage1", str(s1), "--out", str(out), "--device", "cpu"]) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+
+
+def test_stage1_only_and_the_3d_baseline(case_and_models, tmp_path):
+    from monai.networks.nets import UNet
+
+    root, image, (s1, _) = case_and_models
+    out = tmp_path / "pred"
+    assert main(["predict", str(image), "--stage1", str(s1), "--out", str(out), "--device", "cpu"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["7.s.nii.gz"]
+    model_cfg = {"spatial_dims": 3, "in_channels": 1, "out_channels": 1, "channels": [4, 8], "strides": [2]}
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "b3d", UNet(**model_cfg), {
+        "architecture": "monai-unet-3d", "model": model_cfg, "preprocess": PreprocessConfig().to_dict(),
+        "input": {"patch_size": [16, 32, 32], "channels": ["xprime"]}})
+    assert main(["predict", str(image), "--baseline3d", str(ckpt), "--out", str(out), "--device", "cpu"]) == 0
+    assert read_volume(out / "7.b.nii.gz").shape == read_volume(image).shape
+
+
+def test_refusals_are_one_line_messages(case_and_models, tmp_path, capsys):
+    root, image, (s1, s2) = case_and_models
+    pickle = tmp_path / "model.pt"
+    torch.save({"w": torch.zeros(1)}, pickle)
+    assert main(["predict", str(image), "--stage1", str(pickle), "--out", str(tmp_path / "o")]) == 2
+    assert "pickle checkpoints are refused" in capsys.readouterr().err
+    assert main(["predict", str(image), "--stage1", str(s2), "--out", str(tmp_path / "o")]) == 2
+    assert "cannot be used for stage1" in capsys.readouterr().err
+    assert main(["predict", str(image), "--stage1", str(s1), "--out", str(image.parent)]) == 0
+    before = image.read_bytes()
+    # re-running on that folder segments the image only (not the earlier output) and never touches the input
+    assert main(["predict", str(root / "data"), "--stage1", str(s1), "--out", str(root / "data"),
+                 "--overwrite"]) == 0
+    assert image.read_bytes() == before
+    assert sorted(p.name for p in (root / "data").iterdir()) == ["7.img.nii.gz", "7.label.nii.gz", "7.s.nii.gz"]
