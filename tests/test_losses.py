@@ -11,13 +11,7 @@ from seg2refine_core.losses import WeightedBCEDiceLoss, class_weights, weighted_
 from seg2refine_core.nets import build_sfanet
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster and does not fight other processes for the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def eq7(logits: torch.Tensor, target: torch.Tensor, w_pos: float, w_neg: float) -> float:

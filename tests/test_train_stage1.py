@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from ddp_worker import run_ranks
 from seg2refine_core.cache import build_cache
 from seg2refine_core.checkpoint import load_checkpoint
 from seg2refine_core.cli import main
@@ -23,19 +20,10 @@ from seg2refine_core.phantom import make_phantom
 from seg2refine_core.train_stage1 import SliceDataset, Stage1TrainConfig, cosine_decay, default_crop, train_stage1
 from seg2refine_core.volume import write_volume
 
-ROOT = Path(__file__).resolve().parents[1]
 # 4 phantoms: hold-out 1 val, 1 test, 2 train; 2 epochs of 8 slices in batches of 4 = 4 steps.
 OPTIONS = {"width": 4, "epochs": 2, "batch_size": 4, "samples_per_epoch": 8, "num_workers": 0, "device": "cpu",
            "val_fraction": 0.25, "test_fraction": 0.25}  # fmt: skip
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two shared cores: one intra-op thread is both faster and bit-reproducible."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -156,24 +144,10 @@ def test_slice_dataset_crops_and_augments_deterministically(data, cache_dir):
     assert cosine_decay(4)(0) == 1.0 and cosine_decay(4)(4) == pytest.approx(0.01)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_ddp_ranks_end_with_identical_weights(data, tmp_path):
     out = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
-        f"--master_port={free_port()}", str(ROOT / "tests" / "ddp_worker.py"),
-        str(data), str(out), str(tmp_path / "cache"),
-    ]  # fmt: skip
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0, done.stderr[-3000:]
-    hashes = [(out / f"rank{rank}.sha256").read_text().split() for rank in (0, 1)]
+    hashes = run_ranks("stage1", data, out, tmp_path / "cache", timeout=180)
     assert hashes[0] == hashes[1] and hashes[0][1] == "2"
     model, config = load_checkpoint(out / "last")
     assert config["training"]["world_size"] == 2

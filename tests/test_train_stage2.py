@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from ddp_worker import run_ranks
 from seg2refine_core import train_stage2 as stage2
 from seg2refine_core.cache import CacheIndex
 from seg2refine_core.checkpoint import load_checkpoint, save_checkpoint
@@ -32,7 +30,6 @@ from seg2refine_core.runlog import load_resume_state, read_metrics
 from seg2refine_core.train_baseline3d import predict_baseline3d
 from seg2refine_core.volume import write_volume
 
-ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (32, 64, 64)
 # 6 cases; stage 1's hold-out (val 0.34, test 0.17, seed 0): 3 train, 2 val, 1 test. The stage-2 pool is stage 1's
 # 2 val cases: 1 stage-2 train case and 1 validation case. 2 epochs of 2 patches of 32³ in batches of 1.
@@ -40,15 +37,7 @@ STAGE1_SPLIT = {"val_fraction": 0.34, "test_fraction": 0.17, "split_seed": 0}
 OPTIONS = {"width": 4, "epochs": 2, "batch_size": 1, "patches_per_epoch": 2, "num_workers": 0, "device": "cpu",
            "val_fraction": 0.5}  # fmt: skip
 PATCH = (32, 32, 32)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two shared cores: one intra-op thread is both faster and bit-reproducible."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_tubes(root: Path, n: int = 6) -> Path:
@@ -245,23 +234,9 @@ def test_s_cache_is_reused_and_keyed_by_the_stage1_model(straight_run, stage1_ck
                                      path.parent, cache[case_id].image_path, fingerprint)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_ddp_ranks_end_with_identical_generators(data, stage1_ckpt, cache_dir, tmp_path):
     out = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
-        f"--master_port={free_port()}", str(ROOT / "tests" / "ddp_worker_stage2.py"), str(data), str(stage1_ckpt),
-        str(out), str(cache_dir),
-    ]  # fmt: skip
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stderr[-3000:]
-    hashes = [(out / f"rank{rank}.sha256").read_text().split() for rank in (0, 1)]
+    hashes = run_ranks("stage2", data, out, cache_dir, stage1_ckpt, timeout=240)
     assert hashes[0] == hashes[1] and hashes[0][1] == "1"
     _, config = load_checkpoint(out / "last")
     assert config["training"]["world_size"] == 2 and config["training"]["topology"] == "cldice"

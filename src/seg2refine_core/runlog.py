@@ -1,6 +1,6 @@
 """A training run's folder: the per-epoch metrics log, its curves, and the state that ``--resume`` needs.
 
-Shared by both training stages. A run folder holds::
+Shared by the trainers. A run folder holds::
 
     metrics.jsonl          one JSON record per finished epoch (``epoch`` plus any numeric keys), rank 0 only
     curves.png             losses and validation metrics against epoch (redrawn after each epoch)
@@ -115,6 +115,28 @@ def check_run_dir(run_dir: str | Path, resume: bool, names: Sequence[str] = ("be
         )
     if resume and not resume_path(run_dir / "last").is_file():
         raise Seg2RefineError(f"{run_dir}: nothing to resume (no last{RESUME_SUFFIX}); start without --resume")
+
+
+def open_run(run_dir: str | Path, resume: bool) -> dict[str, Any] | None:
+    """Check ``run_dir`` with :func:`check_run_dir`; when resuming return the state saved with ``last``, else None."""
+    check_run_dir(run_dir, resume)
+    return load_resume_state(resume_path(Path(run_dir) / "last")) if resume else None
+
+
+def check_resume_options(
+    run_dir: str | Path, given: dict[str, Any], stored: dict[str, Any], keys: Sequence[str],
+    option_names: dict[str, str] | None = None,
+) -> None:
+    """Refuse to resume the run in ``run_dir`` with a run-defining option (``keys``) whose ``given`` value differs
+    from the ``stored`` run's (both as the config's ``to_dict()``); the :class:`Seg2RefineError` names the option
+    as ``--key-name`` or by ``option_names[key]``."""
+    for key in keys:
+        if given[key] != stored.get(key):
+            option = (option_names or {}).get(key, "--" + key.replace("_", "-"))
+            raise Seg2RefineError(
+                f"{run_dir}: resume with {option} {given[key]!r}, but the run used {stored.get(key)!r}; "
+                "give the same value or leave the option out"
+            )
 
 
 def resume_path(checkpoint: str | Path) -> Path:

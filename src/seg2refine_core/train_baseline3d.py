@@ -23,11 +23,9 @@ Seg2RefineNet (design §7; the paper compares against 3D U-Nets).
 from __future__ import annotations
 
 import math
-import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime, timezone
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,26 +35,27 @@ from torch import nn
 
 from . import distributed
 from .checkpoint import build_model, load_state_strict, read_config, save_checkpoint
-from .datasets import Case, discover_cases, holdout_split, read_split, split_cases
+from .datasets import Case
 from .devices import autocast_dtype
-from .errors import CheckpointError, DatasetError, Seg2RefineError
+from .errors import CheckpointError, Seg2RefineError
 from .inference import count_windows, use_channels_last
 from .metrics import betti0_error, dice
 from .patches import PatchConfig, PatchDataset, patch_loader, patch_sources
 from .preprocess import PreprocessConfig
 from .progress import ProgressFn, StopFn, check_stop
-from .runlog import (
-    append_metrics,
-    capture_rng_state,
-    check_run_dir,
-    load_resume_state,
-    plot_curves,
-    restore_rng_state,
-    resume_path,
-    save_resume_state,
-    truncate_metrics,
+from .runlog import capture_rng_state, check_resume_options, open_run, restore_rng_state, resume_path, save_resume_state
+from .training import (
+    OPTION_NAMES,
+    EpochFn,
+    RunHistory,
+    labelled_split,
+    options_kwargs,
+    options_to_dict,
+    prepare_xprime_cache,
+    seed_run,
+    split_provenance,
+    wrap_ddp,
 )
-from .train_stage2 import OPTION_NAMES, prepare_xprime_cache
 
 ARCHITECTURE = "monai-unet-3d"
 THRESHOLD = 0.5
@@ -65,9 +64,8 @@ RUN_DEFINING = (
     "patch_size", "batch_size", "patches_per_epoch", "lr", "weight_decay", "vessel_fraction", "augment", "seed",
     "preprocess",
 )  # fmt: skip
+PATH_OPTIONS = ("data", "out", "split", "cache_dir")
 PANELS = {"loss": ["train_loss"], "validation": ["val_dice"], "validation Betti-0 error": ["val_b0_error"]}
-
-EpochFn = Callable[[dict[str, Any]], None]
 
 
 @dataclass
@@ -109,21 +107,15 @@ class Baseline3dTrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (paths as strings, ``preprocess`` as a dict, ``patch_size`` as a list)."""
-        out = asdict(self)
+        out = options_to_dict(self, PATH_OPTIONS)
         out["preprocess"] = self.preprocess.to_dict()
-        for key in ("data", "out", "split", "cache_dir"):
-            out[key] = None if out[key] is None else str(out[key])
         out["patch_size"] = [int(p) for p in self.patch_size]
         return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Baseline3dTrainConfig:
         """Inverse of :meth:`to_dict` (unknown keys are ignored)."""
-        known = {f.name for f in fields(cls)}
-        kwargs = {k: v for k, v in data.items() if k in known}
-        for key in ("data", "out", "split", "cache_dir"):
-            if kwargs.get(key) is not None:
-                kwargs[key] = Path(kwargs[key])
+        kwargs = options_kwargs(cls, data, PATH_OPTIONS)
         if "patch_size" in kwargs:
             kwargs["patch_size"] = tuple(int(p) for p in kwargs["patch_size"])
         if "preprocess" in kwargs:
@@ -210,19 +202,7 @@ def predict_baseline3d(
 
 def baseline_split(config: Baseline3dTrainConfig) -> tuple[list[Case], list[Case]]:
     """Training and validation cases by stage 1's rule (module doc); DatasetError for unlabelled ones."""
-    cases = discover_cases(config.data, config.layout)
-    if config.split is not None:
-        ids = read_split(config.split, config.fold)
-    else:
-        ids = holdout_split(cases, config.val_fraction, config.test_fraction, config.split_seed)
-    parts = split_cases(cases, ids)
-    train, val = parts["train"], parts["val"]
-    if not train:
-        raise DatasetError(f"{config.data}: the split leaves no training case")
-    unlabelled = [case.case_id for case in train + val if case.label is None]
-    if unlabelled:
-        raise DatasetError(f"{config.data}: training/validation case(s) without a label: {', '.join(unlabelled[:5])}")
-    return train, val
+    return labelled_split(config)
 
 
 def _validate(
@@ -254,26 +234,15 @@ def train_baseline3d(
     config.check()
     info = distributed.init_distributed(config.device)
     run_dir = Path(config.out)
-    check_run_dir(run_dir, config.resume)
-    state = load_resume_state(resume_path(run_dir / "last")) if config.resume else None
+    state = open_run(run_dir, config.resume)
     train_cases, val_cases = baseline_split(config)
     train_ids, val_ids = [c.case_id for c in train_cases], [c.case_id for c in val_cases]
     case_ids = {"train": train_ids, "val": val_ids}
     if state is not None:
-        stored, given = state["config"], config.to_dict()
-        for key in RUN_DEFINING:
-            if given[key] != stored.get(key):
-                raise Seg2RefineError(
-                    f"{config.out}: resume with {OPTION_NAMES.get(key, '--' + key.replace('_', '-'))} "
-                    f"{given[key]!r}, but the run used "
-                    f"{stored.get(key)!r}; give the same value or leave the option out"
-                )
+        check_resume_options(config.out, config.to_dict(), state["config"], RUN_DEFINING, OPTION_NAMES)
         if case_ids != state["cases"]:
             raise Seg2RefineError(f"{config.data}: the training/validation cases differ from the resumed run's")
-    torch.manual_seed(config.seed)
-    if info.device.type == "cuda":
-        torch.backends.cudnn.benchmark = not config.deterministic
-        torch.backends.cudnn.deterministic = config.deterministic
+    seed_run(config.seed, config.deterministic, info.device)
 
     cache_dir = Path(config.cache_dir) if config.cache_dir else run_dir / "cache"
     cache = prepare_xprime_cache(train_cases + val_cases, cache_dir, config.preprocess, info, progress, should_stop)
@@ -295,10 +264,7 @@ def train_baseline3d(
         load_state_strict(model, load_file(str(run_dir / "last.safetensors")), "last.safetensors")
     memory_format = torch.channels_last_3d if use_channels_last(info.device) else torch.contiguous_format
     model.to(info.device, memory_format=memory_format)
-    train_model: nn.Module = model
-    if info.distributed:
-        device_ids = [info.device.index] if info.device.type == "cuda" else None
-        train_model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    train_model = wrap_ddp(model, info)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     amp_dtype = autocast_dtype(info.device) if config.amp else None
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
@@ -307,8 +273,8 @@ def train_baseline3d(
     loss_fn = DiceCELoss(sigmoid=True)
 
     epoch, step_in_epoch, loss_sum, loss_count = 0, 0, 0.0, 0
-    best = {"metric": "val_dice" if val_ids else "train_loss", "value": None, "epoch": None}
-    history: list[dict[str, Any]] = []
+    history = RunHistory.start(run_dir, info.is_main, state, score="val_dice", loss="train_loss",
+                               validating=bool(val_ids), panels=PANELS, on_epoch=on_epoch)
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
@@ -316,12 +282,9 @@ def train_baseline3d(
         epoch, step_in_epoch = int(state["epoch"]), int(state["step"])
         if info.is_main:
             loss_sum, loss_count = float(state["loss_sum"]), int(state["loss_count"])
-        best = dict(state["best"])
-        if info.is_main:
-            history = truncate_metrics(run_dir, epoch)
     run_config = config.to_dict()
 
-    def checkpoint_config(epochs_done: int, step: int) -> dict[str, Any]:
+    def checkpoint_config() -> dict[str, Any]:
         return {
             "architecture": ARCHITECTURE,
             "model": model_config,
@@ -329,34 +292,26 @@ def train_baseline3d(
             "input": {"patch_size": list(config.patch_size), "channels": ["xprime"], "threshold": THRESHOLD},
             "training": {
                 "stage": "baseline3d",
-                "data": str(config.data),
-                "split": str(config.split) if config.split else "holdout",
-                "fold": config.fold if config.split else None,
+                **split_provenance(config),
                 "cases": case_ids,
-                "epochs_done": epochs_done,
-                "step_in_epoch": step,
+                "epochs_done": epoch,
+                "step_in_epoch": step_in_epoch,
                 "epochs": config.epochs,
                 "seed": config.seed,
                 "loss": "DiceCELoss(sigmoid)",
-                "best": best,
-                "history": history,
-                "world_size": info.world_size,
-                "torch_version": torch.__version__,
-                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "command": config.command or " ".join(sys.argv),
-                "config": run_config,
+                **history.provenance(info.world_size, config.command, run_config),
             },
         }
 
-    def save_last(epochs_done: int, step: int) -> None:
+    def save_last() -> None:
         if not info.is_main:
             return
-        save_checkpoint(run_dir / "last", model, checkpoint_config(epochs_done, step))
+        save_checkpoint(run_dir / "last", model, checkpoint_config())
         save_resume_state(
             resume_path(run_dir / "last"),
             {
-                "epoch": epochs_done, "step": step, "loss_sum": loss_sum, "loss_count": loss_count,
-                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "best": best,
+                "epoch": epoch, "step": step_in_epoch, "loss_sum": loss_sum, "loss_count": loss_count,
+                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "best": history.best.to_dict(),
                 "rng": capture_rng_state(), "config": run_config, "cases": case_ids,
             },
         )
@@ -393,7 +348,7 @@ def train_baseline3d(
         train_time = time.perf_counter() - t0
         if stopped:
             loss_sum, loss_count = distributed.all_reduce_sum([loss_sum, loss_count])
-            save_last(epoch, step_in_epoch)
+            save_last()
             break
         if info.distributed:
             distributed.sync_buffers(model)
@@ -408,33 +363,8 @@ def train_baseline3d(
             "time_s": time.perf_counter() - t0,
             "patches_per_s": distributed.all_reduce_sum([seen])[0] / max(train_time, 1e-9),
         }
-        history.append(record)
-        score = record[best["metric"]]
-        higher = best["metric"] == "val_dice"
-        better = best["value"] is None or (score > best["value"] if higher else score < best["value"])
-        if better:
-            best = {"metric": best["metric"], "value": score, "epoch": epoch}
         step_in_epoch, loss_sum, loss_count = 0, 0.0, 0
-        if info.is_main:
-            if better:
-                save_checkpoint(run_dir / "best", model, checkpoint_config(epoch, 0))
-            save_last(epoch, 0)
-            append_metrics(run_dir, record)
-            plot_curves(run_dir, PANELS)
-            if on_epoch is not None:
-                on_epoch(record)
+        history.end_epoch(record, model, checkpoint_config, save_last)
     distributed.barrier()
-    return {
-        "run_dir": str(run_dir),
-        "best": str(run_dir / "best.safetensors"),
-        "last": str(run_dir / "last.safetensors"),
-        "epochs_done": epoch,
-        "best_epoch": best["epoch"],
-        "best_metric": best["metric"],
-        "best_value": best["value"],
-        "stopped": stopped,
-        "train_cases": len(train_ids),
-        "val_cases": len(val_ids),
-        "patch_size": list(config.patch_size),
-        "history": history,
-    }
+    return history.summary(epoch, stopped, train_cases=len(train_ids), val_cases=len(val_ids),
+                           patch_size=list(config.patch_size))

@@ -31,12 +31,10 @@ What one run does (paper: "SFANet is trained using the Adam optimizer ...", desi
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime, timezone
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,29 +45,29 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from . import distributed
-from .cache import CacheIndex, build_cache
+from .cache import CacheIndex
 from .checkpoint import load_state_strict, read_config, save_checkpoint
-from .datasets import Case, discover_cases, holdout_split, read_split, split_cases
 from .devices import autocast_dtype
-from .errors import CheckpointError, DatasetError, Seg2RefineError
+from .errors import CheckpointError, Seg2RefineError
 from .inference import segment_slices
 from .losses import WeightedBCEDiceLoss
 from .metrics import dice
 from .nets.sfanet import VARIANTS, build_sfanet
 from .preprocess import PreprocessConfig
 from .progress import ProgressFn, StopFn
-from .runlog import (
-    append_metrics,
-    capture_rng_state,
-    check_run_dir,
-    load_resume_state,
-    plot_curves,
-    restore_rng_state,
-    resume_path,
-    save_resume_state,
-    truncate_metrics,
-)
+from .runlog import capture_rng_state, check_resume_options, open_run, restore_rng_state, resume_path, save_resume_state
 from .sampling import BalancedSampler
+from .training import (
+    EpochFn,
+    RunHistory,
+    labelled_split,
+    options_kwargs,
+    options_to_dict,
+    prepare_xprime_cache,
+    seed_run,
+    split_provenance,
+    wrap_ddp,
+)
 
 ROTATION_DEG = 15.0
 FLIP_PROB = 0.5
@@ -81,8 +79,8 @@ RUN_DEFINING = (
     "split", "fold", "val_fraction", "test_fraction", "split_seed", "layout", "variant", "width", "batch_size",
     "lr", "weight_decay", "samples_per_epoch", "positive_fraction", "crop", "seed", "preprocess",
 )  # fmt: skip
+PATH_OPTIONS = ("data", "out", "split", "cache_dir")
 
-EpochFn = Callable[[dict[str, Any]], None]
 StepFn = Callable[[int, float], None]
 
 
@@ -126,21 +124,15 @@ class Stage1TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (paths as strings, ``preprocess`` as a dict, ``crop`` as a list)."""
-        out = asdict(self)
+        out = options_to_dict(self, PATH_OPTIONS)
         out["preprocess"] = self.preprocess.to_dict()
-        for key in ("data", "out", "split", "cache_dir"):
-            out[key] = None if out[key] is None else str(out[key])
         out["crop"] = None if self.crop is None else [int(c) for c in self.crop]
         return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Stage1TrainConfig:
         """Inverse of :meth:`to_dict` (unknown keys are ignored so old runs stay readable)."""
-        known = {f.name for f in fields(cls)}
-        kwargs = {k: v for k, v in data.items() if k in known}
-        for key in ("data", "out", "split", "cache_dir"):
-            if kwargs.get(key) is not None:
-                kwargs[key] = Path(kwargs[key])
+        kwargs = options_kwargs(cls, data, PATH_OPTIONS)
         if kwargs.get("crop") is not None:
             kwargs["crop"] = tuple(int(c) for c in kwargs["crop"])
         if "preprocess" in kwargs:
@@ -272,46 +264,8 @@ def default_crop(shapes: list[tuple[int, int, int]]) -> tuple[int, int]:
     return tuple(max(16, min(size[axis] for size in sizes) // 16 * 16) for axis in (0, 1))  # type: ignore[return-value]
 
 
-def _split(config: Stage1TrainConfig) -> tuple[list[Case], list[Case]]:
-    cases = discover_cases(config.data, config.layout)
-    if config.split is not None:
-        ids = read_split(config.split, config.fold)
-    else:
-        ids = holdout_split(cases, config.val_fraction, config.test_fraction, config.split_seed)
-    parts = split_cases(cases, ids)
-    train, val = parts["train"], parts["val"]
-    if not train:
-        raise DatasetError(f"{config.data}: the split leaves no training case")
-    unlabelled = [case.case_id for case in train + val if case.label is None]
-    if unlabelled:
-        raise DatasetError(f"{config.data}: training/validation case(s) without a label: {', '.join(unlabelled[:5])}")
-    return train, val
-
-
-def _prepare_cache(
-    cases: list[Case], config: Stage1TrainConfig, info: distributed.DistInfo,
-    progress: ProgressFn | None, should_stop: StopFn | None,
-) -> CacheIndex:
-    """Build the cache: under DDP each rank does its share of cases first, then rank 0 writes the index."""
-    cache_dir = config.cache_dir or Path(config.out) / "cache"
-    report = progress if info.is_main else None
-    if info.distributed:
-        mine = cases[info.rank :: info.world_size]
-        build_cache(mine, cache_dir, config.preprocess, report, should_stop, write_index=False)
-        distributed.barrier()
-    return build_cache(cases, cache_dir, config.preprocess, report, should_stop, write_index=info.is_main)
-
-
 def _check_resume(config: Stage1TrainConfig, state: dict[str, Any], split_ids: dict[str, list[str]]) -> None:
-    stored = state["config"]
-    given = config.to_dict()
-    for key in RUN_DEFINING:
-        if given[key] != stored.get(key):
-            option = "--" + key.replace("_", "-")
-            raise Seg2RefineError(
-                f"{config.out}: resume with {option} {given[key]!r}, but the run used {stored.get(key)!r}; "
-                "give the same value or leave the option out"
-            )
+    check_resume_options(config.out, config.to_dict(), state["config"], RUN_DEFINING)
     if split_ids != state["cases"]:
         raise Seg2RefineError(f"{config.data}: the training/validation cases differ from the resumed run's")
 
@@ -383,10 +337,7 @@ def _make_learner(
     model.to(info.device)
     if info.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    train_model: nn.Module = model
-    if info.distributed:
-        device_ids = [info.device.index] if info.device.type == "cuda" else None
-        train_model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    train_model = wrap_ddp(model, info)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_decay(config.epochs))
     amp_dtype = autocast_dtype(info.device) if config.amp else None
@@ -401,13 +352,6 @@ def cosine_decay(epochs: int) -> Callable[[int], float]:
     started with that value would have had from that epoch on.
     """
     return lambda e: LR_FLOOR + (1.0 - LR_FLOOR) * 0.5 * (1.0 + math.cos(math.pi * min(e, epochs) / epochs))
-
-
-def _improves(best: dict[str, Any], record: dict[str, Any]) -> bool:
-    score = record[best["metric"]]
-    if best["value"] is None:
-        return True
-    return score > best["value"] if best["metric"] == "val_dice" else score < best["value"]
 
 
 def train_stage1(
@@ -431,18 +375,15 @@ def train_stage1(
     config.check()
     info = distributed.init_distributed(config.device)
     run_dir = Path(config.out)
-    check_run_dir(run_dir, config.resume)
-    state = load_resume_state(resume_path(run_dir / "last")) if config.resume else None
-    train_cases, val_cases = _split(config)
+    state = open_run(run_dir, config.resume)
+    train_cases, val_cases = labelled_split(config)
     split_ids = {"train": [c.case_id for c in train_cases], "val": [c.case_id for c in val_cases]}
     if state is not None:
         _check_resume(config, state, split_ids)
-    torch.manual_seed(config.seed)
-    if info.device.type == "cuda":
-        torch.backends.cudnn.benchmark = not config.deterministic
-        torch.backends.cudnn.deterministic = config.deterministic
+    seed_run(config.seed, config.deterministic, info.device)
 
-    cache = _prepare_cache(train_cases + val_cases, config, info, progress, should_stop)
+    cache_dir = config.cache_dir or run_dir / "cache"
+    cache = prepare_xprime_cache(train_cases + val_cases, cache_dir, config.preprocess, info, progress, should_stop)
     train_cache = cache.subset(split_ids["train"])
     shapes = [train_cache[c].shape for c in split_ids["train"]]
     crop: tuple[int, int] = tuple(config.crop) if config.crop else default_crop(shapes)  # type: ignore[assignment]
@@ -461,8 +402,8 @@ def train_stage1(
     run_config = config.to_dict()
 
     at = _Counters()
-    best: dict[str, Any] = {"metric": "val_dice" if split_ids["val"] else "train_loss", "value": None, "epoch": None}
-    history: list[dict[str, Any]] = []
+    history = RunHistory.start(run_dir, info.is_main, state, score="val_dice", loss="train_loss",
+                               validating=bool(split_ids["val"]), on_epoch=on_epoch)
     if state is not None:
         learner.optimizer.load_state_dict(state["optimizer"])
         learner.scheduler.load_state_dict(state["scheduler"])
@@ -474,8 +415,6 @@ def train_stage1(
         at = _Counters(int(state["epoch"]), int(state["step"]))
         if info.is_main:  # the stored sums are over all ranks; rank 0 carries them
             at.loss_sum, at.loss_count = float(state["loss_sum"]), int(state["loss_count"])
-            history = truncate_metrics(run_dir, at.epoch)
-        best = dict(state["best"])
 
     def checkpoint_config() -> dict[str, Any]:
         return {
@@ -485,21 +424,13 @@ def train_stage1(
             "input": {"slice_size": list(crop), "threshold": THRESHOLD},
             "training": {
                 "stage": 1,
-                "data": str(config.data),
-                "split": str(config.split) if config.split else "holdout",
-                "fold": config.fold if config.split else None,
+                **split_provenance(config),
                 "cases": split_ids,
                 "epochs_done": at.epoch,
                 "step_in_epoch": at.step,
                 "epochs": config.epochs,
                 "seed": config.seed,
-                "best": best,
-                "history": history,
-                "world_size": info.world_size,
-                "torch_version": torch.__version__,
-                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "command": config.command or " ".join(sys.argv),
-                "config": run_config,
+                **history.provenance(info.world_size, config.command, run_config),
             },
         }
 
@@ -508,7 +439,7 @@ def train_stage1(
         resume_state = {
             "epoch": at.epoch, "step": at.step, "loss_sum": at.loss_sum, "loss_count": at.loss_count,
             "optimizer": learner.optimizer.state_dict(), "scheduler": learner.scheduler.state_dict(),
-            "scaler": learner.scaler.state_dict(), "best": best, "rng": capture_rng_state(),
+            "scaler": learner.scaler.state_dict(), "best": history.best.to_dict(), "rng": capture_rng_state(),
             "config": run_config, "cases": split_ids,
         }
         save_resume_state(resume_path(run_dir / "last"), resume_state)
@@ -554,30 +485,10 @@ def train_stage1(
             "time_s": time.perf_counter() - t0,
             "samples_per_s": seen_all / max(train_time, 1e-9),
         }
-        history.append(record)
-        improved = _improves(best, record)
-        if improved:
-            best = {"metric": best["metric"], "value": record[best["metric"]], "epoch": at.epoch}
-        if info.is_main:
-            if improved:
-                save_checkpoint(run_dir / "best", learner.model, checkpoint_config())
-            save_last()
-            append_metrics(run_dir, record)
-            plot_curves(run_dir)
-            if on_epoch is not None:
-                on_epoch(record)
+        history.end_epoch(record, learner.model, checkpoint_config, save_last)
     distributed.barrier()
-    return {
-        "run_dir": str(run_dir),
-        "best": str(run_dir / "best.safetensors") if best["epoch"] is not None else None,
-        "last": str(run_dir / "last.safetensors"),
-        "epochs_done": at.epoch,
-        "best_epoch": best["epoch"],
-        "best_metric": best["metric"],
-        "best_value": best["value"],
-        "stopped": stopped,
-        "slice_size": list(crop),
-        "train_cases": len(split_ids["train"]),
-        "val_cases": len(split_ids["val"]),
-        "history": history,
-    }
+    summary = history.summary(at.epoch, stopped, slice_size=list(crop), train_cases=len(split_ids["train"]),
+                              val_cases=len(split_ids["val"]))
+    if history.best.epoch is None:  # no epoch has finished: there is no best checkpoint yet
+        summary["best"] = None
+    return summary

@@ -44,11 +44,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
-from datetime import datetime, timezone
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +56,7 @@ from torch import nn
 
 from . import distributed
 from .atomic import atomic_path, write_text_atomic
-from .cache import CacheIndex, build_cache
+from .cache import CacheIndex
 from .checkpoint import checkpoint_paths, load_state_strict, read_config, save_checkpoint
 from .datasets import Case, discover_cases, holdout_split, read_split
 from .devices import autocast_dtype
@@ -68,18 +66,18 @@ from .inference import LoadedModel, load_stage, refine_volume, segment_slices, u
 from .metrics import betti0_error, dice
 from .nets.attention_gan import AttentionGenerator3d, PatchDiscriminator3d
 from .patches import PatchConfig, PatchDataset, patch_loader, patch_sources
-from .preprocess import PreprocessConfig
 from .progress import ProgressFn, StopFn
-from .runlog import (
-    append_metrics,
-    capture_rng_state,
-    check_run_dir,
-    load_resume_state,
-    plot_curves,
-    restore_rng_state,
-    resume_path,
-    save_resume_state,
-    truncate_metrics,
+from .runlog import capture_rng_state, check_resume_options, open_run, restore_rng_state, resume_path, save_resume_state
+from .training import (
+    OPTION_NAMES,
+    EpochFn,
+    RunHistory,
+    options_kwargs,
+    options_to_dict,
+    prepare_xprime_cache,
+    seed_run,
+    split_provenance,
+    wrap_ddp,
 )
 
 THRESHOLD = 0.5
@@ -94,16 +92,13 @@ RUN_DEFINING = (
     "batch_size", "patches_per_epoch", "lam", "delta_b0", "topology", "topology_weight", "lr_g", "lr_d",
     "vessel_fraction", "augment", "seed",
 )  # fmt: skip
-#: Command-line names of options whose field name differs.
-OPTION_NAMES = {"lam": "--lambda", "patch_size": "--patch", "delta_b0": "--no-delta-b0", "augment": "--no-augment"}
+PATH_OPTIONS = ("data", "stage1", "out", "split", "cache_dir")
 PANELS = {
     "losses": ["d_loss", "g_loss"],
     "generator terms": ["g_adv", "g_dice", "g_delta_b0", "g_topology"],
     "validation Dice": ["val_dice_y", "val_dice_s"],
     "validation Betti-0 error": ["val_b0_error_y", "val_b0_error_s"],
 }
-
-EpochFn = Callable[[dict[str, Any]], None]
 
 
 @dataclass
@@ -156,20 +151,14 @@ class Stage2TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (paths as strings, ``patch_size`` as a list)."""
-        out = asdict(self)
-        for key in ("data", "stage1", "out", "split", "cache_dir"):
-            out[key] = None if out[key] is None else str(out[key])
+        out = options_to_dict(self, PATH_OPTIONS)
         out["patch_size"] = [int(p) for p in self.patch_size]
         return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Stage2TrainConfig:
         """Inverse of :meth:`to_dict` (unknown keys are ignored so old runs stay readable)."""
-        known = {f.name for f in fields(cls)}
-        kwargs = {k: v for k, v in data.items() if k in known}
-        for key in ("data", "stage1", "out", "split", "cache_dir"):
-            if kwargs.get(key) is not None:
-                kwargs[key] = Path(kwargs[key])
+        kwargs = options_kwargs(cls, data, PATH_OPTIONS)
         if "patch_size" in kwargs:
             kwargs["patch_size"] = tuple(int(p) for p in kwargs["patch_size"])
         return cls(**kwargs)
@@ -365,18 +354,6 @@ def build_s_cache(
     return out
 
 
-def prepare_xprime_cache(
-    cases: Sequence[Case], cache_dir: Path, preprocess: PreprocessConfig, info: distributed.DistInfo,
-    progress: ProgressFn | None, should_stop: StopFn | None,
-) -> CacheIndex:
-    """Build (or reuse) the X' cache of ``cases``, sharing the work between ranks; rank 0 writes the index."""
-    report = progress if info.is_main else None
-    if info.distributed:
-        build_cache(cases[info.rank :: info.world_size], cache_dir, preprocess, report, should_stop, write_index=False)
-        distributed.barrier()
-    return build_cache(cases, cache_dir, preprocess, report, should_stop, write_index=info.is_main)
-
-
 # --------------------------------------------------------------------------------------------------- training
 
 
@@ -401,15 +378,7 @@ def _validate(
 
 
 def _check_resume(config: Stage2TrainConfig, state: dict[str, Any], split: dict[str, list[str]], fp: str) -> None:
-    stored = state["config"]
-    given = config.to_dict()
-    for key in RUN_DEFINING:
-        if given[key] != stored.get(key):
-            option = OPTION_NAMES.get(key, "--" + key.replace("_", "-"))
-            raise Seg2RefineError(
-                f"{config.out}: resume with {option} {given[key]!r}, but the run used {stored.get(key)!r}; "
-                "give the same value or leave the option out"
-            )
+    check_resume_options(config.out, config.to_dict(), state["config"], RUN_DEFINING, OPTION_NAMES)
     if state["stage1_fingerprint"] != fp:
         raise Seg2RefineError(f"{config.stage1}: not the stage-1 model the run in {config.out} was started with")
     if {"train": split["train"], "val": split["val"]} != state["cases"]:
@@ -433,18 +402,14 @@ def train_stage2(
     config.check()
     info = distributed.init_distributed(config.device)
     run_dir = Path(config.out)
-    check_run_dir(run_dir, config.resume)
-    state = load_resume_state(resume_path(run_dir / "last")) if config.resume else None
+    state = open_run(run_dir, config.resume)
     stage1 = load_stage("stage1", config.stage1, info.device)
     fingerprint = checkpoint_fingerprint(config.stage1)
     cases = discover_cases(config.data, config.layout)
     split = stage2_split(cases, stage1.config, config)
     if state is not None:
         _check_resume(config, state, split, fingerprint)
-    torch.manual_seed(config.seed)
-    if info.device.type == "cuda":
-        torch.backends.cudnn.benchmark = not config.deterministic
-        torch.backends.cudnn.deterministic = config.deterministic
+    seed_run(config.seed, config.deterministic, info.device)
 
     train_ids, val_ids = split["train"], split["val"]
     by_id = {case.case_id: case for case in cases}
@@ -477,12 +442,7 @@ def train_stage2(
     memory_format = torch.channels_last_3d if use_channels_last(info.device) else torch.contiguous_format
     generator.to(info.device, memory_format=memory_format)
     discriminator.to(info.device, memory_format=memory_format)
-    train_g: nn.Module = generator
-    train_d: nn.Module = discriminator
-    if info.distributed:
-        device_ids = [info.device.index] if info.device.type == "cuda" else None
-        train_g = nn.parallel.DistributedDataParallel(generator, device_ids=device_ids)
-        train_d = nn.parallel.DistributedDataParallel(discriminator, device_ids=device_ids)
+    train_g, train_d = wrap_ddp(generator, info), wrap_ddp(discriminator, info)
     opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr_g, betas=BETAS)
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=config.lr_d, betas=BETAS)
     amp_dtype = autocast_dtype(info.device) if config.amp else None
@@ -495,8 +455,8 @@ def train_stage2(
     epoch, step_in_epoch = 0, 0
     sums = dict.fromkeys(term_keys, 0.0)
     count = 0
-    best = {"metric": "val_dice_y" if val_ids else "g_loss", "value": None, "epoch": None}
-    history: list[dict[str, Any]] = []
+    history = RunHistory.start(run_dir, info.is_main, state, score="val_dice_y", loss="g_loss",
+                               validating=bool(val_ids), panels=PANELS, on_epoch=on_epoch)
     if state is not None:
         opt_g.load_state_dict(state["opt_g"])
         opt_d.load_state_dict(state["opt_d"])
@@ -506,14 +466,11 @@ def train_stage2(
         epoch, step_in_epoch = int(state["epoch"]), int(state["step"])
         if info.is_main:  # the stored sums are over all ranks; rank 0 carries them
             sums, count = {k: float(v) for k, v in state["sums"].items()}, int(state["count"])
-        best = dict(state["best"])
-        if info.is_main:
-            history = truncate_metrics(run_dir, epoch)
 
     run_config = config.to_dict()
     case_ids = {"train": train_ids, "val": val_ids}
 
-    def checkpoint_config(epochs_done: int, step: int) -> dict[str, Any]:
+    def checkpoint_config() -> dict[str, Any]:
         return {
             "architecture": "attention-gan-3d",
             "model": generator.config(),
@@ -521,13 +478,11 @@ def train_stage2(
             "input": {"patch_size": list(config.patch_size), "s_input": "mask", "threshold": THRESHOLD},
             "training": {
                 "stage": 2,
-                "data": str(config.data),
-                "split": str(config.split) if config.split else "holdout",
-                "fold": config.fold if config.split else None,
+                **split_provenance(config),
                 "cases": {**case_ids, "test": split["test"]},
                 "stage1": {"path": str(config.stage1), "sha256": fingerprint},
-                "epochs_done": epochs_done,
-                "step_in_epoch": step,
+                "epochs_done": epoch,
+                "step_in_epoch": step_in_epoch,
                 "epochs": config.epochs,
                 "seed": config.seed,
                 "lambda": config.lam,
@@ -536,29 +491,23 @@ def train_stage2(
                 "topology_weight": config.topology_weight,
                 "discriminator": discriminator.config(),
                 "patches": config.patch_config().to_dict(),
-                "best": best,
-                "history": history,
-                "world_size": info.world_size,
-                "torch_version": torch.__version__,
-                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "command": config.command or " ".join(sys.argv),
-                "config": run_config,
+                **history.provenance(info.world_size, config.command, run_config),
             },
         }
 
-    def save_last(epochs_done: int, step: int) -> None:
+    def save_last() -> None:
         if not info.is_main:
             return
-        save_checkpoint(run_dir / "last", generator, checkpoint_config(epochs_done, step))
+        save_checkpoint(run_dir / "last", generator, checkpoint_config())
         save_resume_state(
             resume_path(run_dir / "last"),
             {
-                "epoch": epochs_done, "step": step, "sums": sums, "count": count,
+                "epoch": epoch, "step": step_in_epoch, "sums": sums, "count": count,
                 "discriminator": {k: v.detach().cpu() for k, v in discriminator.state_dict().items()},
                 "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
                 "scaler_g": scaler_g.state_dict(), "scaler_d": scaler_d.state_dict(),
-                "best": best, "rng": capture_rng_state(), "config": run_config, "cases": case_ids,
-                "stage1_fingerprint": fingerprint,
+                "best": history.best.to_dict(), "rng": capture_rng_state(), "config": run_config,
+                "cases": case_ids, "stage1_fingerprint": fingerprint,
             },
         )
 
@@ -623,7 +572,7 @@ def train_stage2(
         if stopped:
             totals = distributed.all_reduce_sum([*sums.values(), count])
             sums, count = dict(zip(term_keys, totals[:-1], strict=True)), int(totals[-1])
-            save_last(epoch, step_in_epoch)
+            save_last()
             break
         if info.distributed:
             distributed.sync_buffers(generator)
@@ -639,34 +588,8 @@ def train_stage2(
             "time_s": time.perf_counter() - t0,
             "patches_per_s": distributed.all_reduce_sum([seen])[0] / max(train_time, 1e-9),
         }
-        history.append(record)
-        score = record[best["metric"]]
-        higher = best["metric"] == "val_dice_y"
-        better = best["value"] is None or (score > best["value"] if higher else score < best["value"])
-        if better:
-            best = {"metric": best["metric"], "value": score, "epoch": epoch}
         step_in_epoch, sums, count = 0, dict.fromkeys(term_keys, 0.0), 0
-        if info.is_main:
-            if better:
-                save_checkpoint(run_dir / "best", generator, checkpoint_config(epoch, 0))
-            save_last(epoch, 0)
-            append_metrics(run_dir, record)
-            plot_curves(run_dir, PANELS)
-            if on_epoch is not None:
-                on_epoch(record)
+        history.end_epoch(record, generator, checkpoint_config, save_last)
     distributed.barrier()
-    return {
-        "run_dir": str(run_dir),
-        "best": str(run_dir / "best.safetensors"),
-        "last": str(run_dir / "last.safetensors"),
-        "epochs_done": epoch,
-        "best_epoch": best["epoch"],
-        "best_metric": best["metric"],
-        "best_value": best["value"],
-        "stopped": stopped,
-        "train_cases": len(train_ids),
-        "val_cases": len(val_ids),
-        "patch_size": list(config.patch_size),
-        "stage1_fingerprint": fingerprint,
-        "history": history,
-    }
+    return history.summary(epoch, stopped, train_cases=len(train_ids), val_cases=len(val_ids),
+                           patch_size=list(config.patch_size), stage1_fingerprint=fingerprint)

@@ -294,6 +294,7 @@ def add_demo_parser(stages: argparse._SubParsersAction) -> None:
     p.add_argument("--cases", type=int, default=defaults.n_cases, help=f"phantoms (default {defaults.n_cases})")
     p.add_argument("--width", type=int, default=defaults.width, help=f"both models (default {defaults.width})")
     p.add_argument("--stage1-epochs", type=int, default=defaults.stage1_epochs)
+    p.add_argument("--stage1-lr", type=float, default=defaults.stage1_lr)
     p.add_argument("--stage2-epochs", type=int, default=defaults.stage2_epochs)
     p.add_argument("--shape", type=int, nargs=3, default=defaults.shape, metavar=("Z", "Y", "X"))
     p.add_argument("--device", default="auto")
@@ -306,7 +307,8 @@ def run_demo(args: argparse.Namespace) -> int:
 
     config = DemoWeightsConfig(
         out=args.out, work=args.work, n_cases=args.cases, width=args.width, shape=tuple(args.shape),
-        stage1_epochs=args.stage1_epochs, stage2_epochs=args.stage2_epochs, device=args.device,
+        stage1_epochs=args.stage1_epochs, stage1_lr=args.stage1_lr, stage2_epochs=args.stage2_epochs,
+        device=args.device,
     )
     with graceful_interrupt() as should_stop, tqdm_progress("train demo", unit="step") as bar:
         summary = train_demo_weights(config, progress=bar, should_stop=should_stop)
