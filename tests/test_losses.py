@@ -10,7 +10,6 @@ import torch
 from seg2refine_core.losses import WeightedBCEDiceLoss, class_weights, weighted_bce
 from seg2refine_core.nets import build_sfanet
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

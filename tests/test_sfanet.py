@@ -17,7 +17,6 @@ from seg2refine_core.nets import (
     build_sfanet,
 )
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
