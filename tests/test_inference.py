@@ -94,3 +94,43 @@ def test_list_inputs(tmp_path):
     with pytest.raises(Seg2RefineError, match="no .nii"):
         list_inputs([tmp_path / "empty"])
 
+
+
+def test_refine_volume_equals_monai_on_the_stacked_input():
+    """Cutting S per window by coordinates (no (2, z, y, x) input) gives MONAI's own result, padding included."""
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv3d(2, 4, 3, padding=1), nn.ReLU(), nn.Conv3d(4, 1, 3, padding=1)).eval()
+    rng = np.random.default_rng(3)
+    for shape in [(40, 70, 50), (20, 40, 90)]:
+        xprime = rng.random(shape, dtype=np.float32)
+        s_mask = (rng.random(shape) > 0.8).astype(np.uint8)
+        y = refine_volume(model, xprime, s_mask, patch_size=(32, 32, 32), sw_batch_size=3)
+        stacked = torch.from_numpy(np.stack([xprime, s_mask.astype(np.float32)]))[None]
+        with torch.inference_mode():
+            ref = sliding_window_inference(stacked, (32, 32, 32), 3, lambda w: torch.sigmoid(model(w)), 0.25,
+                                           mode="gaussian")
+        np.testing.assert_allclose(y, ref[0, 0].numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_fold_batchnorm_keeps_outputs_and_leaves_the_model_alone():
+    import torch
+    from monai.networks.nets.basic_unet import TwoConv
+
+    from seg2refine_core.inference import fold_batchnorm
+
+    torch.manual_seed(0)
+    model = nn.Sequential(TwoConv(2, 3, 8, act="relu", norm="batch", bias=False), nn.Conv2d(8, 4, 1),
+                          nn.BatchNorm2d(4)).eval()
+    for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+    x = torch.rand(2, 3, 16, 16)
+    folded = fold_batchnorm(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 3
+    with torch.inference_mode():
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-5, atol=1e-5)
+    assert fold_batchnorm(model.train()) is model  # training mode: nothing folded

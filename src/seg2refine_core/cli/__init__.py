@@ -7,7 +7,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+# Huge pages for PyTorch's large CPU tensors (0.74-0.81 of the time in benchmarks/README.md); must be set before
+# torch is imported.
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 from ..errors import Seg2RefineError, StopRequested
 

@@ -1,0 +1,71 @@
+"""The benchmark runs end to end at tiny sizes (a check that it works, not a timed test)."""
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from seg2refine_core.benchmark import BenchmarkConfig, count_flops, format_table, paired_ratio
+from seg2refine_core.cli import main
+from seg2refine_core.errors import Seg2RefineError
+
+EXPECTED = {
+    "reference": ["large_conv_gflops", "large_conv_cpu_gflops"],
+    "stage1": [
+        "sfanet_ms_per_slice", "unet_ms_per_slice", "ag_unet_ms_per_slice", "ag_att_unet_ms_per_slice",
+        "sfanet_over_unet", "ag_unet_over_unet", "ag_att_unet_over_unet", "sfanet_over_unet_cpu",
+        "sfanet_cpu_ms_per_slice", "unet_cpu_ms_per_slice", "sfanet_gflop_per_slice", "unet_gflop_per_slice",
+        "sfanet_gflops", "unet_gflops", "sfanet_fraction_of_conv_peak", "unet_fraction_of_conv_peak",
+        "sfanet_fraction_of_conv_peak_cpu", "sfanet_params", "unet_params", "cpu_share",
+    ],
+    "stage1_profile": ["ffe_share", "att_share", "ag_share", "forward_ms"],
+    "stage2": [
+        "generator_s_per_volume", "monai_unet3d_s_per_volume", "generator_over_monai_unet3d", "windows",
+        "generator_params", "monai_unet3d_params", "generator_gflop_per_window", "generator_gflops",
+        "generator_fraction_of_conv_peak", "monai_unet3d_gflops",
+    ],
+    "pipeline": ["s_per_volume", "stage1_s", "stage2_s"],
+    "training": ["sfanet_slices_per_s", "unet_slices_per_s", "sfanet_over_unet_step"],
+    "memory": ["peak_rss_mb", "before_rss_mb", "s_per_volume"],
+}
+
+
+def test_quick_benchmark_end_to_end(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["benchmark", "--quick", "--threads", "1", "--device", "cpu", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    for section, keys in EXPECTED.items():
+        for key in keys:
+            value = report[section][key]
+            assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, (section, key, value)
+    assert report["meta"]["config"]["width"] == 4 and report["meta"]["device"] == "cpu"
+    assert report["stage2"]["windows"] == 9  # (8, 64, 64): z padded to one 32 window, 3 × 3 in-plane (step 24)
+    assert report["memory"]["peak_rss_mb"] >= report["memory"]["before_rss_mb"]
+    printed = capsys.readouterr().out
+    assert "SFANet / UNet" in printed and "peak host RSS" in printed
+
+
+def test_count_flops_is_two_per_mac():
+    conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+    assert count_flops(conv, torch.rand(2, 3, 10, 12)) == 2 * 2 * 10 * 12 * 8 * 3 * 9
+
+
+def test_paired_ratio_and_options():
+    assert paired_ratio([2.0, 4.0, 9.0], [1.0, 2.0, 3.0]) == 2.0
+    with pytest.raises(Seg2RefineError, match="--patch"):
+        BenchmarkConfig(patch_size=(48, 64, 24))
+    with pytest.raises(Seg2RefineError, match="--sections"):
+        BenchmarkConfig(sections=("stage3",))
+
+
+def test_table_lists_only_measured_rows():
+    report = {
+        "meta": {"date": "d", "device": "cpu", "cpu": "c", "torch_threads": 1, "cpu_count": 2, "load_before": [],
+                 "torch": "t", "config": {"width": 4, "shape": [1, 2, 3], "repeats": 1, "batch_size": 1,
+                                          "train_batch": 1, "patch_size": [32, 32, 32]}},
+        "reference": {"large_conv_gflops": 12.5},
+    }
+    table = format_table(report)
+    assert "12.5" in table and "SFANet" not in table
