@@ -65,7 +65,7 @@ def _autocast(device: torch.device):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else torch.autocast("cpu", enabled=False)
 
 
-def use_channels_last(device: torch.device | str, spatial_dims: int = 2) -> bool:
+def use_channels_last(device: torch.device | str, spatial_dims: int) -> bool:
     """Whether models run channels-last (NHWC / NDHWC) on ``device``.
 
     CUDA: always (tensor-core convolutions want it). CPU: for 2D models only; measured with
@@ -192,7 +192,7 @@ def count_windows(shape: Sequence[int], roi: Sequence[int], overlap: float) -> i
 def refine_volume(
     generator: nn.Module,
     xprime: np.ndarray,
-    s_mask: np.ndarray,
+    s_mask: np.ndarray | None,
     *,
     patch_size: Sequence[int] = DEFAULT_PATCH,
     overlap: float = 0.25,
@@ -206,6 +206,7 @@ def refine_volume(
     """Stage 2: the generator on concat(X', S) over the volume by MONAI sliding windows with Gaussian blending.
 
     ``xprime`` (z, y, x) in [0, 1], ``s_mask`` (z, y, x) stage-1 mask {0, 1}; returns Y probabilities (z, y, x).
+    With ``s_mask=None`` the model gets X' alone (one channel): the 3D baseline of ``train_baseline3d``.
     Windows run on ``device``. The blended output and MONAI's weight map accumulate on the CPU, or on the GPU
     when ``device`` is CUDA and these two float32 volumes fit in a quarter of its free memory (per-window
     host work and transfers otherwise cost about as much as the GPU's compute); GPU memory is then
@@ -218,7 +219,7 @@ def refine_volume(
     """
     from monai.inferers import sliding_window_inference
 
-    if np.shape(xprime) != np.shape(s_mask) or np.ndim(xprime) != 3:
+    if np.ndim(xprime) != 3 or (s_mask is not None and np.shape(xprime) != np.shape(s_mask)):
         raise ValueError(f"xprime {np.shape(xprime)} and s_mask {np.shape(s_mask)} must be equal (z, y, x) shapes")
     device = torch.device(device)
     layout = torch.channels_last_3d if use_channels_last(device, 3) else torch.contiguous_format
@@ -232,13 +233,17 @@ def refine_volume(
     pad = [((r - n) // 2, r - n - (r - n) // 2) if n < r else (0, 0) for n, r in zip(shape, patch, strict=True)]
     xprime = np.ascontiguousarray(xprime, dtype=np.float32)
     if any(any(p) for p in pad):
-        xprime, s_mask = np.pad(xprime, pad), np.pad(s_mask, pad)
+        xprime = np.pad(xprime, pad)
+        s_mask = None if s_mask is None else np.pad(s_mask, pad)
 
     def predictor(window: torch.Tensor, coords: list[list[slice]]) -> torch.Tensor:
         check_stop(should_stop)
-        s_win = np.stack([s_mask[tuple(c[2:])] for c in coords])
-        s_win = torch.from_numpy(s_win).to(device=device, dtype=window.dtype).unsqueeze(1)
-        batch = torch.cat([window.to(device), s_win], dim=1).contiguous(memory_format=layout)
+        batch = window.to(device)
+        if s_mask is not None:
+            s_win = np.stack([s_mask[tuple(c[2:])] for c in coords])
+            s_win = torch.from_numpy(s_win).to(device=device, dtype=window.dtype).unsqueeze(1)
+            batch = torch.cat([batch, s_win], dim=1)
+        batch = batch.contiguous(memory_format=layout)
         with _autocast(device):
             logits = generator(batch)
         done[0] = min(done[0] + batch.shape[0], n_windows)

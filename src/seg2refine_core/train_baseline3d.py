@@ -38,11 +38,11 @@ from .checkpoint import build_model, load_state_strict, read_config, save_checkp
 from .datasets import Case
 from .devices import autocast_dtype
 from .errors import CheckpointError, Seg2RefineError
-from .inference import count_windows, use_channels_last
+from .inference import refine_volume, use_channels_last
 from .metrics import betti0_error, dice
 from .patches import PatchConfig, PatchDataset, patch_loader, patch_sources
 from .preprocess import PreprocessConfig
-from .progress import ProgressFn, StopFn, check_stop
+from .progress import ProgressFn, StopFn
 from .runlog import capture_rng_state, check_resume_options, open_run, restore_rng_state, resume_path, save_resume_state
 from .training import (
     OPTION_NAMES,
@@ -170,34 +170,11 @@ def predict_baseline3d(
 ) -> np.ndarray:
     """Vessel probabilities (z, y, x) float32 of a one-channel 3D model on X' (z, y, x) in [0, 1].
 
-    MONAI sliding windows of ``patch_size`` with Gaussian blending; windows run on ``device``, the blended output
-    stays on the CPU. Autocast on CUDA.
+    :func:`~seg2refine_core.inference.refine_volume` without an S channel: MONAI sliding windows of
+    ``patch_size`` with Gaussian blending, windows on ``device``. Autocast on CUDA.
     """
-    from monai.inferers import sliding_window_inference
-
-    device = torch.device(device)
-    layout = torch.channels_last_3d if use_channels_last(device) else torch.contiguous_format
-    model = model.to(device, memory_format=layout).eval()
-    patch = tuple(int(p) for p in patch_size)
-    total = count_windows(xprime.shape, patch, overlap)
-    done = [0]
-    dtype = autocast_dtype(device)
-
-    def predictor(window: torch.Tensor) -> torch.Tensor:
-        check_stop(should_stop)
-        window = window.to(device).contiguous(memory_format=layout)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            logits = model(window)
-        done[0] = min(done[0] + window.shape[0], total)
-        if progress is not None:
-            progress(done[0], total, f"3D baseline: window {done[0]}/{total}")
-        return torch.sigmoid(logits.float())
-
-    inputs = torch.from_numpy(np.asarray(xprime, dtype=np.float32))[None, None]
-    y = sliding_window_inference(
-        inputs, patch, sw_batch_size, predictor, overlap=overlap, mode="gaussian", sw_device=device, device="cpu"
-    )
-    return y[0, 0].numpy()
+    return refine_volume(model, xprime, None, patch_size=patch_size, overlap=overlap, sw_batch_size=sw_batch_size,
+                         device=device, progress=progress, should_stop=should_stop)
 
 
 def baseline_split(config: Baseline3dTrainConfig) -> tuple[list[Case], list[Case]]:
@@ -262,7 +239,7 @@ def train_baseline3d(
         from safetensors.torch import load_file
 
         load_state_strict(model, load_file(str(run_dir / "last.safetensors")), "last.safetensors")
-    memory_format = torch.channels_last_3d if use_channels_last(info.device) else torch.contiguous_format
+    memory_format = torch.channels_last_3d if use_channels_last(info.device, 3) else torch.contiguous_format
     model.to(info.device, memory_format=memory_format)
     train_model = wrap_ddp(model, info)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)

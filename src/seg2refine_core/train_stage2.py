@@ -439,7 +439,7 @@ def train_stage2(
 
         load_state_strict(generator, load_file(str(run_dir / "last.safetensors")), "last.safetensors")
         load_state_strict(discriminator, state["discriminator"], "last.resume.pt (discriminator)")
-    memory_format = torch.channels_last_3d if use_channels_last(info.device) else torch.contiguous_format
+    memory_format = torch.channels_last_3d if use_channels_last(info.device, 3) else torch.contiguous_format
     generator.to(info.device, memory_format=memory_format)
     discriminator.to(info.device, memory_format=memory_format)
     train_g, train_d = wrap_ddp(generator, info), wrap_ddp(discriminator, info)
