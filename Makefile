@@ -11,10 +11,15 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -qq --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	touch $@
 
+# A real X display for napari's GUI tests: Xvfb plus the X/xcb libraries Qt 6's xcb platform plugin loads.
+GUI_PACKAGES := xvfb xauth libgl1 libegl1 libfontconfig1 libdbus-1-3 libxkbcommon-x11-0 libxcb-cursor0 \
+	libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-shape0 libxcb-xfixes0
+
 xvfb:
-	@command -v xvfb-run >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq xvfb xauth >/dev/null; \
-	  else echo "xvfb-run is missing: install the packages xvfb and xauth" >&2; exit 1; fi; }
+	@missing=$$(for p in $(GUI_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "missing packages for the GUI tests: $$missing (install them with apt-get)" >&2; exit 1; fi; fi
 
 demo: $(STAMP)
 	$(VENV)/bin/seg2refine demo --out $(DEMO_OUT)

@@ -1,0 +1,26 @@
+"""Sample data: a small synthetic CCTA phantom (64×128×128 voxels of 1.5×0.7×0.7 mm) with its ground truth.
+
+The phantom is synthetic (see ``seg2refine_core.phantom``): useful to try the widgets, not real anatomy.
+"""
+
+from __future__ import annotations
+
+from seg2refine_core.volume import Volume
+
+from ._layers import CT, GT, LayerDataTuple, image_kwargs, labels_kwargs
+
+SAMPLE_SHAPE = (64, 128, 128)
+SAMPLE_SPACING = (1.5, 0.7, 0.7)  # (sz, sy, sx) mm: the phantom's full reference field of view, 96×89.6×89.6 mm
+SAMPLE_SEED = 0
+
+
+def make_sample_data() -> list[LayerDataTuple]:
+    """The "Synthetic CCTA phantom" sample: the CT (HU) and its ground truth, with physical spacing."""
+    from seg2refine_core.phantom import make_phantom
+
+    phantom = make_phantom(shape=SAMPLE_SHAPE, spacing=SAMPLE_SPACING, seed=SAMPLE_SEED)
+    volume = Volume.from_array(phantom.image, phantom.spacing, phantom.affine)
+    return [
+        (phantom.image, image_kwargs(volume, CT), "image"),
+        (phantom.label, labels_kwargs(volume, GT), "labels"),
+    ]

@@ -1,0 +1,403 @@
+"""Train widget: a stage-1 (``train_stage1``) or stage-2 (``train_stage2``) run from a folder or the open layers.
+
+Data: a dataset folder (ImageCAS, ASOCA or generic layout, split by a seeded hold-out), or the open CT and
+ground-truth layers as a one-case dataset (written to a temporary ImageCAS-style folder for the run, the case
+named by a hash of the CT's voxels; with a single case there is no validation, so "best" is the lowest
+training loss). The main hyper-parameters, the
+output folder and Resume are exposed; everything else takes the core config's defaults (DataLoader workers are
+0 inside napari). Stage 2 trains on S from the chosen stage-1 model, which must not have been trained on the
+same cases (the core refuses otherwise). Loss (per step for stage 1, per epoch) and validation Dice are plotted
+live; when the run ends its best checkpoint is registered, so the Segment widget offers it at once. Stage 2 is
+offered only when ``seg2refine_core.train_stage2`` exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from napari.layers import Image, Labels
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import Qt
+from qtpy.QtGui import QStandardItemModel
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSpinBox,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ._jobs import Job
+from ._layer_combo import LayerCombo
+from ._layers import CT, GT, VOLUME_KEY
+from ._plot import FOREGROUND, LINE_COLOURS, make_canvas, style_axes, style_legend
+from ._registry import registry
+from ._segment import ModelCombo, bundled_weights
+
+FOLDER, LAYERS = "dataset folder", "open layers (CT + ground truth)"
+STAGE2_MODULE = "seg2refine_core.train_stage2"
+TOOLTIP = Qt.ItemDataRole.ToolTipRole
+
+
+def stage2_available() -> bool:
+    """Whether the core offers stage-2 training yet."""
+    return importlib.util.find_spec(STAGE2_MODULE) is not None
+
+
+def layers_case_id(image: np.ndarray) -> str:
+    """The case id of a volume trained from the layers: ``layers-`` + a short hash of its voxels.
+
+    The same volume always gets the same id (so a run can be resumed, and stage 2 recognises the case its stage-1
+    model was trained on); different volumes get different ids.
+    """
+    digest = hashlib.blake2b(np.ascontiguousarray(image).view(np.uint8), digest_size=5).hexdigest()
+    return f"layers-{digest}"
+
+
+def write_layers_case(folder: Path, image: Any, label: Any) -> str:
+    """Write the CT and ground-truth layers as ``<folder>/<id>.img.nii.gz`` + ``<id>.label.nii.gz``; returns the id."""
+    from seg2refine_core.volume import write_volume
+
+    like = image.metadata.get(VOLUME_KEY)
+    image_data = np.asarray(image.data, dtype=np.float32)
+    label_data = (np.asarray(label.data) > 0).astype(np.uint8)
+    geometry: dict[str, Any] = (
+        {"like": like} if like is not None and tuple(like.shape) == image_data.shape
+        else {"spacing": tuple(float(s) for s in image.scale)}
+    )
+    case_id = layers_case_id(image_data)
+    write_volume(folder / f"{case_id}.img.nii.gz", image_data, **geometry)
+    write_volume(folder / f"{case_id}.label.nii.gz", label_data, **geometry)
+    return case_id
+
+
+#: per stage: (config class, train function) in its core module, the loss and Dice series of the epoch records,
+#: and the widget defaults (learning rate, batch size, samples per epoch; 0 = all slices).
+STAGES: dict[str, dict[str, Any]] = {
+    "stage1": {
+        "module": "seg2refine_core.train_stage1", "config": "Stage1TrainConfig", "train": "train_stage1",
+        "loss": [("train_loss", "train loss")], "dice": [("val_dice", "val Dice")],
+        "defaults": {"lr": 1e-4, "batch": 8, "samples": 0},
+    },
+    "stage2": {
+        "module": STAGE2_MODULE, "config": "Stage2TrainConfig", "train": "train_stage2",
+        "loss": [("g_loss", "G loss"), ("d_loss", "D loss")],
+        "dice": [("val_dice_y", "val Dice of Y"), ("val_dice_s", "val Dice of S")],
+        "defaults": {"lr": 2e-4, "batch": 2, "samples": 200},
+    },
+}
+
+
+def train(
+    stage: str, options: dict[str, Any], data: str | Path | tuple[Any, Any], progress: Any, should_stop: Any,
+    post: Any,
+) -> dict:
+    """Worker body: build the stage's training config from ``options`` and run its training on ``data``.
+
+    ``data`` is a dataset folder, or the (CT, ground truth) layers: then a temporary one-case folder made from
+    them, with no validation or test split. Epoch records are posted as ``("epoch", record)``, stage-1 step
+    losses as ``("step", step, loss)``.
+    """
+    spec = STAGES[stage]
+    module = importlib.import_module(spec["module"])
+    config_class, train_fn = getattr(module, spec["config"]), getattr(module, spec["train"])
+    callbacks: dict[str, Any] = {"on_epoch": lambda record: post(("epoch", record))}
+    if stage == "stage1":
+        callbacks["on_step"] = lambda step, loss: post(("step", step, loss))
+
+    def run(folder: Path, split: dict[str, float]) -> dict:
+        return train_fn(config_class(data=folder, **split, **options), progress, should_stop, **callbacks)
+
+    if not isinstance(data, tuple):
+        return run(Path(data), {})
+    from seg2refine_core.errors import Seg2RefineError
+
+    with tempfile.TemporaryDirectory(prefix="seg2refine-layers-") as tmp:
+        case_id = write_layers_case(Path(tmp), *data)
+        try:
+            return run(Path(tmp), {"val_fraction": 0.0, "test_fraction": 0.0})
+        except Seg2RefineError as err:  # name the layers, not the temporary folder
+            raise type(err)(str(err).replace(tmp, f"the open layers (case {case_id})")) from None
+
+
+def _path_row(edit: QLineEdit, button: QToolButton) -> QHBoxLayout:
+    row = QHBoxLayout()
+    row.addWidget(edit, 1)
+    row.addWidget(button)
+    return row
+
+
+class TrainWidget(QWidget):
+    """Dock widget: data, stage, hyper-parameters, output folder, Resume; Start/Stop; live curves."""
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__()
+        from seg2refine_core.nets.sfanet import VARIANTS
+
+        self.viewer = napari_viewer
+        self.job: Job | None = None
+        self.running_stage = "stage1"
+        self.steps: list[tuple[int, float]] = []
+        self.records: list[dict[str, Any]] = []
+        self.summary: dict[str, Any] | None = None
+
+        self.source = QComboBox()
+        self.source.addItems([FOLDER, LAYERS])
+        self.source.currentTextChanged.connect(self._source_changed)
+        self.data_edit = QLineEdit()
+        self.data_edit.setPlaceholderText("ImageCAS / ASOCA / images+labels folder")
+        self.data_browse = QToolButton()
+        self.data_browse.setText("…")
+        self.data_browse.clicked.connect(lambda: self._pick_folder(self.data_edit, "Dataset folder"))
+        self.ct_combo = LayerCombo(napari_viewer, Image, preferred=CT)
+        self.gt_combo = LayerCombo(napari_viewer, Labels, preferred=GT)
+        self.stage = QComboBox()
+        self.stage.addItem("stage 1 (SFANet)", "stage1")
+        self.stage.addItem("stage 2 (Attention-GAN)", "stage2")
+        if not stage2_available():
+            model = self.stage.model()
+            if isinstance(model, QStandardItemModel):
+                model.item(1).setEnabled(False)
+            self.stage.setItemData(1, "not available yet: needs seg2refine_core.train_stage2", TOOLTIP)
+            self.stage.setToolTip("Stage-2 training is not available in this version of seg2refine_core yet")
+        self.stage.currentIndexChanged.connect(self._stage_changed)
+        self.variant = QComboBox()
+        self.variant.addItems(list(VARIANTS))
+        self.variant.setCurrentText("sfanet")
+        self.variant.setToolTip("stage 1: the Table-1 network variant")
+        self.stage1_model = ModelCombo("stage1")
+        self.stage1_model.setToolTip("stage 2: the stage-1 model whose S the refiner learns to correct")
+        self.patch = self._int_spin(32, 512, 64, "stage 2: cubic patch side in voxels (multiple of 16)")
+        self.patch.setSingleStep(16)
+        self.width = self._int_spin(1, 256, 16, "channels of the first level (paper: 64 for SFANet)")
+        self.epochs = self._int_spin(1, 10000, 10, "number of epochs")
+        self.batch = self._int_spin(1, 1024, 8, "slices (stage 1) or patches (stage 2) per optimisation step")
+        self.lr = QDoubleSpinBox()
+        self.lr.setDecimals(6)
+        self.lr.setRange(1e-6, 1.0)
+        self.lr.setSingleStep(1e-4)
+        self.lr.setToolTip("Adam learning rate (stage 2: for both G and D)")
+        self.samples = self._int_spin(0, 10_000_000, 0, "slices (stage 1) or patches (stage 2) per epoch")
+        self.samples.setSpecialValueText("all slices")
+        self.device = QComboBox()
+        self.device.addItems(["auto", "cuda", "mps", "cpu"])
+        self.out_edit = QLineEdit()
+        self.out_browse = QToolButton()
+        self.out_browse.setText("…")
+        self.out_browse.clicked.connect(lambda: self._pick_folder(self.out_edit, "Output folder"))
+        self.resume = QCheckBox("Resume the run in the output folder")
+        self.start_button = QPushButton("Start")
+        self.start_button.clicked.connect(self.start)
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setEnabled(False)
+        self.stop_button.clicked.connect(self.stop)
+        self.canvas, self.figure, (self.loss_ax, self.dice_ax) = make_canvas(2, height=4.2)
+        self.canvas.setMinimumHeight(300)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+
+        form = QFormLayout()
+        form.addRow("Data", self.source)
+        form.addRow("Folder", _path_row(self.data_edit, self.data_browse))
+        form.addRow("CT layer", self.ct_combo)
+        form.addRow("Ground truth", self.gt_combo)
+        form.addRow("Stage", self.stage)
+        form.addRow("Variant", self.variant)
+        form.addRow("Stage-1 model", self.stage1_model)
+        form.addRow("Patch side", self.patch)
+        form.addRow("Width", self.width)
+        form.addRow("Epochs", self.epochs)
+        form.addRow("Batch size", self.batch)
+        form.addRow("Learning rate", self.lr)
+        form.addRow("Samples/epoch", self.samples)
+        form.addRow("Device", self.device)
+        form.addRow("Output", _path_row(self.out_edit, self.out_browse))
+        form.addRow(self.resume)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.start_button)
+        buttons.addWidget(self.stop_button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.canvas, 1)
+        layout.addWidget(self.status)
+        self._source_changed(self.source.currentText())
+        self._stage_changed()
+        self._draw()
+
+    @staticmethod
+    def _int_spin(low: int, high: int, value: int, tip: str) -> QSpinBox:
+        spin = QSpinBox()
+        spin.setRange(low, high)
+        spin.setValue(value)
+        spin.setToolTip(tip)
+        return spin
+
+    def _pick_folder(self, edit: QLineEdit, title: str) -> None:
+        folder = QFileDialog.getExistingDirectory(self, title, edit.text())
+        if folder:
+            edit.setText(folder)
+
+    def _source_changed(self, text: str) -> None:
+        folder = text == FOLDER
+        for widget in (self.data_edit, self.data_browse):
+            widget.setEnabled(folder)
+        for widget in (self.ct_combo, self.gt_combo):
+            widget.setEnabled(not folder)
+
+    def _stage_changed(self, *_: Any) -> None:
+        """Enable the chosen stage's options and load its defaults (learning rate, batch, samples, folder)."""
+        stage = self.stage.currentData()
+        self.variant.setEnabled(stage == "stage1")
+        self.stage1_model.setEnabled(stage == "stage2")
+        self.patch.setEnabled(stage == "stage2")
+        defaults = STAGES[stage]["defaults"]
+        self.lr.setValue(defaults["lr"])
+        self.batch.setValue(defaults["batch"])
+        self.samples.setMinimum(0 if stage == "stage1" else 1)
+        self.samples.setValue(defaults["samples"])
+        self.out_edit.setText(str(Path.cwd() / "runs" / f"napari-{stage}"))
+
+    def options(self) -> dict[str, Any]:
+        """The chosen stage's training-config keyword arguments set in the widget, except ``data``."""
+        common = {
+            "out": Path(self.out_edit.text().strip()),
+            "width": int(self.width.value()),
+            "epochs": int(self.epochs.value()),
+            "batch_size": int(self.batch.value()),
+            "device": self.device.currentText(),
+            "resume": self.resume.isChecked(),
+            "num_workers": 0,
+            "command": "napari Train widget",
+        }
+        if self.stage.currentData() == "stage1":
+            return {
+                **common, "variant": self.variant.currentText(), "lr": float(self.lr.value()),
+                "samples_per_epoch": int(self.samples.value()) or None,
+            }
+        side = int(self.patch.value())
+        return {
+            **common, "stage1": Path(self.stage1_model.checkpoint() or bundled_weights("stage1")),
+            "patch_size": (side, side, side), "lr_g": float(self.lr.value()), "lr_d": float(self.lr.value()),
+            "patches_per_epoch": int(self.samples.value()),
+        }
+
+    def start(self) -> None:
+        """Start a training run with the widget's settings."""
+        if self.job is not None and self.job.running:
+            return
+        if not self.out_edit.text().strip():
+            show_error("Train: choose an output folder")
+            return
+        data: str | tuple[Any, Any] = self.data_edit.text().strip()
+        if self.source.currentText() == LAYERS:
+            ct, gt = self.ct_combo.layer(), self.gt_combo.layer()
+            if ct is None or gt is None or ct.data.shape != gt.data.shape or ct.ndim != 3:
+                show_error("Train: choose a 3D CT layer and a ground-truth labels layer of the same shape")
+                return
+            data = (ct, gt)
+        elif not data:
+            show_error("Train: choose a dataset folder")
+            return
+        stage, options = self.stage.currentData(), self.options()
+        self.running_stage = stage
+        self.steps, self.records, self.summary = [], [], None
+        self._draw()
+        self.start_button.setEnabled(False)
+        self.stop_button.setEnabled(True)
+        self.status.setText("starting…")
+        self.job = Job(
+            lambda progress, should_stop, post: train(stage, options, data, progress, should_stop, post),
+            f"Train {stage}", on_result=self._finished, on_end=self._ended, on_message=self._message,
+        )
+
+    def stop(self) -> None:
+        """Ask the run to stop; the core saves a resumable ``last`` checkpoint."""
+        if self.job is not None:
+            self.job.stop()
+            self.status.setText("stopping…")
+
+    def _message(self, message: tuple) -> None:
+        if message[0] == "epoch":
+            record = message[1]
+            self.records.append(record)
+            spec = STAGES[self.running_stage]
+            parts = [f"{label} {_fmt(record.get(key))}" for key, label in spec["loss"] + spec["dice"]]
+            self.status.setText(f"epoch {record['epoch']}: " + ", ".join(parts))
+        else:
+            self.steps.append((int(message[1]), float(message[2])))
+        self._draw()
+
+    def _draw(self) -> None:
+        for ax in (self.loss_ax, self.dice_ax):
+            ax.clear()
+            style_axes(ax)
+        spec = STAGES[self.running_stage]
+        epochs = [r["epoch"] for r in self.records]
+        if self.steps:
+            # steps on the epoch axis: step k of n per epoch sits at k / n
+            per_epoch = max(s for s, _ in self.steps) / max(epochs) if epochs else None
+            if per_epoch:
+                x = np.array([s for s, _ in self.steps]) / per_epoch
+                self.loss_ax.plot(x, [v for _, v in self.steps], color=LINE_COLOURS["step"], linewidth=0.8,
+                                  label="step loss")
+        for ax, series in ((self.loss_ax, spec["loss"]), (self.dice_ax, spec["dice"])):
+            for i, (key, label) in enumerate(series):
+                points = [(r["epoch"], r[key]) for r in self.records if r.get(key) is not None]
+                if points:
+                    ax.plot(*zip(*points, strict=True), "-o" if i == 0 else "--s", markersize=3,
+                            color=LINE_COLOURS["loss" if ax is self.loss_ax else "val"] if i == 0 else "#e6e6e6",
+                            label=label)
+        if self.records and not self.dice_ax.get_lines():
+            self.dice_ax.text(0.5, 0.5, "no validation cases", ha="center", va="center", color=FOREGROUND,
+                              transform=self.dice_ax.transAxes, fontsize=9)
+        self.loss_ax.set_ylabel("loss")
+        self.loss_ax.set_title(f"Training {self.running_stage}: loss and validation Dice", fontsize=9, color=FOREGROUND)
+        self.dice_ax.set_ylabel("val Dice")
+        self.dice_ax.set_xlabel("epoch")
+        self.dice_ax.set_ylim(-0.03, 1.03)
+        self.dice_ax.set_xlim(0, max(epochs + [1]) + 0.5)
+        style_legend(self.loss_ax, loc="upper right")
+        style_legend(self.dice_ax, loc="lower right")
+        self.canvas.draw_idle()
+
+    def _finished(self, summary: dict) -> None:
+        self.summary = summary
+        best = Path(summary["best"])
+        text = "stopped" if summary.get("stopped") else "finished"
+        done = f"{text} after {summary['epochs_done']} epoch(s)"
+        if not best.is_file():
+            self.status.setText(f"{done}; no best checkpoint yet")
+            return
+        label = f"{Path(summary['run_dir']).name}/best (epoch {summary['best_epoch']})"
+        item = registry.add(self.running_stage, best, label)
+        show_info(f"Train: {text}; {item.label} is now selectable in the Segment widget")
+        self.status.setText(
+            f"{done}; best: epoch {summary['best_epoch']}, {summary['best_metric']} "
+            f"{_fmt(summary.get('best_value'))}\n{item.path}"
+        )
+
+    def _ended(self, status: str) -> None:
+        self.start_button.setEnabled(True)
+        self.stop_button.setEnabled(False)
+        if status != "done":
+            self.status.setText(status)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, int | float) and math.isfinite(value) else "—"

@@ -1,0 +1,114 @@
+"""Segment widget end to end on a tiny phantom with tiny untrained models: run, re-run, stop, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from qtpy.QtCore import Qt
+
+from napari_seg2refine import _jobs, _segment
+from napari_seg2refine._layers import VOLUME_KEY, S, Y
+from napari_seg2refine._registry import registry
+from plugin_support import add_phantom, tiny_checkpoints, wait_for_job
+from seg2refine_core.inference import count_windows
+
+pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("one_thread")]
+
+
+@pytest.fixture
+def checkpoints(tmp_path):
+    registry.clear()
+    yield tiny_checkpoints(tmp_path)
+    registry.clear()
+
+
+@pytest.fixture
+def errors(monkeypatch):
+    shown: list[str] = []
+    monkeypatch.setattr(_jobs, "show_error", shown.append)
+    monkeypatch.setattr(_segment, "show_error", shown.append)
+    return shown
+
+
+def make_widget(make_napari_viewer, checkpoints, monkeypatch):
+    viewer = make_napari_viewer()
+    ct = add_phantom(viewer)
+    widget = _segment.SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    s1, s2 = checkpoints
+    # stage 1 through the file dialog, stage 2 as the Train widget would register it
+    monkeypatch.setattr(_segment.QFileDialog, "getOpenFileName", lambda *a, **k: (str(s1), ""))
+    widget.models["stage1"].browse.click()
+    registry.add("stage2", s2.with_suffix(".json"), "tiny generator")
+    widget.device.setCurrentText("cpu")
+    return viewer, ct, widget
+
+
+def test_segment_both_stages_then_rerun_replaces_layers(make_napari_viewer, qtbot, checkpoints, monkeypatch, errors):
+    viewer, ct, widget = make_widget(make_napari_viewer, checkpoints, monkeypatch)
+    s1, s2 = checkpoints
+    assert widget.models["stage1"].checkpoint() == str(s1.resolve())
+    assert widget.models["stage2"].checkpoint() == str(s2.resolve())
+    assert widget.models["stage2"].combo.currentText() == "tiny generator"
+    assert widget.image_combo.layer() is ct
+    widget.device.setCurrentText("auto")
+    assert widget.device_label.text().startswith("→ ")
+    widget.device.setCurrentText("cpu")
+
+    qtbot.mouseClick(widget.run_button, Qt.MouseButton.LeftButton)
+    assert not widget.run_button.isEnabled() and widget.stop_button.isEnabled()
+    assert wait_for_job(qtbot, widget) == "done", errors
+    job = widget.job
+    expected_total = ct.data.shape[0] + count_windows(ct.data.shape, (16, 32, 32), 0.25)
+    assert job.pbar.total == expected_total and job.pbar.n == expected_total
+    s_layer, y_layer = viewer.layers[S], viewer.layers[Y]
+    for layer in (s_layer, y_layer):
+        assert layer.data.shape == ct.data.shape and layer.data.dtype == np.uint8
+        assert set(np.unique(layer.data)) <= {0, 1}
+        np.testing.assert_allclose(layer.scale, ct.scale)
+        assert layer.metadata[VOLUME_KEY] is ct.metadata[VOLUME_KEY]
+    assert widget.run_button.isEnabled() and not widget.stop_button.isEnabled()
+    assert "stage1" in widget.status.text() and "stage2" in widget.status.text()
+
+    # stage 2 alone re-uses the S layer and replaces Y's data in place
+    widget.mode.setCurrentText("stage 2")
+    y_layer.data = np.zeros_like(y_layer.data)
+    n_layers = len(viewer.layers)
+    widget.run_button.click()
+    assert wait_for_job(qtbot, widget) == "done", errors
+    assert len(viewer.layers) == n_layers and viewer.layers[Y] is y_layer
+    assert widget.job.pbar.total == count_windows(ct.data.shape, (16, 32, 32), 0.25)
+    assert not errors
+
+
+def test_stop_ends_the_run_and_the_viewer_stays_usable(make_napari_viewer, qtbot, checkpoints, monkeypatch, errors):
+    viewer, ct, widget = make_widget(make_napari_viewer, checkpoints, monkeypatch)
+    widget.batch.setValue(1)
+    widget.run_button.click()
+    widget.stop_button.click()
+    assert wait_for_job(qtbot, widget) == "stopped"
+    assert S not in viewer.layers and Y not in viewer.layers
+    assert widget.status.text() == "stopped"
+    assert widget.run_button.isEnabled() and not widget.stop_button.isEnabled()
+    # the viewer still works: slices move, and a new run completes
+    viewer.dims.set_current_step(0, 3)
+    widget.mode.setCurrentText("stage 1")
+    widget.run_button.click()
+    assert wait_for_job(qtbot, widget) == "done"
+    assert S in viewer.layers and Y not in viewer.layers
+    assert not errors
+
+
+def test_clear_errors(make_napari_viewer, qtbot, checkpoints, monkeypatch, errors):
+    viewer, ct, widget = make_widget(make_napari_viewer, checkpoints, monkeypatch)
+    widget.mode.setCurrentText("stage 2")
+    widget.run_button.click()
+    assert widget.job is None
+    assert "needs an 'S (stage 1)' labels layer" in errors[-1]
+    # a stage-2 generator picked as the stage-1 model: the core's CheckpointError text is shown
+    widget.mode.setCurrentText("stage 1")
+    widget.models["stage1"].add(checkpoints[1])
+    widget.run_button.click()
+    assert wait_for_job(qtbot, widget) == "failed"
+    assert "attention-gan-3d checkpoint cannot be used for stage1" in errors[-1]
+    assert S not in viewer.layers and widget.run_button.isEnabled()

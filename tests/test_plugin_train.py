@@ -1,0 +1,131 @@
+"""Train widget end to end on the open layers (one tiny case): stage 1, Stop then Resume, stage 2, errors.
+
+Each run is one or two optimisation steps of a width-4 model, so the curves are real but short.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from napari_seg2refine import _jobs, _train
+from napari_seg2refine._registry import registry
+from napari_seg2refine._segment import SegmentWidget
+from napari_seg2refine._train import LAYERS, TrainWidget
+from plugin_support import add_phantom, tiny_checkpoints, wait_for_job
+
+pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("one_thread")]
+TIMEOUT = 240_000
+
+
+@pytest.fixture
+def viewer_and_widgets(make_napari_viewer):
+    registry.clear()
+    viewer = make_napari_viewer()
+    add_phantom(viewer)
+    segment = SegmentWidget(viewer)
+    train = TrainWidget(viewer)
+    viewer.window.add_dock_widget(segment)
+    viewer.window.add_dock_widget(train)
+    yield viewer, segment, train
+    registry.clear()
+
+
+def configure(widget: TrainWidget, out: Path, stage: str = "stage1", epochs: int = 2) -> None:
+    widget.source.setCurrentText(LAYERS)
+    widget.stage.setCurrentIndex(widget.stage.findData(stage))
+    widget.width.setValue(4)
+    widget.epochs.setValue(epochs)
+    widget.batch.setValue(4 if stage == "stage1" else 1)
+    widget.samples.setValue(4 if stage == "stage1" else 1)
+    widget.patch.setValue(32)
+    widget.device.setCurrentText("cpu")
+    widget.out_edit.setText(str(out))
+
+
+def test_stage1_on_the_open_layers_stop_resume_and_register(viewer_and_widgets, qtbot, tmp_path):
+    viewer, segment, widget = viewer_and_widgets
+    configure(widget, tmp_path / "run", epochs=50)
+    assert not widget.patch.isEnabled() and widget.variant.isEnabled()
+    widget.start_button.click()
+    assert not widget.start_button.isEnabled() and widget.stop_button.isEnabled()
+    qtbot.waitUntil(lambda: len(widget.records) >= 1, timeout=TIMEOUT)
+    widget.stop_button.click()
+    assert wait_for_job(qtbot, widget, TIMEOUT) == "done"
+    summary = widget.summary
+    assert summary["stopped"] and 1 <= summary["epochs_done"] < 50 and summary["train_cases"] == 1
+    done = summary["epochs_done"]
+    assert [r["epoch"] for r in widget.records] == list(range(1, done + 1))
+    assert len(widget.steps) >= done  # one step per epoch (4 samples, batch 4), plus any after the last epoch
+    labels = {line.get_label() for line in widget.loss_ax.get_lines()}
+    assert {"step loss", "train loss"} <= labels and widget.loss_ax.get_legend() is not None
+    assert widget.dice_ax.get_xlabel() == "epoch" and widget.dice_ax.get_ylabel() == "val Dice"
+    assert (tmp_path / "run" / "last.safetensors").is_file()
+    assert widget.start_button.isEnabled() and not widget.stop_button.isEnabled()
+    viewer.dims.set_current_step(0, 2)  # the viewer is still usable
+    # the best checkpoint so far is selectable in the Segment widget without a restart
+    best = Path(summary["best"]).resolve()
+    assert best.is_file() and best.with_suffix(".json").is_file()
+    assert [item.path for item in registry.items("stage1")] == [best]
+    assert segment.models["stage1"].checkpoint() == str(best)
+
+    widget.resume.setChecked(True)
+    widget.epochs.setValue(done + 1)
+    widget.start_button.click()
+    assert wait_for_job(qtbot, widget, TIMEOUT) == "done"
+    assert widget.summary["epochs_done"] == done + 1 and not widget.summary["stopped"]
+    assert [r["epoch"] for r in widget.records] == [done + 1]
+    assert widget.job.pbar.n == widget.job.pbar.total
+    assert "best" in widget.status.text()
+    assert segment.models["stage1"].checkpoint() == str(best)
+
+
+def test_stage2_refuses_the_case_its_stage1_model_was_trained_on(viewer_and_widgets, qtbot, tmp_path, monkeypatch):
+    """Layers cases are named by a hash of the CT, so the core sees that stage 1 trained on this very volume."""
+    viewer, segment, widget = viewer_and_widgets
+    shown: list[str] = []
+    monkeypatch.setattr(_jobs, "show_error", shown.append)
+    stage1, _ = tiny_checkpoints(tmp_path)
+    case_id = _train.layers_case_id(viewer.layers["CT"].data)
+    config = json.loads(stage1.with_suffix(".json").read_text())
+    config["training"]["cases"]["train"] = [case_id]
+    stage1.with_suffix(".json").write_text(json.dumps(config))
+    widget.stage1_model.add(stage1)
+    configure(widget, tmp_path / "run2", stage="stage2", epochs=1)
+    widget.start_button.click()
+    assert wait_for_job(qtbot, widget, TIMEOUT) == "failed"
+    assert shown[-1].startswith(f"the open layers (case {case_id}): no labelled case is left for stage 2")
+    assert registry.items("stage2") == [] and widget.start_button.isEnabled()
+
+
+def test_stage2_on_the_open_layers(viewer_and_widgets, qtbot, tmp_path):
+    viewer, segment, widget = viewer_and_widgets
+    assert _train.stage2_available()
+    stage1, _ = tiny_checkpoints(tmp_path)
+    widget.stage1_model.add(stage1)
+    configure(widget, tmp_path / "run2", stage="stage2", epochs=1)
+    assert widget.patch.isEnabled() and not widget.variant.isEnabled()
+    assert widget.options()["stage1"] == stage1.resolve()
+    widget.start_button.click()
+    assert wait_for_job(qtbot, widget, TIMEOUT) == "done"
+    assert widget.summary["epochs_done"] == 1
+    labels = {line.get_label() for line in widget.loss_ax.get_lines()}
+    assert {"G loss", "D loss"} <= labels
+    best = Path(widget.summary["best"]).resolve()
+    assert segment.models["stage2"].checkpoint() == str(best)
+
+
+def test_clear_errors_before_starting(viewer_and_widgets, monkeypatch, tmp_path):
+    viewer, segment, widget = viewer_and_widgets
+    shown: list[str] = []
+    monkeypatch.setattr(_train, "show_error", shown.append)
+    widget.out_edit.setText(str(tmp_path / "x"))
+    widget.data_edit.setText("")
+    widget.start_button.click()
+    assert widget.job is None and "choose a dataset folder" in shown[-1]
+    widget.source.setCurrentText(LAYERS)
+    widget.gt_combo.clear()
+    widget.start_button.click()
+    assert widget.job is None and "ground-truth labels layer" in shown[-1]
