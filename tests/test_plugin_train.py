@@ -129,3 +129,19 @@ def test_clear_errors_before_starting(viewer_and_widgets, monkeypatch, tmp_path)
     widget.gt_combo.clear()
     widget.start_button.click()
     assert widget.job is None and "ground-truth labels layer" in shown[-1]
+
+
+def test_stop_before_the_first_epoch_leaves_no_best_and_no_error(viewer_and_widgets, qtbot, tmp_path, monkeypatch):
+    viewer, segment, widget = viewer_and_widgets
+    shown: list[str] = []
+    monkeypatch.setattr(_jobs, "show_error", shown.append)
+    configure(widget, tmp_path / "run3", epochs=3)
+    widget.samples.setValue(16)  # four steps per epoch: the stop lands inside epoch 1
+    widget.start_button.click()
+    qtbot.waitUntil(lambda: len(widget.steps) >= 1, timeout=TIMEOUT)
+    widget.stop_button.click()
+    assert wait_for_job(qtbot, widget, TIMEOUT) == "done"
+    assert widget.summary["stopped"] and widget.summary["epochs_done"] == 0
+    assert "no best checkpoint yet" in widget.status.text()
+    assert shown == [] and registry.items("stage1") == []
+    assert (tmp_path / "run3" / "last.safetensors").is_file()

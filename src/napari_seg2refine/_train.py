@@ -378,10 +378,10 @@ class TrainWidget(QWidget):
 
     def _finished(self, summary: dict) -> None:
         self.summary = summary
-        best = Path(summary["best"])
+        best = Path(summary["best"]) if summary.get("best") else None  # None: stopped before a first epoch
         text = "stopped" if summary.get("stopped") else "finished"
         done = f"{text} after {summary['epochs_done']} epoch(s)"
-        if not best.is_file():
+        if best is None or not best.is_file():
             self.status.setText(f"{done}; no best checkpoint yet")
             return
         label = f"{Path(summary['run_dir']).name}/best (epoch {summary['best_epoch']})"
