@@ -103,3 +103,14 @@ def test_channels_last_3d_gives_the_same_output():
         g_cl = g.to(memory_format=torch.channels_last_3d)
         out = g_cl(x.contiguous(memory_format=torch.channels_last_3d))
     assert torch.allclose(out, ref, atol=1e-4)
+
+
+def test_generator_starts_near_the_vessel_prior():
+    from seg2refine_core.nets.attention_gan import OUTPUT_PRIOR
+
+    torch.manual_seed(0)
+    g = AttentionGenerator3d(width=4).eval()
+    with torch.no_grad():
+        prob = torch.sigmoid(g(torch.rand(1, 2, 32, 32, 32)))
+    assert abs(float(prob.mean()) - OUTPUT_PRIOR) < 0.02
+    assert float((prob >= 0.5).float().mean()) < 0.01  # nothing is called vessel before training

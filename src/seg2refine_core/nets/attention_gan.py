@@ -16,9 +16,15 @@ Choices where the paper is silent or inconsistent (design section 4 stands):
   the skip's own resolution. MONAI builds them with BatchNorm (the rest of the network uses InstanceNorm),
   so call ``eval()`` for inference.
 - Convolutions followed by InstanceNorm (affine-free, as in pix2pix/Vox2Vox) carry no bias.
+- The output layer's bias starts at the logit of :data:`OUTPUT_PRIOR` (1% vessel), so Y starts near the background
+  instead of at probability 0.5 everywhere (as in RetinaNet's prior initialisation). Coronaries fill well under 1%
+  of a patch; from 0.5 the Dice gradient per voxel is tiny and, within a CPU budget, the adversarial term pushed
+  Y to all-vessel (measured: Dice-only loss 0.99 -> 0.98 in 35 steps from 0.5, 0.99 -> 0.70 with the prior).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from monai.networks.nets.attentionunet import AttentionBlock
@@ -27,6 +33,8 @@ from torch import nn
 __all__ = ["AttentionGenerator3d", "PatchDiscriminator3d"]
 
 _SLOPE = 0.2
+#: Initial vessel probability of the generator's output (bias prior; see the module doc).
+OUTPUT_PRIOR = 0.01
 
 
 def _down(in_ch: int, out_ch: int, norm: bool) -> nn.Sequential:
@@ -101,6 +109,7 @@ class AttentionGenerator3d(nn.Module):
         self.up3 = _up(4 * w, w)
         self.gate3 = _gate(w)
         self.head = nn.ConvTranspose3d(2 * w, out_channels, 4, stride=2, padding=1)
+        nn.init.constant_(self.head.bias, math.log(OUTPUT_PRIOR / (1.0 - OUTPUT_PRIOR)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, in_channels, D, H, W)`` -> logits ``(B, out_channels, D, H, W)``; sides multiples of 16."""
