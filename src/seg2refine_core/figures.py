@@ -59,9 +59,13 @@ def plot_slice_dice(curves: Mapping[str, np.ndarray], path: str | Path, title: s
 
 
 def _projection(diff: np.ndarray, axis: int) -> np.ndarray:
-    """Project a difference map along ``axis`` to RGB: FN over FP over TP over black background."""
+    """Project a difference map along ``axis`` to RGB: TP over FN over FP over a black background.
+
+    A ray shows brown only where the prediction missed the vessel entirely along it, blue only where it added
+    something with no true vessel voxel on the ray.
+    """
     rgb = np.zeros((*np.delete(diff.shape, axis), 3), dtype=float)
-    for label in (TP, FP, FN):
+    for label in (FP, FN, TP):
         rgb[(diff == label).any(axis=axis)] = DIFF_COLOURS[label]
     return rgb
 
