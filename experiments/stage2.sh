@@ -8,12 +8,12 @@ set -euo pipefail
 S2R=${S2R:-.venv/bin/seg2refine}
 DW=${DW:-runs/demo-weights}
 OUT=${OUT:-runs/stage2}
-EPOCHS=${EPOCHS:-12}
+EPOCHS=${EPOCHS:-40}
 mkdir -p "$OUT/eval"
 start=$(date +%s)
 [ -f "$OUT/test/5.label.nii.gz" ] || $S2R phantom --out "$OUT/test" --count 5 --seed 300
 common=(--data "$DW/phantoms" --stage1 "$DW/stage1/best.safetensors" --width 16 --epochs "$EPOCHS"
-        --patches-per-epoch 48 --batch-size 2 --num-workers 1 --seed 0)
+        --patches-per-epoch 32 --batch-size 2 --num-workers 1 --seed 0)
 run() {  # name, command...
   local name=$1; shift
   if [ ! -f "$OUT/$name/best.safetensors" ]; then
@@ -23,7 +23,7 @@ run() {  # name, command...
 run y_no_b0 $S2R train stage2 "${common[@]}" --out "$OUT/y_no_b0" --no-delta-b0
 run y_cldice $S2R train stage2 "${common[@]}" --out "$OUT/y_cldice" --topology cldice
 run baseline3d $S2R train baseline3d --data "$DW/phantoms" --out "$OUT/baseline3d" --width 16 --epochs "$EPOCHS" \
-  --patches-per-epoch 48 --batch-size 2 --num-workers 1 --seed 0 --val-fraction 0.4 --test-fraction 0
+  --patches-per-epoch 32 --batch-size 2 --num-workers 1 --seed 0 --val-fraction 0.4 --test-fraction 0
 S1="$DW/stage1/best.safetensors"
 $S2R predict "$OUT/test" --stage1 "$S1" --stage2 "$DW/stage2/best.safetensors" --out "$OUT/pred_y" --overwrite
 $S2R predict "$OUT/test" --stage1 "$S1" --stage2 "$OUT/y_no_b0/best.safetensors" --out "$OUT/pred_y_no_b0" --overwrite
