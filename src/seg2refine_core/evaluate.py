@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import write_text_atomic
+from .datasets import natural_key
 from .errors import DatasetError
 from .metrics import evaluate_case
 from .progress import ProgressFn, StopFn, check_stop
@@ -153,16 +154,11 @@ def match_predictions(
                 f"{pred_path}: case '{case_id}' has several predictions ({names}): pick one with --suffix"
             )
         pairs.append((case_id, files[0], gt_by_id[case_id]))
-    pairs.sort(key=lambda pair: _natural_key(pair[0]))
-    missing = sorted((i for i in gt_by_id if i not in found), key=_natural_key)
+    pairs.sort(key=lambda pair: natural_key(pair[0]))
+    missing = sorted((i for i in gt_by_id if i not in found), key=natural_key)
     if pred_path.is_file():
         missing = []
     return Pairing(pred_path, gt_path, suffix, pairs, gt_without_pred=missing, pred_without_gt=unmatched)
-
-
-def _natural_key(case_id: str) -> tuple:
-    """Sort ``2`` before ``10``."""
-    return tuple((0, int(t), "") if t.isdigit() else (1, 0, t) for t in case_id.replace("-", ".").split("."))
 
 
 def _preview(items: list, limit: int = 10) -> str:
