@@ -2,7 +2,8 @@
 # Stage 2 on synthetic phantoms: S vs Y, ablations of the topology terms, and a 3D UNet baseline of similar size.
 # Reuses the demo-weights runs (make demo-weights): stage 1 = runs/demo-weights/stage1 (SFANet w=16 trained on
 # 11 phantoms), "Y with ΔB0" = runs/demo-weights/stage2 (G w=16 trained on S of the 7 phantoms stage 1 never saw).
-# Trains the same G without ΔB0 and with the soft-clDice term, and MONAI's 3D UNet on the stage-1 training cases.
+# Trains the same G without ΔB0 and with the soft-clDice term, and MONAI's 3D UNet on the stage-1 training cases
+# (same patches, epochs and lr as G: 2e-4; its output starts at the generator's 1% vessel prior).
 # All are evaluated on 5 held-out phantoms (seeds 300-304). Usage: bash experiments/stage2.sh  (env: OUT, EPOCHS)
 set -euo pipefail
 S2R=${S2R:-.venv/bin/seg2refine}
@@ -23,7 +24,7 @@ run() {  # name, command...
 run y_no_b0 $S2R train stage2 "${common[@]}" --out "$OUT/y_no_b0" --no-delta-b0
 run y_cldice $S2R train stage2 "${common[@]}" --out "$OUT/y_cldice" --topology cldice
 run baseline3d $S2R train baseline3d --data "$DW/phantoms" --out "$OUT/baseline3d" --width 16 --epochs "$EPOCHS" \
-  --patches-per-epoch 32 --batch-size 2 --num-workers 1 --seed 0 --val-fraction 0.4 --test-fraction 0
+  --patches-per-epoch 32 --batch-size 2 --num-workers 1 --seed 0 --val-fraction 0.4 --test-fraction 0 --lr 2e-4
 S1="$DW/stage1/best.safetensors"
 $S2R predict "$OUT/test" --stage1 "$S1" --stage2 "$DW/stage2/best.safetensors" --out "$OUT/pred_y" --overwrite
 $S2R predict "$OUT/test" --stage1 "$S1" --stage2 "$OUT/y_no_b0/best.safetensors" --out "$OUT/pred_y_no_b0" --overwrite

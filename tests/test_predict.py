@@ -69,3 +69,16 @@ def test_refusals_are_one_line_messages(case_and_models, tmp_path, capsys):
                  "--overwrite"]) == 0
     assert image.read_bytes() == before
     assert sorted(p.name for p in (root / "data").iterdir()) == ["7.img.nii.gz", "7.label.nii.gz", "7.s.nii.gz"]
+
+
+def test_threads_option_sets_torch_threads_and_refuses_zero(case_and_models, tmp_path, capsys, monkeypatch):
+    root, image, (s1, _) = case_and_models
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    out = tmp_path / "pred"
+    assert main(["predict", str(image), "--stage1", str(s1), "--out", str(out), "--device", "cpu",
+                 "--threads", "1"]) == 0
+    assert calls == [1] and (out / "7.s.nii.gz").is_file()
+    assert main(["predict", str(image), "--stage1", str(s1), "--out", str(tmp_path / "o2"), "--threads", "0"]) == 2
+    assert "--threads must be >= 1, got 0" in capsys.readouterr().err
+    assert calls == [1] and not (tmp_path / "o2").exists()

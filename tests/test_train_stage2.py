@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from ddp_worker import run_ranks
 from seg2refine_core import train_stage2 as stage2
 from seg2refine_core.cache import CacheIndex
-from seg2refine_core.checkpoint import load_checkpoint, save_checkpoint
+from seg2refine_core.checkpoint import build_model, load_checkpoint, save_checkpoint
 from seg2refine_core.cli import main
 from seg2refine_core.datasets import discover_cases, holdout_split
 from seg2refine_core.errors import CheckpointError, DatasetError
@@ -259,3 +259,20 @@ def test_baseline3d_trains_one_epoch_end_to_end(data, cache_dir, tmp_path):
     assert isinstance(record["train_loss"], float) and isinstance(record["val_dice"], float)
     prob = predict_baseline3d(model, CacheIndex.load(cache_dir).image(ids["val"][0]), patch_size=PATCH)
     assert prob.shape == SHAPE and prob.dtype == np.float32 and 0.0 <= prob.min() and prob.max() <= 1.0
+
+
+def test_baseline3d_starts_near_the_generators_vessel_prior():
+    from seg2refine_core.nets.attention_gan import OUTPUT_PRIOR
+    from seg2refine_core.train_baseline3d import Baseline3dTrainConfig, start_at_vessel_prior
+
+    torch.manual_seed(0)
+    config = Baseline3dTrainConfig(data=Path("."), out=Path("."), width=4)
+    model = build_model({"architecture": "monai-unet-3d", "model": config.model_config()}).eval()
+    x = torch.rand(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        before = torch.sigmoid(model(x))
+        start_at_vessel_prior(model)
+        after = torch.sigmoid(model(x))
+    assert float(before.mean()) > 0.3  # MONAI's default start: about half the patch called vessel
+    assert abs(float(after.mean()) - OUTPUT_PRIOR) < 0.03
+    assert float((after >= 0.5).float().mean()) < 0.01

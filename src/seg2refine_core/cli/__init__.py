@@ -19,6 +19,23 @@ from ..errors import Seg2RefineError, StopRequested
 SUBCOMMANDS = ("phantom", "evaluate", "models", "train", "predict", "benchmark", "demo")
 
 
+def add_threads_option(parser: argparse.ArgumentParser) -> None:
+    """``--threads N``: CPU threads for torch in this command (applied by :func:`main` before the command runs)."""
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="CPU threads for torch (default: one per core); fewer leave cores to napari or other jobs")
+
+
+def apply_threads(threads: int | None) -> None:
+    """``torch.set_num_threads(threads)``; None keeps torch's default. Seg2RefineError below 1."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise Seg2RefineError(f"--threads must be >= 1, got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="seg2refine",
@@ -35,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        apply_threads(getattr(args, "threads", None))
         result = args.run(args)
     except Seg2RefineError as err:
         print(f"seg2refine {args.command}: error: {err}", file=sys.stderr)

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..devices import DEVICE_CHOICES
+from . import add_threads_option
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -25,6 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICE_CHOICES)} (default auto)")
     p.add_argument("--stage1", metavar="CKPT", help="stage-1 checkpoint instead of the bundled weights")
     p.add_argument("--stage2", metavar="CKPT", help="stage-2 checkpoint instead of the bundled weights")
+    add_threads_option(p)
     p.set_defaults(run=run)
 
 

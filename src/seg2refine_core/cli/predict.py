@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..devices import DEVICE_CHOICES
 from ..errors import Seg2RefineError
+from . import add_threads_option
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -35,6 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overlap", type=float, default=0.25, help="stage-2 sliding-window overlap (default 0.25)")
     p.add_argument("--sw-batch-size", type=int, default=1, help="stage-2 windows per batch (default 1)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
+    add_threads_option(p)
     p.set_defaults(run=run)
 
 

@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from dataclasses import fields, replace
 from pathlib import Path
 
+from . import add_threads_option
+
 
 def add_stage1_parser(stages: argparse._SubParsersAction) -> None:
     p = stages.add_parser(
@@ -49,6 +51,7 @@ def add_stage1_parser(stages: argparse._SubParsersAction) -> None:
     p.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="training slice size (see docs)")
     p.add_argument("--num-workers", type=int, metavar="N", help="DataLoader worker processes (2)")
     p.add_argument("--device", metavar="D", help="auto, cuda, mps or cpu (auto)")
+    add_threads_option(p)
     p.add_argument("--seed", type=int, metavar="S", help="seed of initialisation, sampling and augmentation (0)")
     p.add_argument("--cache-dir", type=Path, metavar="DIR", help="preprocessed cache, shareable between runs")
     p.add_argument("--no-amp", dest="amp", action="store_const", const=False, help="no mixed precision on CUDA")
@@ -177,6 +180,7 @@ def _add_patch_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-overlap", type=float, metavar="F", help="sliding-window overlap in validation (0.25)")
     p.add_argument("--num-workers", type=int, metavar="N", help="DataLoader worker processes (2)")
     p.add_argument("--device", metavar="D", help="auto, cuda, mps or cpu (auto)")
+    add_threads_option(p)
     p.add_argument("--seed", type=int, metavar="S", help="seed of initialisation, sampling and augmentation (0)")
     p.add_argument("--cache-dir", type=Path, metavar="DIR", help="preprocessed X' cache, shareable between runs")
     p.add_argument("--no-amp", dest="amp", action="store_const", const=False, help="no mixed precision on CUDA")
@@ -298,6 +302,7 @@ def add_demo_parser(stages: argparse._SubParsersAction) -> None:
     p.add_argument("--stage2-epochs", type=int, default=defaults.stage2_epochs)
     p.add_argument("--shape", type=int, nargs=3, default=defaults.shape, metavar=("Z", "Y", "X"))
     p.add_argument("--device", default="auto")
+    add_threads_option(p)
     p.set_defaults(run=run_demo)
 
 
