@@ -14,7 +14,8 @@ from napari_seg2refine import _jobs, _train
 from napari_seg2refine._registry import registry
 from napari_seg2refine._segment import SegmentWidget
 from napari_seg2refine._train import LAYERS, TrainWidget
-from plugin_support import add_phantom, tiny_checkpoints, wait_for_job
+from plugin_support import SHAPE, SPACING, add_phantom, tiny_checkpoints, wait_for_job
+from seg2refine_core.phantom import make_phantom, write_phantom_case
 
 pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("one_thread")]
 TIMEOUT = 240_000
@@ -145,3 +146,32 @@ def test_stop_before_the_first_epoch_leaves_no_best_and_no_error(viewer_and_widg
     assert "no best checkpoint yet" in widget.status.text()
     assert shown == [] and registry.items("stage1") == []
     assert (tmp_path / "run3" / "last.safetensors").is_file()
+
+
+def test_stage1_from_a_folder_with_a_split_table_fold_and_crop(viewer_and_widgets, qtbot, tmp_path):
+    viewer, segment, widget = viewer_and_widgets
+    data = tmp_path / "cases"
+    for case in (1, 2, 3):
+        write_phantom_case(make_phantom(shape=SHAPE, spacing=SPACING, seed=case), data, case)
+    table = tmp_path / "split.csv"
+    table.write_text("FileName,Split-1,Split-2,Split-3,Split-4\n1.img.nii.gz,Training,Training,Val,Testing\n"
+                     "2.img.nii.gz,Training,Val,Training,Training\n3.img.nii.gz,Val,Testing,Training,Val\n")
+    configure(widget, tmp_path / "run", epochs=1)
+    widget.source.setCurrentIndex(widget.source.findText(_train.FOLDER))
+    assert widget.split_edit.isEnabled() and widget.test_fraction.isEnabled() and widget.crop.isEnabled()
+    widget.data_edit.setText(str(data))
+    widget.split_edit.setText(str(table))
+    widget.fold.setValue(2)  # train 1, val 2, test 3
+    widget.crop.setValue(32)
+    widget.start_button.click()
+    assert wait_for_job(qtbot, widget, TIMEOUT) == "done"
+    summary = widget.summary
+    assert summary["train_cases"] == 1 and summary["val_cases"] == 1 and summary["slice_size"] == [32, 32]
+    stored = json.loads((tmp_path / "run" / "last.json").read_text())["training"]
+    assert stored["cases"] == {"train": ["1"], "val": ["2"]} and stored["config"]["fold"] == 2
+    # the open layers ignore the folder's split options; stage 2 has no test share or crop of its own
+    widget.stage.setCurrentIndex(widget.stage.findData("stage2"))
+    assert not widget.test_fraction.isEnabled() and not widget.crop.isEnabled()
+    assert widget.val_fraction.value() == pytest.approx(0.2)
+    widget.source.setCurrentText(LAYERS)
+    assert not widget.split_edit.isEnabled() and not widget.val_fraction.isEnabled()

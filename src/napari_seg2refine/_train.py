@@ -1,14 +1,16 @@
 """Train widget: a stage-1 (``train_stage1``) or stage-2 (``train_stage2``) run from a folder or the open layers.
 
-Data: a dataset folder (ImageCAS, ASOCA or generic layout, split by a seeded hold-out), or the open CT and
-ground-truth layers as a one-case dataset (written to a temporary ImageCAS-style folder for the run, the case
-named by a hash of the CT's voxels; with a single case there is no validation, so "best" is the lowest
-training loss). The main hyper-parameters, the
-output folder and Resume are exposed; everything else takes the core config's defaults (DataLoader workers are
-0 inside napari). Stage 2 trains on S from the chosen stage-1 model, which must not have been trained on the
-same cases (the core refuses otherwise). Loss (per step for stage 1, per epoch) and validation Dice are plotted
-live; when the run ends its best checkpoint is registered, so the Segment widget offers it at once. Stage 2 is
-offered only when ``seg2refine_core.train_stage2`` exists.
+Data: a dataset folder (ImageCAS, ASOCA or generic layout), or the open CT and ground-truth layers as a one-case
+dataset (written to a temporary ImageCAS-style folder for the run, the case named by a hash of the CT's voxels;
+with a single case there is no validation, so "best" is the lowest training loss). A folder is split by the
+official table (ImageCAS ``.xlsx`` / ``.csv`` and a fold) or, without one, by a seeded hold-out with the
+validation and test shares set here (stage 2: the validation share of the stage-1 model's unseen cases; its test
+cases stay those of the stage-1 run). The main hyper-parameters, the stage-1 training crop, the output folder and
+Resume are exposed; everything else takes the core config's defaults (DataLoader workers are 0 inside napari).
+Stage 2 trains on S from the chosen stage-1 model, which must not have been trained on the same cases (the core
+refuses otherwise). Loss (per step for stage 1, per epoch) and validation Dice are plotted live; when the run
+ends its best checkpoint is registered, so the Segment widget offers it at once. Stage 2 is offered only when
+``seg2refine_core.train_stage2`` exists.
 """
 
 from __future__ import annotations
@@ -120,8 +122,8 @@ def train(
     if stage == "stage1":
         callbacks["on_step"] = lambda step, loss: post(("step", step, loss))
 
-    def run(folder: Path, split: dict[str, float]) -> dict:
-        return train_fn(config_class(data=folder, **split, **options), progress, should_stop, **callbacks)
+    def run(folder: Path, split: dict[str, Any]) -> dict:
+        return train_fn(config_class(data=folder, **{**options, **split}), progress, should_stop, **callbacks)
 
     if not isinstance(data, tuple):
         return run(Path(data), {})
@@ -130,7 +132,7 @@ def train(
     with tempfile.TemporaryDirectory(prefix="seg2refine-layers-") as tmp:
         case_id = write_layers_case(Path(tmp), *data)
         try:
-            return run(Path(tmp), {"val_fraction": 0.0, "test_fraction": 0.0})
+            return run(Path(tmp), {"split": None, "val_fraction": 0.0, "test_fraction": 0.0})
         except Seg2RefineError as err:  # name the layers, not the temporary folder
             raise type(err)(str(err).replace(tmp, f"the open layers (case {case_id})")) from None
 
@@ -164,6 +166,20 @@ class TrainWidget(QWidget):
         self.data_browse = QToolButton()
         self.data_browse.setText("…")
         self.data_browse.clicked.connect(lambda: self._pick_folder(self.data_edit, "Dataset folder"))
+        self.split_edit = QLineEdit()
+        self.split_edit.setPlaceholderText("none: seeded hold-out")
+        self.split_edit.setToolTip("official split table (ImageCAS .xlsx or .csv); empty: the shares below")
+        self.split_browse = QToolButton()
+        self.split_browse.setText("…")
+        self.split_browse.clicked.connect(self._pick_split)
+        self.fold = self._int_spin(1, 4, 1, "fold (Split-1 .. Split-4) of the split table")
+        self.val_fraction = self._share_spin()
+        self.test_fraction = self._share_spin()
+        self.test_fraction.setToolTip("stage 1: share of the cases held out for testing (never read in training)")
+        self.crop = self._int_spin(0, 4096, 0, "stage 1: train on random crops of this side (multiple of 16); "
+                                   "smaller crops use less memory per slice")
+        self.crop.setSingleStep(16)
+        self.crop.setSpecialValueText("whole slices")
         self.ct_combo = LayerCombo(napari_viewer, Image, preferred=CT)
         self.gt_combo = LayerCombo(napari_viewer, Labels, preferred=GT)
         self.stage = QComboBox()
@@ -214,6 +230,12 @@ class TrainWidget(QWidget):
         form = QFormLayout()
         form.addRow("Data", self.source)
         form.addRow("Folder", _path_row(self.data_edit, self.data_browse))
+        form.addRow("Split table", _path_row(self.split_edit, self.split_browse))
+        shares = QHBoxLayout()
+        for label, widget in (("fold", self.fold), ("val", self.val_fraction), ("test", self.test_fraction)):
+            shares.addWidget(QLabel(label))
+            shares.addWidget(widget, 1)
+        form.addRow("Split", shares)
         form.addRow("CT layer", self.ct_combo)
         form.addRow("Ground truth", self.gt_combo)
         form.addRow("Stage", self.stage)
@@ -225,6 +247,7 @@ class TrainWidget(QWidget):
         form.addRow("Batch size", self.batch)
         form.addRow("Learning rate", self.lr)
         form.addRow("Samples/epoch", self.samples)
+        form.addRow("Crop", self.crop)
         form.addRow("Device", self.device)
         form.addRow("Output", _path_row(self.out_edit, self.out_browse))
         form.addRow(self.resume)
@@ -248,6 +271,20 @@ class TrainWidget(QWidget):
         spin.setToolTip(tip)
         return spin
 
+    @staticmethod
+    def _share_spin() -> QDoubleSpinBox:
+        spin = QDoubleSpinBox()
+        spin.setRange(0.0, 0.9)
+        spin.setSingleStep(0.05)
+        spin.setDecimals(2)
+        return spin
+
+    def _pick_split(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Split table", self.split_edit.text(),
+                                              "Split tables (*.xlsx *.xlsm *.csv)")
+        if path:
+            self.split_edit.setText(path)
+
     def _pick_folder(self, edit: QLineEdit, title: str) -> None:
         folder = QFileDialog.getExistingDirectory(self, title, edit.text())
         if folder:
@@ -255,8 +292,10 @@ class TrainWidget(QWidget):
 
     def _source_changed(self, text: str) -> None:
         folder = text == FOLDER
-        for widget in (self.data_edit, self.data_browse):
+        for widget in (self.data_edit, self.data_browse, self.split_edit, self.split_browse, self.fold,
+                       self.val_fraction):
             widget.setEnabled(folder)
+        self.test_fraction.setEnabled(folder and self.stage.currentData() == "stage1")
         for widget in (self.ct_combo, self.gt_combo):
             widget.setEnabled(not folder)
 
@@ -266,6 +305,17 @@ class TrainWidget(QWidget):
         self.variant.setEnabled(stage == "stage1")
         self.stage1_model.setEnabled(stage == "stage2")
         self.patch.setEnabled(stage == "stage2")
+        self.crop.setEnabled(stage == "stage1")
+        self.test_fraction.setEnabled(self.source.currentText() == FOLDER and stage == "stage1")
+        config = importlib.import_module(STAGES[stage]["module"]).__dict__[STAGES[stage]["config"]]
+        fields = config.__dataclass_fields__
+        self.val_fraction.setValue(fields["val_fraction"].default)
+        self.val_fraction.setToolTip(
+            "share of the cases kept for validation" if stage == "stage1"
+            else "share of the stage-1 model's unseen cases kept for validation of stage 2"
+        )
+        if stage == "stage1":
+            self.test_fraction.setValue(fields["test_fraction"].default)
         defaults = STAGES[stage]["defaults"]
         self.lr.setValue(defaults["lr"])
         self.batch.setValue(defaults["batch"])
@@ -274,7 +324,8 @@ class TrainWidget(QWidget):
         self.out_edit.setText(str(Path.cwd() / "runs" / f"napari-{stage}"))
 
     def options(self) -> dict[str, Any]:
-        """The chosen stage's training-config keyword arguments set in the widget, except ``data``."""
+        """The chosen stage's training-config keyword arguments set in the widget, except ``data`` (for the open
+        layers, :func:`train` replaces the split options)."""
         common = {
             "out": Path(self.out_edit.text().strip()),
             "width": int(self.width.value()),
@@ -284,11 +335,16 @@ class TrainWidget(QWidget):
             "resume": self.resume.isChecked(),
             "num_workers": 0,
             "command": "napari Train widget",
+            "split": Path(self.split_edit.text().strip()) if self.split_edit.text().strip() else None,
+            "fold": int(self.fold.value()),
+            "val_fraction": float(self.val_fraction.value()),
         }
         if self.stage.currentData() == "stage1":
+            crop = int(self.crop.value())
             return {
                 **common, "variant": self.variant.currentText(), "lr": float(self.lr.value()),
                 "samples_per_epoch": int(self.samples.value()) or None,
+                "test_fraction": float(self.test_fraction.value()), "crop": (crop, crop) if crop else None,
             }
         side = int(self.patch.value())
         return {
