@@ -6,8 +6,8 @@
 set -euo pipefail
 S2R=${S2R:-.venv/bin/seg2refine}
 OUT=${OUT:-runs/table1}
-EPOCHS=${EPOCHS:-4}
-SAMPLES=${SAMPLES:-512}
+EPOCHS=${EPOCHS:-6}
+SAMPLES=${SAMPLES:-768}
 LR=${LR:-1e-3}
 mkdir -p "$OUT"
 start=$(date +%s)
