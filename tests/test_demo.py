@@ -3,7 +3,6 @@
 import json
 
 import numpy as np
-import pytest
 
 from plugin_support import tiny_checkpoints
 from seg2refine_core.cli import main
@@ -36,10 +35,27 @@ def test_demo_writes_every_output(tmp_path, capsys):
 
 def test_bundled_demo_weights_fit_the_budget():
     present = [p for p in BUNDLED.values() if p.is_file()]
-    if not present:
-        pytest.skip("demo weights not built yet (make demo-weights)")
+    assert len(present) == 2  # stage 1 and stage 2 ship inside the package
     total = sum(p.stat().st_size for p in present)
     assert total <= 20e6
     for path in present:
         config = json.loads(path.with_suffix(".json").read_text())
         assert "demo_weights" in config["training"]
+
+
+def test_bundled_weights_refine_a_phantom_they_never_saw():
+    """The shipped models on a fresh phantom (seed 2024; training used 0-17): Y beats S on Dice and on
+    Betti-0 error (measured: S 0.54 / 83 components off, Y 0.70 / 26)."""
+    import torch
+
+    from seg2refine_core.inference import load_stage, run_pipeline
+    from seg2refine_core.metrics import betti0_error, dice
+    from seg2refine_core.phantom import make_phantom
+
+    cpu = torch.device("cpu")
+    phantom = make_phantom(seed=2024)
+    result = run_pipeline(phantom.image, phantom.spacing, load_stage("stage1", None, cpu),
+                          load_stage("stage2", None, cpu), device=cpu, batch_size=1)
+    s_dice, y_dice = dice(result.s_mask, phantom.label), dice(result.y_mask, phantom.label)
+    assert s_dice > 0.4 and y_dice > s_dice + 0.1
+    assert betti0_error(result.y_mask, phantom.label) < betti0_error(result.s_mask, phantom.label) / 2
