@@ -6,7 +6,7 @@ from torch import nn
 
 from seg2refine_core.cli.predict import list_inputs, resolve_stages
 from seg2refine_core.errors import Seg2RefineError, StopRequested
-from seg2refine_core.inference import count_windows, refine_volume, segment_slices
+from seg2refine_core.inference import count_windows, default_batch_size, refine_volume, segment_slices
 
 
 class SliceLogit(nn.Module):
@@ -134,3 +134,9 @@ def test_fold_batchnorm_keeps_outputs_and_leaves_the_model_alone():
     with torch.inference_mode():
         torch.testing.assert_close(folded(x), model(x), rtol=1e-5, atol=1e-5)
     assert fold_batchnorm(model.train()) is model  # training mode: nothing folded
+
+
+def test_default_batch_follows_the_slice_size_on_cpu_and_is_eight_on_gpus():
+    assert default_batch_size("cpu") == 1
+    assert [default_batch_size("cpu", (s, s)) for s in (512, 256, 128, 64, 16)] == [1, 1, 4, 8, 8]
+    assert default_batch_size("cuda", (512, 512)) == 8 and default_batch_size("mps") == 8

@@ -53,6 +53,7 @@ def test_segment_both_stages_then_rerun_replaces_layers(make_napari_viewer, qtbo
     assert widget.image_combo.layer() is ct
     widget.device.setCurrentText("auto")
     assert widget.device_label.text().startswith("→ ")
+    assert widget.batch.text() == "auto"  # the run below takes default_batch_size of the device
     widget.device.setCurrentText("cpu")
 
     qtbot.mouseClick(widget.run_button, Qt.MouseButton.LeftButton)

@@ -82,3 +82,16 @@ def test_threads_option_sets_torch_threads_and_refuses_zero(case_and_models, tmp
     assert main(["predict", str(image), "--stage1", str(s1), "--out", str(tmp_path / "o2"), "--threads", "0"]) == 2
     assert "--threads must be >= 1, got 0" in capsys.readouterr().err
     assert calls == [1] and not (tmp_path / "o2").exists()
+
+
+@pytest.mark.parametrize(("option", "message"), [
+    (["--threshold", "1.5"], "--threshold must be between 0 and 1"),
+    (["--overlap", "1"], "--overlap must be >= 0 and < 1"),
+    (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+    (["--sw-batch-size", "0"], "--sw-batch-size must be >= 1, got 0"),
+])
+def test_options_out_of_range_are_refused_before_any_work(case_and_models, tmp_path, capsys, option, message):
+    root, image, (s1, s2) = case_and_models
+    out = tmp_path / "o"
+    assert main(["predict", str(image), "--stage1", str(s1), "--stage2", str(s2), "--out", str(out), *option]) == 2
+    assert message in capsys.readouterr().err and not out.exists()

@@ -107,7 +107,7 @@ def segment(
     stages: tuple[str, ...],
     device: str,
     threshold: float,
-    batch_size: int,
+    batch_size: int | None,
     s_mask: np.ndarray | None,
     progress: Any,
     should_stop: Any,
@@ -145,9 +145,10 @@ class SegmentWidget(QWidget):
         self.threshold.setSingleStep(0.05)
         self.threshold.setValue(0.5)
         self.batch = QSpinBox()
-        self.batch.setRange(1, 256)
-        self.batch.setValue(4)
-        self.batch.setToolTip("axial slices per stage-1 batch")
+        self.batch.setRange(0, 256)
+        self.batch.setSpecialValueText("auto")
+        self.batch.setValue(0)
+        self.batch.setToolTip("axial slices per stage-1 batch; auto: on CPU about 256² pixels per batch, 8 on GPUs")
         self.run_button = QPushButton("Run")
         self.run_button.clicked.connect(self.run)
         self.stop_button = QPushButton("Stop")
@@ -209,7 +210,7 @@ class SegmentWidget(QWidget):
         args = (
             np.asarray(layer.data, dtype=np.float32), tuple(float(s) for s in layer.scale),
             self.models["stage1"].checkpoint(), self.models["stage2"].checkpoint(), stages,
-            self.device.currentText(), float(self.threshold.value()), int(self.batch.value()), s_mask,
+            self.device.currentText(), float(self.threshold.value()), int(self.batch.value()) or None, s_mask,
         )
         self.job = Job(
             lambda progress, should_stop: segment(*args, progress, should_stop),

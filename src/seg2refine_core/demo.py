@@ -53,8 +53,9 @@ def run_demo(
     s1 = load_stage("stage1", stage1, dev)
     s2 = load_stage("stage2", stage2, dev)
     t_pipe = time.perf_counter()
-    result = run_pipeline(volume.array, volume.spacing, s1, s2, device=dev, batch_size=1 if dev.type == "cpu" else 8,
-                          progress=progress, should_stop=should_stop)
+    result = run_pipeline(
+        volume.array, volume.spacing, s1, s2, device=dev, progress=progress, should_stop=should_stop
+    )
     pipeline_s = time.perf_counter() - t_pipe
     write_volume(out / f"{CASE_ID}.s.nii.gz", result.s_mask, like=volume)
     write_volume(out / f"{CASE_ID}.y.nii.gz", result.y_mask, like=volume)

@@ -32,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=float, default=0.5, help="probability threshold for masks (default 0.5)")
     p.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICE_CHOICES)} (default auto)")
     p.add_argument("--batch-size", type=int, default=None,
-                   help="axial slices per stage-1 batch (default: 1 on CPU, where it is fastest; 8 on GPUs)")
+                   help="axial slices per stage-1 batch (default: ~256² pixels per batch on CPU; 8 on GPUs)")
     p.add_argument("--overlap", type=float, default=0.25, help="stage-2 sliding-window overlap (default 0.25)")
     p.add_argument("--sw-batch-size", type=int, default=1, help="stage-2 windows per batch (default 1)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
@@ -86,6 +86,18 @@ def list_inputs(inputs: list[Path]) -> list[tuple[str, Path]]:
     return found
 
 
+def check_options(args: argparse.Namespace) -> None:
+    """Seg2RefineError naming the first option out of range (before any model or volume is loaded)."""
+    if not 0.0 < args.threshold < 1.0:
+        raise Seg2RefineError(f"--threshold must be between 0 and 1 (exclusive), got {args.threshold}")
+    if not 0.0 <= args.overlap < 1.0:
+        raise Seg2RefineError(f"--overlap must be >= 0 and < 1, got {args.overlap}")
+    for name in ("batch_size", "sw_batch_size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise Seg2RefineError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+
+
 def run(args: argparse.Namespace) -> int:
     import time
 
@@ -95,9 +107,8 @@ def run(args: argparse.Namespace) -> int:
     from ..progress import tqdm_progress
     from ..volume import read_volume, write_volume
 
+    check_options(args)
     device = resolve_device(args.device)
-    if args.batch_size is None:
-        args.batch_size = 1 if device.type == "cpu" else 8
     cases = list_inputs(args.inputs)
     if args.baseline3d is not None:
         if args.stage1 or args.stage2:
