@@ -259,7 +259,7 @@ class TrainWidget(QWidget):
         layout.addLayout(buttons)
         layout.addWidget(self.canvas, 1)
         layout.addWidget(self.status)
-        self._source_changed(self.source.currentText())
+        self._source_changed()
         self._stage_changed()
         self._draw()
 
@@ -290,8 +290,8 @@ class TrainWidget(QWidget):
         if folder:
             edit.setText(folder)
 
-    def _source_changed(self, text: str) -> None:
-        folder = text == FOLDER
+    def _source_changed(self, *_: Any) -> None:
+        folder = self.source.currentText() == FOLDER
         for widget in (self.data_edit, self.data_browse, self.split_edit, self.split_browse, self.fold,
                        self.val_fraction):
             widget.setEnabled(folder)
@@ -306,8 +306,8 @@ class TrainWidget(QWidget):
         self.stage1_model.setEnabled(stage == "stage2")
         self.patch.setEnabled(stage == "stage2")
         self.crop.setEnabled(stage == "stage1")
-        self.test_fraction.setEnabled(self.source.currentText() == FOLDER and stage == "stage1")
-        config = importlib.import_module(STAGES[stage]["module"]).__dict__[STAGES[stage]["config"]]
+        self._source_changed()
+        config = getattr(importlib.import_module(STAGES[stage]["module"]), STAGES[stage]["config"])
         fields = config.__dataclass_fields__
         self.val_fraction.setValue(fields["val_fraction"].default)
         self.val_fraction.setToolTip(

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..devices import DEVICE_CHOICES
+from . import add_threads_option
 
 SECTION_NAMES = ("stage1", "stage2", "pipeline", "training", "memory")
 
@@ -33,8 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--patch", type=int, nargs=3, default=None, metavar=("PZ", "PY", "PX"),
                    help="stage-2 window, multiples of 16 (default 64 64 64)")
     p.add_argument("--sw-batch-size", type=int, default=1, help="stage-2 windows per batch (default 1)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for torch (default: torch's choice); on a busy shared CPU fewer can be faster")
+    add_threads_option(p)  # also used for the memory subprocess
     p.add_argument("--sections", nargs="+", choices=SECTION_NAMES, default=list(SECTION_NAMES),
                    help="what to measure (default all)")
     p.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the results as JSON")
