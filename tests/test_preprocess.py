@@ -85,6 +85,8 @@ def test_preprocess_is_chunk_invariant_and_matches_slices():
     assert whole.min() >= 0.0 and whole.max() <= 1.0
     np.testing.assert_array_equal(preprocess(hu, chunk_slices=1), whole)
     np.testing.assert_array_equal(preprocess(hu, chunk_slices=3), whole)
+    np.testing.assert_array_equal(preprocess(hu, chunk_slices=100, workers=1), whole)
+    np.testing.assert_array_equal(preprocess(hu, chunk_slices=2, workers=3), whole)
     np.testing.assert_array_equal(preprocess_slice(hu[5]), whole[5])
     per_slice = np.stack([unsharp_mask(hu_window(s)) for s in hu])
     np.testing.assert_allclose(whole, per_slice, atol=1e-6)
@@ -94,7 +96,7 @@ def test_preprocess_fills_out_reports_progress_and_stops(tmp_path):
     hu = np.zeros((5, 8, 8), dtype=np.float32)
     out = np.lib.format.open_memmap(tmp_path / "cache.npy", mode="w+", dtype=np.float32, shape=hu.shape)
     calls = []
-    result = preprocess(hu, out=out, chunk_slices=2, progress=lambda d, t, i: calls.append((d, t)))
+    result = preprocess(hu, out=out, chunk_slices=2, workers=1, progress=lambda d, t, i: calls.append((d, t)))
     assert result is out
     np.testing.assert_allclose(out, 1.0 / 6.0, atol=1e-6)
     assert calls == [(2, 5), (4, 5), (5, 5)]
@@ -104,6 +106,21 @@ def test_preprocess_fills_out_reports_progress_and_stops(tmp_path):
         preprocess(hu, out=np.zeros(hu.shape, dtype=np.float64))
     with pytest.raises(VolumeError, match=r"\(z, y, x\)"):
         preprocess(hu[0])
+    with pytest.raises(Seg2RefineError, match="workers"):
+        preprocess(hu, workers=0)
+
+
+def test_threaded_preprocess_reports_every_slice_and_stops_early():
+    hu = np.random.default_rng(3).normal(150, 300, size=(12, 16, 16)).astype(np.float32)
+    calls = []
+    out = preprocess(hu, chunk_slices=1, workers=4, progress=lambda d, t, i: calls.append((d, t)))
+    np.testing.assert_array_equal(out, preprocess(hu, workers=1))
+    assert [d for d, _ in calls] == list(range(1, 13)) and {t for _, t in calls} == {12}
+    seen = []
+    with pytest.raises(StopRequested):
+        preprocess(hu, chunk_slices=1, workers=2, progress=lambda d, t, i: seen.append(d),
+                   should_stop=lambda: len(seen) >= 2)
+    assert 2 <= len(seen) < 12
 
 
 def test_radius_in_mm_uses_in_plane_spacing():

@@ -13,15 +13,17 @@ Choices the paper leaves open, fixed here:
 - Clipping to [0, 1] after sharpening keeps X' a valid image for both stages (overshoot is cut at the ends).
 - ``unsharp_amount=0`` (or radius 0) gives the pure window.
 
-Memory: :func:`preprocess` writes into one float32 output (or a caller's array, e.g. a memory-mapped cache)
-and works through ``chunk_slices`` axial slices at a time, so the extra memory is a few chunk-sized buffers,
-not full-volume temporaries. Since the filter has no extent along z, chunking gives bit-identical results.
+Memory and speed: :func:`preprocess` writes into one float32 output (or a caller's array, e.g. a memory-mapped
+cache) and works through chunks of at most ``chunk_slices`` axial slices, ``workers`` chunks at a time in
+threads, so the extra memory is a few chunk-sized buffers per worker, not full-volume temporaries. Since the
+filter has no extent along z, chunking and threading give bit-identical results.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -152,6 +154,7 @@ def preprocess(
     *,
     out: np.ndarray | None = None,
     chunk_slices: int = 16,
+    workers: int | None = None,
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
 ) -> np.ndarray:
@@ -159,7 +162,10 @@ def preprocess(
 
     spacing: ``(sz, sy, sx)`` mm, needed only when ``config.radius_units == "mm"``.
     out: optional float32 array of the same shape to fill (e.g. a ``np.memmap`` cache); returned.
-    chunk_slices: axial slices processed at a time (bounds the extra memory; results do not depend on it).
+    chunk_slices: at most this many axial slices per chunk (bounds the extra memory to a few chunk-sized
+        buffers per worker; results do not depend on it).
+    workers: threads filtering chunks at once (SciPy's filters release the GIL); None = torch's thread count,
+        so ``--threads`` governs it too. Results do not depend on it.
     """
     config = PreprocessConfig() if config is None else config
     if np.ndim(array_hu) != 3:
@@ -170,23 +176,48 @@ def preprocess(
         raise VolumeError(f"preprocess output must be float32 {array_hu.shape}, got {out.dtype} {out.shape}")
     if chunk_slices < 1:
         raise Seg2RefineError(f"chunk_slices must be >= 1, got {chunk_slices}")
+    workers = default_workers() if workers is None else workers
+    if workers < 1:
+        raise Seg2RefineError(f"workers must be >= 1, got {workers}")
     sigma = config.sigma_yx(spacing)
     sharpen = config.unsharp_amount > 0 and max(sigma) > 0
     nz = array_hu.shape[0]
-    buffer = np.empty((min(chunk_slices, nz), *array_hu.shape[1:]), dtype=np.float32) if sharpen else None
-    for z0 in range(0, nz, chunk_slices):
-        check_stop(should_stop)
-        z1 = min(z0 + chunk_slices, nz)
-        if buffer is None:
-            hu_window(array_hu[z0:z1], config.window_center, config.window_width, out=out[z0:z1])
-        else:
-            windowed = hu_window(
-                array_hu[z0:z1], config.window_center, config.window_width, out=buffer[: z1 - z0]
-            )
+    step = max(1, min(chunk_slices, -(-nz // workers)))
+    chunks = [(z0, min(z0 + step, nz)) for z0 in range(0, nz, step)]
+
+    def run(bounds: tuple[int, int]) -> int:
+        z0, z1 = bounds
+        windowed = hu_window(array_hu[z0:z1], config.window_center, config.window_width,
+                             out=None if sharpen else out[z0:z1])
+        if sharpen:
             unsharp_mask(windowed, sigma, config.unsharp_amount, out=out[z0:z1])
-        if progress is not None:
-            progress(z1, nz, "preprocess")
+        return z1 - z0
+
+    done = 0
+    if workers == 1 or len(chunks) == 1:
+        for bounds in chunks:
+            check_stop(should_stop)
+            done += run(bounds)
+            if progress is not None:
+                progress(done, nz, "preprocess")
+        return out
+    pool = ThreadPoolExecutor(max_workers=min(workers, len(chunks)), thread_name_prefix="preprocess")
+    try:
+        for future in as_completed([pool.submit(run, bounds) for bounds in chunks]):
+            done += future.result()
+            if progress is not None:
+                progress(done, nz, "preprocess")
+            check_stop(should_stop)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     return out
+
+
+def default_workers() -> int:
+    """Threads for :func:`preprocess` when none are given: ``torch.get_num_threads()``."""
+    import torch
+
+    return max(1, torch.get_num_threads())
 
 
 def preprocess_slice(
