@@ -34,7 +34,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=None,
                    help="axial slices per stage-1 batch (default: ~256² pixels per batch on CPU; 8 on GPUs)")
     p.add_argument("--overlap", type=float, default=0.25, help="stage-2 sliding-window overlap (default 0.25)")
-    p.add_argument("--sw-batch-size", type=int, default=1, help="stage-2 windows per batch (default 1)")
+    p.add_argument("--sw-batch-size", type=int, default=None,
+                   help="stage-2 windows per forward (default: 1 on CPU, 8 on GPUs)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
     add_threads_option(p)
     p.set_defaults(run=run)
