@@ -41,6 +41,7 @@ def test_quick_benchmark_end_to_end(tmp_path, capsys):
             value = report[section][key]
             assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, (section, key, value)
     assert report["meta"]["config"]["width"] == 4 and report["meta"]["device"] == "cpu"
+    assert report["meta"]["config"]["sw_batch_size"] == 1  # the CPU default
     assert report["stage2"]["windows"] == 9  # (8, 64, 64): z padded to one 32 window, 3 × 3 in-plane (step 24)
     assert report["memory"]["peak_rss_mb"] >= report["memory"]["before_rss_mb"]
     printed = capsys.readouterr().out
@@ -69,3 +70,28 @@ def test_table_lists_only_measured_rows():
     }
     table = format_table(report)
     assert "12.5" in table and "SFANet" not in table
+
+
+def test_compile_option_times_the_compiled_step_or_reports_why_not(tmp_path, monkeypatch, capsys):
+    compiled = []
+
+    def fake_compile(module):  # stands for torch.compile: the same module, counted
+        compiled.append(module)
+        return module
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    args = ["benchmark", "--quick", "--threads", "1", "--device", "cpu", "--sections", "training", "--compile"]
+    assert main([*args, "--json", str(tmp_path / "a.json")]) == 0
+    training = json.loads((tmp_path / "a.json").read_text())["training"]
+    assert len(compiled) == 1 and training["compile_s"] > 0 and training["sfanet_compiled_slices_per_s"] > 0
+    assert 0.2 < training["compiled_over_eager_step"] < 5  # the same model and work on both sides
+    assert "compiled / eager step time" in capsys.readouterr().out
+
+    def broken_compile(module):
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    assert main([*args, "--json", str(tmp_path / "b.json")]) == 0
+    training = json.loads((tmp_path / "b.json").read_text())["training"]
+    assert training["compile_error"] == "RuntimeError: no C++ compiler found"
+    assert "sfanet_compiled_slices_per_s" not in training and training["sfanet_slices_per_s"] > 0

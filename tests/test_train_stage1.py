@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch import nn
 
 from ddp_worker import run_ranks
 from seg2refine_core.cache import build_cache
@@ -152,3 +153,44 @@ def test_ddp_ranks_end_with_identical_weights(data, tmp_path):
     model, config = load_checkpoint(out / "last")
     assert config["training"]["world_size"] == 2
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+class _CompileFailed(torch._dynamo.exc.TorchDynamoException):
+    """Stands for what a broken ``torch.compile`` raises (e.g. Inductor without a C++ compiler)."""
+
+
+class _Compiled(nn.Module):
+    """Stands for ``torch.compile(module)``: counts the calls that go through it; ``error`` makes them fail."""
+
+    def __init__(self, module: nn.Module, error: type[Exception] | None):
+        super().__init__()
+        self.module, self.error, self.calls = module, error, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.error is not None:
+            raise self.error("compiling failed")
+        return self.module(x)
+
+
+def test_compile_trains_through_the_compiled_model_and_falls_back_to_eager(straight_run, data, cache_dir,
+                                                                          tmp_path, monkeypatch):
+    made: list[_Compiled] = []
+
+    def fake_compile(error):
+        return lambda module: made.append(_Compiled(module, error)) or made[-1]
+
+    monkeypatch.setattr(torch, "compile", fake_compile(None))
+    summary = train_stage1(config_for(data, tmp_path / "compiled", cache_dir, compile=True))
+    assert summary["compiled"] and made[-1].calls == 4  # 2 epochs x 2 steps
+    assert_same_weights(weights(tmp_path / "compiled"), weights(straight_run))
+
+    monkeypatch.setattr(torch, "compile", fake_compile(_CompileFailed))
+    with pytest.warns(RuntimeWarning, match="torch.compile failed .*compiling failed.*eager"):
+        summary = train_stage1(config_for(data, tmp_path / "fallback", cache_dir, compile=True))
+    assert not summary["compiled"] and made[-1].calls == 1  # only the first step tried it
+    assert_same_weights(weights(tmp_path / "fallback"), weights(straight_run))
+
+    monkeypatch.setattr(torch, "compile", fake_compile(ValueError))
+    with pytest.raises(ValueError, match="compiling failed"):  # not a compile error: not hidden
+        train_stage1(config_for(data, tmp_path / "broken", cache_dir, compile=True))

@@ -15,7 +15,8 @@ Measured (section → key):
   Attention-GAN generator at width ``w`` and a MONAI 3D UNet of about the same parameter count (the paper's
   Table 2 "3D-UNet" peer); FLOPs per window and achieved FLOP/s.
 * ``pipeline``: :func:`~seg2refine_core.inference.run_pipeline` (preprocess + both stages), s per volume.
-* ``training``: stage-1 training step (forward, backward, Adam) with the paper's loss, slices per second.
+* ``training``: stage-1 training step (forward, backward, Adam) with the paper's loss, slices per second; with
+  ``compile``, SFANet's step through ``torch.compile`` too (``compile_s``: the first, compiling step).
 * ``reference``: FLOP/s of one large convolution (3×3, 256→256 channels, 64×64) on the device, the best of
   contiguous and channels-last layouts: a practical ceiling for convolution work there.
 * ``memory``: the pipeline in a fresh subprocess: peak host RSS (Linux ``VmHWM`` of the child; not
@@ -34,7 +35,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ from .errors import Seg2RefineError
 from .inference import (
     LoadedModel,
     count_windows,
+    default_sw_batch_size,
     fold_batchnorm,
     load_stage,
     refine_volume,
@@ -68,8 +70,10 @@ class BenchmarkConfig:
     """What to measure. ``shape`` is the volume ``(z, y, x)``; stage 1 runs on its ``z`` slices of ``y × x``.
 
     width: SFANet and generator width ``w``. batch_size: stage-1 slices per batch. train_batch: slices per
-    training step. patch_size / overlap / sw_batch_size: stage-2 sliding window. sections: subset of
-    :data:`SECTIONS`. threads: ``torch.set_num_threads`` for this run and the memory subprocess (None: torch's
+    training step. patch_size / overlap / sw_batch_size: stage-2 sliding window (sw_batch_size None: the device's
+    default, :func:`~seg2refine_core.inference.default_sw_batch_size`). sections: subset of
+    :data:`SECTIONS`. compile: also time SFANet's training step through ``torch.compile`` (compile time
+    reported apart). threads: ``torch.set_num_threads`` for this run and the memory subprocess (None: torch's
     default). On a CPU shared with other busy processes, fewer threads than cores can be much faster: OpenMP
     threads that wait on a descheduled peer stall the whole operation.
     """
@@ -82,9 +86,10 @@ class BenchmarkConfig:
     train_batch: int = 4
     patch_size: tuple[int, int, int] = (64, 64, 64)
     overlap: float = 0.25
-    sw_batch_size: int = 1
+    sw_batch_size: int | None = None
     sections: tuple[str, ...] = SECTIONS
     threads: int | None = None
+    compile: bool = False
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -95,7 +100,8 @@ class BenchmarkConfig:
             raise Seg2RefineError(f"--shape needs three positive sizes Z Y X, got {self.shape}")
         if any(p % 16 or p < 32 for p in self.patch_size):
             raise Seg2RefineError(f"--patch sides must be multiples of 16 and >= 32, got {self.patch_size}")
-        if min(self.width, self.repeats, self.batch_size, self.train_batch, self.sw_batch_size) < 1:
+        sizes = (self.width, self.repeats, self.batch_size, self.train_batch, self.sw_batch_size or 1)
+        if min(sizes) < 1:
             raise Seg2RefineError("--width, --repeats, --batch-size, --train-batch and --sw-batch-size must be >= 1")
         if self.threads is not None and self.threads < 1:
             raise Seg2RefineError(f"--threads must be >= 1, got {self.threads}")
@@ -456,29 +462,47 @@ def bench_training(cfg: BenchmarkConfig, device: torch.device) -> dict:
     dtype = autocast_dtype(device)
     loss_fn = WeightedBCEDiceLoss()
 
-    def step_fn(variant: str) -> Callable[[], Any]:
+    def step_fn(variant: str, compiled: bool = False) -> Callable[[], Any]:
         model = build_stage1(variant, cfg.width, size, cfg.seed).to(device).to(memory_format=layout).train()
         optimiser = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=1e-5)
+        forward = torch.compile(model) if compiled else model
 
         def step() -> None:
             optimiser.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                logits = model(x)
+                logits = forward(x)
             loss_fn(logits, y).backward()
             optimiser.step()
 
         return step
 
-    timings = time_interleaved({v: step_fn(v) for v in ("unet", "sfanet")}, cfg.repeats, device)
+    steps = {v: step_fn(v) for v in ("unet", "sfanet")}
+    out: dict[str, Any] = {}
+    if cfg.compile:
+        t0 = time.perf_counter()
+        try:
+            compiled_step = step_fn("sfanet", compiled=True)
+            compiled_step()
+            _sync(device)
+        except Exception as exc:  # a failing compile is a result to report, not a crash
+            out["compile_error"] = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
+        else:
+            out["compile_s"] = time.perf_counter() - t0
+            steps["sfanet_compiled"] = compiled_step
+    timings = time_interleaved(steps, cfg.repeats, device)
     times = timings.wall
-    return {
+    out.update({
         "cpu_share": timings.cpu_share(),
         "batch": batch,
         "sfanet_slices_per_s": batch / _median(times["sfanet"]),
         "unet_slices_per_s": batch / _median(times["unet"]),
         "sfanet_spread": _spread(times["sfanet"]),
         "sfanet_over_unet_step": paired_ratio(times["sfanet"], times["unet"]),
-    }
+    })
+    if "sfanet_compiled" in times:
+        out["sfanet_compiled_slices_per_s"] = batch / _median(times["sfanet_compiled"])
+        out["compiled_over_eager_step"] = paired_ratio(times["sfanet_compiled"], times["sfanet"])
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ memory
@@ -610,6 +634,8 @@ def run_benchmark(cfg: BenchmarkConfig, progress: ProgressFn | None = None) -> d
     device = resolve_device(cfg.device)
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
+    if cfg.sw_batch_size is None:
+        cfg = replace(cfg, sw_batch_size=default_sw_batch_size(device))
     torch.manual_seed(cfg.seed)
     report: dict[str, Any] = {"meta": {**machine_facts(device), "config": _config_dict(cfg)}}
     report["meta"]["load_before"] = _load_average()
@@ -689,6 +715,10 @@ TABLE_ROWS: tuple[tuple[str, str, str, str], ...] = (
     ("training", "sfanet_slices_per_s", "training SFANet (slices/s)", "{:.2f}"),
     ("training", "unet_slices_per_s", "training UNet (slices/s)", "{:.2f}"),
     ("training", "sfanet_over_unet_step", "  SFANet / UNet step time", "{:.3f}"),
+    ("training", "compile_s", "  torch.compile: first step (s)", "{:.1f}"),
+    ("training", "sfanet_compiled_slices_per_s", "training SFANet compiled (slices/s)", "{:.2f}"),
+    ("training", "compiled_over_eager_step", "  compiled / eager step time", "{:.3f}"),
+    ("training", "compile_error", "  torch.compile failed", "{}"),
     ("memory", "peak_rss_mb", "pipeline peak host RSS, fresh process (MiB)", "{:.0f}"),
     ("memory", "pipeline_rss_mb", "  above the loaded baseline (MiB)", "{:.0f}"),
     ("memory", "volume_mb", "  input volume float32 (MiB)", "{:.0f}"),

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -60,6 +61,8 @@ from .sampling import BalancedSampler
 from .training import (
     EpochFn,
     RunHistory,
+    compile_fallback_message,
+    is_compile_error,
     labelled_split,
     options_kwargs,
     options_to_dict,
@@ -92,7 +95,9 @@ class Stage1TrainConfig:
     a seeded hold-out split (val_fraction, test_fraction, split_seed). variant: a key of ``nets.sfanet.VARIANTS``;
     width: channels of the first level (paper 64). samples_per_epoch: slices drawn per epoch over all ranks
     (None: the number of training slices). crop: training slice size (H, W) (None: see module doc).
-    device: auto/cuda/mps/cpu. amp: autocast on CUDA. cache_dir: None → ``<out>/cache``.
+    device: auto/cuda/mps/cpu. amp: autocast on CUDA. compile: train through ``torch.compile`` (falls back to eager
+    if compiling fails; on this project's 2-core CPU it does not pay, see ``benchmarks/README.md``).
+    cache_dir: None → ``<out>/cache``.
     """
 
     data: Path
@@ -117,6 +122,7 @@ class Stage1TrainConfig:
     seed: int = 0
     resume: bool = False
     amp: bool = True
+    compile: bool = False
     deterministic: bool = False
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     cache_dir: Path | None = None
@@ -298,7 +304,8 @@ class _Counters:
 
 @dataclass
 class _Learner:
-    """The model (plain, and as trained: DDP-wrapped or not) with its optimiser, scheduler and loss."""
+    """The model (plain, and as trained: DDP-wrapped or not, compiled or not) with its optimiser, scheduler and
+    loss. ``eager_model`` is the uncompiled ``train_model`` while ``train_model`` is compiled, else None."""
 
     model: nn.Module
     train_model: nn.Module
@@ -307,22 +314,38 @@ class _Learner:
     scaler: torch.amp.GradScaler
     amp_dtype: torch.dtype | None
     device: torch.device
+    eager_model: nn.Module | None = None
     loss_fn: nn.Module = field(default_factory=lambda: WeightedBCEDiceLoss(alpha=0.5))
 
     def step(self, batch: dict[str, torch.Tensor]) -> tuple[float, int]:
-        """One optimisation step on ``batch``; returns ``(loss, batch size)``."""
+        """One optimisation step on ``batch``; returns ``(loss, batch size)``.
+
+        If compiling the model's forward or backward fails, the step is redone eagerly (nothing has been
+        applied yet) and the rest of the run stays eager, with a warning.
+        """
         images = batch["image"].to(self.device, non_blocking=True)
         labels = batch["label"].to(self.device, non_blocking=True)
         if self.device.type == "cuda":
             images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            logits = self.train_model(images)
-        loss = self.loss_fn(logits.float(), labels)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        try:
+            loss = self._forward_backward(images, labels)
+        except Exception as exc:
+            if self.eager_model is None or not is_compile_error(exc):
+                raise
+            warnings.warn(compile_fallback_message(exc), RuntimeWarning, stacklevel=2)
+            self.train_model, self.eager_model = self.eager_model, None
+            loss = self._forward_backward(images, labels)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return float(loss.detach()), images.shape[0]
+
+    def _forward_backward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            logits = self.train_model(images)
+        loss = self.loss_fn(logits.float(), labels)
+        self.scaler.scale(loss).backward()
+        return loss
 
 
 def _make_learner(
@@ -337,12 +360,15 @@ def _make_learner(
     model.to(info.device)
     if info.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    train_model = wrap_ddp(model, info)
+    eager_model = wrap_ddp(model, info)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_decay(config.epochs))
     amp_dtype = autocast_dtype(info.device) if config.amp else None
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    return _Learner(model, train_model, optimizer, scheduler, scaler, amp_dtype, info.device)
+    if not config.compile:
+        return _Learner(model, eager_model, optimizer, scheduler, scaler, amp_dtype, info.device)
+    return _Learner(model, torch.compile(eager_model), optimizer, scheduler, scaler, amp_dtype, info.device,
+                    eager_model=eager_model)
 
 
 def cosine_decay(epochs: int) -> Callable[[int], float]:
@@ -370,7 +396,8 @@ def train_stage1(
     (mean step loss over all ranks), ``val_dice`` (None without validation cases), ``lr`` (used in that epoch),
     ``time_s`` (epoch wall time, validation included) and ``samples_per_s`` (training slices per second over all
     ranks, validation excluded). Summary keys: run_dir, best (None until an epoch has finished), last,
-    epochs_done, best_epoch, best_metric, best_value, stopped, slice_size, train_cases, val_cases, history.
+    epochs_done, best_epoch, best_metric, best_value, stopped, slice_size, train_cases, val_cases, compiled (whether
+    the run still trained through ``torch.compile`` at its end), history.
     """
     config.check()
     info = distributed.init_distributed(config.device)
@@ -488,7 +515,7 @@ def train_stage1(
         history.end_epoch(record, learner.model, checkpoint_config, save_last)
     distributed.barrier()
     summary = history.summary(at.epoch, stopped, slice_size=list(crop), train_cases=len(split_ids["train"]),
-                              val_cases=len(split_ids["val"]))
+                              val_cases=len(split_ids["val"]), compiled=learner.eager_model is not None)
     if history.best.epoch is None:  # no epoch has finished: there is no best checkpoint yet
         summary["best"] = None
     return summary

@@ -4,7 +4,8 @@
 - :func:`options_to_dict` and :func:`options_kwargs`: a run config dataclass to and from its JSON form;
 - :func:`labelled_split`: the labelled train/val cases of stage 1 and the 3D baseline;
 - :func:`prepare_xprime_cache`: the X' memmap cache, its build shared out between ranks;
-- :func:`seed_run` and :func:`wrap_ddp`: the torch set-up of a run;
+- :func:`seed_run` and :func:`wrap_ddp`: the torch set-up of a run; :func:`is_compile_error` and
+  :func:`compile_fallback_message` for a run that trains through ``torch.compile``;
 - :class:`BestCheckpoint` and :class:`RunHistory`: which epoch ``best`` holds, the epoch records, the rank-0 writes
   at the end of each epoch (``best``, ``last``, ``metrics.jsonl``, ``curves.png``), the provenance that closes a
   checkpoint's ``training`` entry and the summary dict a trainer returns.
@@ -117,6 +118,20 @@ def seed_run(seed: int, deterministic: bool, device: torch.device) -> None:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not deterministic
         torch.backends.cudnn.deterministic = deterministic
+
+
+def is_compile_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is what a failing ``torch.compile`` raises on the compiled module's first forward or
+    backward: Dynamo's errors, Inductor's among them (a missing C++ compiler or Triton surfaces as one of these)."""
+    from torch._dynamo.exc import TorchDynamoException  # imported by torch.compile anyway; 1.4 s at start-up
+
+    return isinstance(exc, TorchDynamoException)
+
+
+def compile_fallback_message(exc: BaseException) -> str:
+    """The warning of a run that goes on eagerly because ``torch.compile`` failed with ``exc``."""
+    first = (str(exc).strip().splitlines() or [""])[0][:300]
+    return f"torch.compile failed ({type(exc).__name__}: {first}); training goes on without it (eager)"
 
 
 def wrap_ddp(model: nn.Module, info: distributed.DistInfo) -> nn.Module:

@@ -33,10 +33,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--train-batch", type=int, default=None, help="slices per training step (default 4)")
     p.add_argument("--patch", type=int, nargs=3, default=None, metavar=("PZ", "PY", "PX"),
                    help="stage-2 window, multiples of 16 (default 64 64 64)")
-    p.add_argument("--sw-batch-size", type=int, default=1, help="stage-2 windows per batch (default 1)")
+    p.add_argument("--sw-batch-size", type=int, default=None,
+                   help="stage-2 windows per forward (default: 1 on CPU, 8 on GPUs)")
     add_threads_option(p)  # also used for the memory subprocess
     p.add_argument("--sections", nargs="+", choices=SECTION_NAMES, default=list(SECTION_NAMES),
                    help="what to measure (default all)")
+    p.add_argument("--compile", action="store_true",
+                   help="training section: also time SFANet's step through torch.compile (minutes to compile)")
     p.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the results as JSON")
     p.add_argument("--quick", action="store_true", help="tiny sizes, one repeat: checks that it works (CI)")
     p.set_defaults(run=run)
@@ -57,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     settings.update({k: v for k, v in given.items() if v is not None})
     cfg = BenchmarkConfig(
         device=args.device, sw_batch_size=args.sw_batch_size, sections=tuple(args.sections), threads=args.threads,
-        **settings,
+        compile=args.compile, **settings,
     )
     with tqdm_progress("benchmark", unit="section") as progress:
         report = run_benchmark(cfg, progress=progress)

@@ -55,6 +55,8 @@ def add_stage1_parser(stages: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, metavar="S", help="seed of initialisation, sampling and augmentation (0)")
     p.add_argument("--cache-dir", type=Path, metavar="DIR", help="preprocessed cache, shareable between runs")
     p.add_argument("--no-amp", dest="amp", action="store_const", const=False, help="no mixed precision on CUDA")
+    p.add_argument("--compile", action="store_const", const=True,
+                   help="train through torch.compile (minutes to compile; eager again if it fails)")
     p.add_argument("--deterministic", action="store_const", const=True, help="deterministic cuDNN kernels (slower)")
     p.set_defaults(run=run_stage1)
 
