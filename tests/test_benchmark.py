@@ -57,6 +57,9 @@ def test_paired_ratio_and_options():
     assert paired_ratio([2.0, 4.0, 9.0], [1.0, 2.0, 3.0]) == 2.0
     with pytest.raises(Seg2RefineError, match="--patch"):
         BenchmarkConfig(patch_size=(48, 64, 24))
+    for option in ("batch_size", "sw_batch_size"):
+        with pytest.raises(Seg2RefineError, match="--batch-size"):
+            BenchmarkConfig(**{option: 0})
     with pytest.raises(Seg2RefineError, match="--sections"):
         BenchmarkConfig(sections=("stage3",))
 

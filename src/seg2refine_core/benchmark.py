@@ -50,6 +50,7 @@ from .errors import Seg2RefineError
 from .inference import (
     LoadedModel,
     count_windows,
+    default_batch_size,
     default_sw_batch_size,
     fold_batchnorm,
     load_stage,
@@ -69,9 +70,10 @@ MB = 1024.0**2
 class BenchmarkConfig:
     """What to measure. ``shape`` is the volume ``(z, y, x)``; stage 1 runs on its ``z`` slices of ``y × x``.
 
-    width: SFANet and generator width ``w``. batch_size: stage-1 slices per batch. train_batch: slices per
-    training step. patch_size / overlap / sw_batch_size: stage-2 sliding window (sw_batch_size None: the device's
-    default, :func:`~seg2refine_core.inference.default_sw_batch_size`). sections: subset of
+    width: SFANet and generator width ``w``. batch_size: stage-1 slices per batch (None: what inference uses,
+    :func:`~seg2refine_core.inference.default_batch_size`). train_batch: slices per training step. patch_size /
+    overlap / sw_batch_size: stage-2 sliding window (sw_batch_size None: the device's default,
+    :func:`~seg2refine_core.inference.default_sw_batch_size`). sections: subset of
     :data:`SECTIONS`. compile: also time SFANet's training step through ``torch.compile`` (compile time
     reported apart). threads: ``torch.set_num_threads`` for this run and the memory subprocess (None: torch's
     default). On a CPU shared with other busy processes, fewer threads than cores can be much faster: OpenMP
@@ -82,7 +84,7 @@ class BenchmarkConfig:
     width: int = 16
     shape: tuple[int, int, int] = (32, 256, 256)
     repeats: int = 3
-    batch_size: int = 4
+    batch_size: int | None = None
     train_batch: int = 4
     patch_size: tuple[int, int, int] = (64, 64, 64)
     overlap: float = 0.25
@@ -100,8 +102,8 @@ class BenchmarkConfig:
             raise Seg2RefineError(f"--shape needs three positive sizes Z Y X, got {self.shape}")
         if any(p % 16 or p < 32 for p in self.patch_size):
             raise Seg2RefineError(f"--patch sides must be multiples of 16 and >= 32, got {self.patch_size}")
-        sizes = (self.width, self.repeats, self.batch_size, self.train_batch, self.sw_batch_size or 1)
-        if min(sizes) < 1:
+        sizes = (self.width, self.repeats, self.batch_size, self.train_batch, self.sw_batch_size)
+        if min(size for size in sizes if size is not None) < 1:
             raise Seg2RefineError("--width, --repeats, --batch-size, --train-batch and --sw-batch-size must be >= 1")
         if self.threads is not None and self.threads < 1:
             raise Seg2RefineError(f"--threads must be >= 1, got {self.threads}")
@@ -634,8 +636,11 @@ def run_benchmark(cfg: BenchmarkConfig, progress: ProgressFn | None = None) -> d
     device = resolve_device(cfg.device)
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
-    if cfg.sw_batch_size is None:
-        cfg = replace(cfg, sw_batch_size=default_sw_batch_size(device))
+    cfg = replace(
+        cfg,
+        batch_size=default_batch_size(device, cfg.shape[1:]) if cfg.batch_size is None else cfg.batch_size,
+        sw_batch_size=default_sw_batch_size(device) if cfg.sw_batch_size is None else cfg.sw_batch_size,
+    )
     torch.manual_seed(cfg.seed)
     report: dict[str, Any] = {"meta": {**machine_facts(device), "config": _config_dict(cfg)}}
     report["meta"]["load_before"] = _load_average()

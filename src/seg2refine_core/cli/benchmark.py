@@ -29,7 +29,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shape", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"),
                    help="volume size; stage 1 runs on Z slices of Y x X (default 32 256 256)")
     p.add_argument("--repeats", type=int, default=None, help="timed calls per measurement, median taken (default 3)")
-    p.add_argument("--batch-size", type=int, default=None, help="stage-1 slices per batch (default 4)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="stage-1 slices per batch (default: as predict, ~256² pixels per batch on CPU, 8 on GPUs)")
     p.add_argument("--train-batch", type=int, default=None, help="slices per training step (default 4)")
     p.add_argument("--patch", type=int, nargs=3, default=None, metavar=("PZ", "PY", "PX"),
                    help="stage-2 window, multiples of 16 (default 64 64 64)")
