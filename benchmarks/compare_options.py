@@ -18,39 +18,9 @@ import time
 from collections.abc import Callable
 
 import torch
-from torch import nn
 
 from seg2refine_core.benchmark import build_generator, build_stage1
-
-
-def fold_batchnorm(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` (eval) with each BatchNorm that directly follows a convolution folded into it and
-    the ReLUs of MONAI ADN blocks made in-place: the same outputs, fewer passes over memory."""
-    from monai.networks.blocks import ADN, Convolution
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-    model = copy.deepcopy(model).eval()
-    for module in model.modules():
-        if isinstance(module, Convolution) and isinstance(getattr(module, "adn", None), ADN):
-            norm = getattr(module.adn, "N", None)
-            if isinstance(norm, nn.modules.batchnorm._BatchNorm):
-                module.conv = fuse_conv_bn_eval(module.conv, norm)
-                module.adn.N = nn.Identity()
-            if isinstance(getattr(module.adn, "A", None), nn.ReLU):
-                module.adn.A.inplace = True
-        if isinstance(module, nn.Sequential):
-            names = list(module._modules)
-            for a, b in zip(names, names[1:], strict=False):
-                first, second = module._modules[a], module._modules[b]
-                conv = getattr(first, "conv", first)
-                if isinstance(conv, nn.Conv2d | nn.Conv3d) and isinstance(second, nn.modules.batchnorm._BatchNorm):
-                    fused = fuse_conv_bn_eval(conv, second)
-                    if conv is first:
-                        module._modules[a] = fused
-                    else:
-                        first.conv = fused
-                    module._modules[b] = nn.Identity()
-    return model
+from seg2refine_core.inference import fold_batchnorm
 
 
 def measure(cases: dict[str, Callable[[], object]], repeats: int) -> None:

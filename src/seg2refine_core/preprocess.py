@@ -14,9 +14,9 @@ Choices the paper leaves open, fixed here:
 - ``unsharp_amount=0`` (or radius 0) gives the pure window.
 
 Memory and speed: :func:`preprocess` writes into one float32 output (or a caller's array, e.g. a memory-mapped
-cache) and works through chunks of at most ``chunk_slices`` axial slices, ``workers`` chunks at a time in
-threads, so the extra memory is a few chunk-sized buffers per worker, not full-volume temporaries. Since the
-filter has no extent along z, chunking and threading give bit-identical results.
+cache) and filters at most ``chunk_slices`` axial slices at a time, shared out between ``workers`` threads,
+so the extra memory is a few buffers of that many slices, not full-volume temporaries. Since the filter has no
+extent along z, chunking and threading give bit-identical results.
 """
 
 from __future__ import annotations
@@ -162,10 +162,10 @@ def preprocess(
 
     spacing: ``(sz, sy, sx)`` mm, needed only when ``config.radius_units == "mm"``.
     out: optional float32 array of the same shape to fill (e.g. a ``np.memmap`` cache); returned.
-    chunk_slices: at most this many axial slices per chunk (bounds the extra memory to a few chunk-sized
-        buffers per worker; results do not depend on it).
-    workers: threads filtering chunks at once (SciPy's filters release the GIL); None = torch's thread count,
-        so ``--threads`` governs it too. Results do not depend on it.
+    chunk_slices: at most this many axial slices are filtered at once, over all workers (bounds the extra
+        memory to a few buffers of that size; results do not depend on it).
+    workers: threads filtering chunks at once (SciPy's filters release the GIL), at most ``chunk_slices``;
+        None = torch's thread count, so ``--threads`` governs it too. Results do not depend on it.
     """
     config = PreprocessConfig() if config is None else config
     if np.ndim(array_hu) != 3:
@@ -182,7 +182,8 @@ def preprocess(
     sigma = config.sigma_yx(spacing)
     sharpen = config.unsharp_amount > 0 and max(sigma) > 0
     nz = array_hu.shape[0]
-    step = max(1, min(chunk_slices, -(-nz // workers)))
+    workers = min(workers, chunk_slices)
+    step = max(1, min(chunk_slices // workers, -(-nz // workers)))
     chunks = [(z0, min(z0 + step, nz)) for z0 in range(0, nz, step)]
 
     def run(bounds: tuple[int, int]) -> int:
@@ -201,6 +202,7 @@ def preprocess(
             if progress is not None:
                 progress(done, nz, "preprocess")
         return out
+    check_stop(should_stop)
     pool = ThreadPoolExecutor(max_workers=min(workers, len(chunks)), thread_name_prefix="preprocess")
     try:
         for future in as_completed([pool.submit(run, bounds) for bounds in chunks]):
