@@ -6,7 +6,13 @@ from torch import nn
 
 from seg2refine_core.cli.predict import list_inputs, resolve_stages
 from seg2refine_core.errors import Seg2RefineError, StopRequested
-from seg2refine_core.inference import count_windows, default_batch_size, refine_volume, segment_slices
+from seg2refine_core.inference import (
+    count_windows,
+    default_batch_size,
+    default_sw_batch_size,
+    refine_volume,
+    segment_slices,
+)
 
 
 class SliceLogit(nn.Module):
@@ -140,3 +146,4 @@ def test_default_batch_follows_the_slice_size_on_cpu_and_is_eight_on_gpus():
     assert default_batch_size("cpu") == 1
     assert [default_batch_size("cpu", (s, s)) for s in (512, 256, 128, 64, 16)] == [1, 1, 4, 8, 8]
     assert default_batch_size("cuda", (512, 512)) == 8 and default_batch_size("mps") == 8
+    assert default_sw_batch_size("cpu") == 1 and default_sw_batch_size("cuda:0") == 8
