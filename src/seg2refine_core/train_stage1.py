@@ -320,8 +320,9 @@ class _Learner:
     def step(self, batch: dict[str, torch.Tensor]) -> tuple[float, int]:
         """One optimisation step on ``batch``; returns ``(loss, batch size)``.
 
-        If compiling the model's forward or backward fails, the step is redone eagerly (nothing has been
-        applied yet) and the rest of the run stays eager, with a warning.
+        If compiling the model's forward or backward fails, the step is redone eagerly (the optimiser has not
+        stepped; at most BatchNorm's running statistics saw the batch once more) and the rest of the run stays
+        eager, with a warning.
         """
         images = batch["image"].to(self.device, non_blocking=True)
         labels = batch["label"].to(self.device, non_blocking=True)
