@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from napari_seg2refine import _jobs, _train
 from napari_seg2refine._registry import registry
@@ -148,7 +149,8 @@ def test_stop_before_the_first_epoch_leaves_no_best_and_no_error(viewer_and_widg
     assert (tmp_path / "run3" / "last.safetensors").is_file()
 
 
-def test_stage1_from_a_folder_with_a_split_table_fold_and_crop(viewer_and_widgets, qtbot, tmp_path):
+def test_stage1_from_a_folder_with_a_split_table_fold_crop_and_compile(viewer_and_widgets, qtbot, tmp_path,
+                                                                        monkeypatch):
     viewer, segment, widget = viewer_and_widgets
     data = tmp_path / "cases"
     for case in (1, 2, 3):
@@ -163,15 +165,20 @@ def test_stage1_from_a_folder_with_a_split_table_fold_and_crop(viewer_and_widget
     widget.split_edit.setText(str(table))
     widget.fold.setValue(2)  # train 1, val 2, test 3
     widget.crop.setValue(32)
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda module: compiled.append(module) or module)  # stands for it
+    widget.compile.setChecked(True)
     widget.start_button.click()
     assert wait_for_job(qtbot, widget, TIMEOUT) == "done"
     summary = widget.summary
     assert summary["train_cases"] == 1 and summary["val_cases"] == 1 and summary["slice_size"] == [32, 32]
+    assert summary["compiled"] and len(compiled) == 1
     stored = json.loads((tmp_path / "run" / "last.json").read_text())["training"]
     assert stored["cases"] == {"train": ["1"], "val": ["2"]} and stored["config"]["fold"] == 2
+    assert stored["config"]["compile"] is True
     # the open layers ignore the folder's split options; stage 2 has no test share or crop of its own
     widget.stage.setCurrentIndex(widget.stage.findData("stage2"))
-    assert not widget.test_fraction.isEnabled() and not widget.crop.isEnabled()
-    assert widget.val_fraction.value() == pytest.approx(0.2)
+    assert not widget.test_fraction.isEnabled() and not widget.crop.isEnabled() and not widget.compile.isEnabled()
+    assert "compile" not in widget.options() and widget.val_fraction.value() == pytest.approx(0.2)
     widget.source.setCurrentText(LAYERS)
     assert not widget.split_edit.isEnabled() and not widget.val_fraction.isEnabled()

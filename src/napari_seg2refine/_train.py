@@ -212,6 +212,9 @@ class TrainWidget(QWidget):
         self.samples.setSpecialValueText("all slices")
         self.device = QComboBox()
         self.device.addItems(["auto", "cuda", "mps", "cpu"])
+        self.compile = QCheckBox("torch.compile")
+        self.compile.setToolTip("stage 1: train through torch.compile; minutes to compile, measured slower on CPU, "
+                                "for GPUs; goes on eagerly if compiling fails")
         self.out_edit = QLineEdit()
         self.out_browse = QToolButton()
         self.out_browse.setText("…")
@@ -248,7 +251,10 @@ class TrainWidget(QWidget):
         form.addRow("Learning rate", self.lr)
         form.addRow("Samples/epoch", self.samples)
         form.addRow("Crop", self.crop)
-        form.addRow("Device", self.device)
+        device_row = QHBoxLayout()
+        device_row.addWidget(self.device, 1)
+        device_row.addWidget(self.compile)
+        form.addRow("Device", device_row)
         form.addRow("Output", _path_row(self.out_edit, self.out_browse))
         form.addRow(self.resume)
         buttons = QHBoxLayout()
@@ -306,6 +312,7 @@ class TrainWidget(QWidget):
         self.stage1_model.setEnabled(stage == "stage2")
         self.patch.setEnabled(stage == "stage2")
         self.crop.setEnabled(stage == "stage1")
+        self.compile.setEnabled(stage == "stage1")
         self._source_changed()
         config = getattr(importlib.import_module(STAGES[stage]["module"]), STAGES[stage]["config"])
         fields = config.__dataclass_fields__
@@ -345,6 +352,7 @@ class TrainWidget(QWidget):
                 **common, "variant": self.variant.currentText(), "lr": float(self.lr.value()),
                 "samples_per_epoch": int(self.samples.value()) or None,
                 "test_fraction": float(self.test_fraction.value()), "crop": (crop, crop) if crop else None,
+                "compile": self.compile.isChecked(),
             }
         side = int(self.patch.value())
         return {
