@@ -46,7 +46,7 @@ from torch import nn
 
 from .checkpoint import save_checkpoint
 from .devices import autocast_dtype, resolve_device
-from .errors import Seg2RefineError
+from .errors import Seg2RefineError, one_line
 from .inference import (
     LoadedModel,
     count_windows,
@@ -487,7 +487,7 @@ def bench_training(cfg: BenchmarkConfig, device: torch.device) -> dict:
             compiled_step()
             _sync(device)
         except Exception as exc:  # a failing compile is a result to report, not a crash
-            out["compile_error"] = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
+            out["compile_error"] = one_line(exc)
         else:
             out["compile_s"] = time.perf_counter() - t0
             steps["sfanet_compiled"] = compiled_step

@@ -19,3 +19,9 @@ class CheckpointError(Seg2RefineError):
 
 class StopRequested(Exception):
     """Raised inside long-running work when the caller's ``should_stop()`` returns True."""
+
+
+def one_line(exc: BaseException, limit: int = 200) -> str:
+    """``"<ExceptionType>: <first line of its message>"``, the message cut at ``limit`` characters."""
+    first = (str(exc).strip().splitlines() or [""])[0][:limit]
+    return f"{type(exc).__name__}: {first}"

@@ -27,7 +27,7 @@ from . import distributed
 from .cache import CacheIndex, build_cache
 from .checkpoint import save_checkpoint
 from .datasets import Case, discover_cases, holdout_split, read_split, split_cases
-from .errors import DatasetError
+from .errors import DatasetError, one_line
 from .preprocess import PreprocessConfig
 from .progress import ProgressFn, StopFn
 from .runlog import append_metrics, plot_curves, truncate_metrics
@@ -130,8 +130,7 @@ def is_compile_error(exc: BaseException) -> bool:
 
 def compile_fallback_message(exc: BaseException) -> str:
     """The warning of a run that goes on eagerly because ``torch.compile`` failed with ``exc``."""
-    first = (str(exc).strip().splitlines() or [""])[0][:300]
-    return f"torch.compile failed ({type(exc).__name__}: {first}); training goes on without it (eager)"
+    return f"torch.compile failed ({one_line(exc)}); training goes on without it (eager)"
 
 
 def wrap_ddp(model: nn.Module, info: distributed.DistInfo) -> nn.Module:
