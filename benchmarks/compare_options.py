@@ -1,4 +1,4 @@
-"""A/B timings of the inference options behind the choices in ``seg2refine_core.inference``.
+"""A/B timings of the inference options behind the choices in ``seg2refine_core.inference.pipeline``.
 
 Stage 1 (SFANet forward on a batch of slices): contiguous vs channels-last, batch size, BatchNorm folded
 into the convolutions (+ in-place ReLU), ``torch.compile``. Stage 2 (generator on windows): contiguous vs
@@ -19,8 +19,8 @@ from collections.abc import Callable
 
 import torch
 
-from seg2refine_core.benchmark import build_generator, build_stage1
-from seg2refine_core.inference import fold_batchnorm
+from seg2refine_core.inference.pipeline import fold_batchnorm
+from seg2refine_core.tools.benchmark import build_generator, build_stage1
 
 
 def measure(cases: dict[str, Callable[[], object]], repeats: int) -> None:

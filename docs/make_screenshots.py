@@ -33,7 +33,7 @@ from napari_seg2refine._layers import CT, GT, Y_VS_GT, S, Y, image_kwargs, label
 from napari_seg2refine._segment import SegmentWidget, bundled_weights
 from napari_seg2refine._slice_dice import SliceDiceWidget
 from napari_seg2refine._train import LAYERS, TrainWidget
-from seg2refine_core.volume import Volume
+from seg2refine_core.io.volume import Volume
 
 OUT = Path(__file__).resolve().parent / "screenshots"
 WINDOW = (1560, 960)
@@ -103,7 +103,7 @@ def train_stage1(viewer, train: TrainWidget, out: Path, epochs: int, samples: in
 
 def train_stage2(viewer, train: TrainWidget, stage1: str, out: Path) -> str:
     """A stage-2 run on a second phantom (another seed: stage 2 must see volumes stage 1 never saw)."""
-    from seg2refine_core.phantom import make_phantom
+    from seg2refine_core.data.phantom import make_phantom
 
     other = make_phantom(shape=(64, 128, 128), spacing=(1.5, 0.7, 0.7), seed=1)
     volume = Volume.from_array(other.image, other.spacing, other.affine)

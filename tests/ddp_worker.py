@@ -20,8 +20,7 @@ from typing import Any
 import torch
 
 from seg2refine_core import distributed
-from seg2refine_core import train_stage1 as stage1
-from seg2refine_core import train_stage2 as stage2
+from seg2refine_core.training import stage1, stage2
 
 ROOT = Path(__file__).resolve().parents[1]
 

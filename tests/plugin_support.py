@@ -16,17 +16,17 @@ PATCH = [16, 32, 32]
 @lru_cache(maxsize=1)
 def tiny_phantom():
     """A 16×48×48 synthetic CT (HU) with its coronary label; spacing (2.0, 0.7, 0.7) mm."""
-    from seg2refine_core.phantom import make_phantom
+    from seg2refine_core.data.phantom import make_phantom
 
     return make_phantom(shape=SHAPE, spacing=SPACING, seed=3)
 
 
 def tiny_checkpoints(folder: Path) -> tuple[Path, Path]:
     """Untrained width-4 SFANet and Attention-GAN generator checkpoints in ``folder``: (stage 1, stage 2)."""
-    from seg2refine_core.checkpoint import save_checkpoint
+    from seg2refine_core.data.preprocess import PreprocessConfig
+    from seg2refine_core.io.checkpoint import save_checkpoint
     from seg2refine_core.nets.attention_gan import AttentionGenerator3d
     from seg2refine_core.nets.sfanet import build_sfanet
-    from seg2refine_core.preprocess import PreprocessConfig
 
     preprocess = PreprocessConfig().to_dict()
     sfanet = build_sfanet("sfanet", WIDTH)
@@ -47,7 +47,7 @@ def tiny_checkpoints(folder: Path) -> tuple[Path, Path]:
 def add_phantom(viewer, with_gt: bool = True):
     """Add the tiny phantom as "CT" (and "ground truth") the way the reader does; returns the CT layer."""
     from napari_seg2refine._layers import CT, GT, image_kwargs, labels_kwargs
-    from seg2refine_core.volume import Volume
+    from seg2refine_core.io.volume import Volume
 
     phantom = tiny_phantom()
     volume = Volume.from_array(phantom.image, phantom.spacing, phantom.affine)

@@ -80,7 +80,7 @@ def test_three_attention_gates_gate_the_skips():
 
 
 def test_checkpoint_round_trip_rebuilds_the_same_networks(tmp_path):
-    from seg2refine_core.checkpoint import load_checkpoint, save_checkpoint
+    from seg2refine_core.io.checkpoint import load_checkpoint, save_checkpoint
 
     torch.manual_seed(0)
     x = torch.randn(1, 3, 32, 32, 32)

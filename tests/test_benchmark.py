@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from seg2refine_core.benchmark import BenchmarkConfig, count_flops, format_table, paired_ratio
 from seg2refine_core.cli import main
 from seg2refine_core.errors import Seg2RefineError
+from seg2refine_core.tools.benchmark import BenchmarkConfig, count_flops, format_table, paired_ratio
 
 EXPECTED = {
     "reference": ["large_conv_gflops", "large_conv_cpu_gflops"],

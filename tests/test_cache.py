@@ -8,13 +8,13 @@ import os
 import numpy as np
 import pytest
 
-from seg2refine_core import cache as cache_module
-from seg2refine_core.cache import CacheIndex, build_cache
-from seg2refine_core.datasets import discover_cases
+from seg2refine_core.data import cache as cache_module
+from seg2refine_core.data.cache import CacheIndex, build_cache
+from seg2refine_core.data.datasets import discover_cases
+from seg2refine_core.data.phantom import make_phantom
+from seg2refine_core.data.preprocess import PreprocessConfig, preprocess
 from seg2refine_core.errors import DatasetError
-from seg2refine_core.phantom import make_phantom
-from seg2refine_core.preprocess import PreprocessConfig, preprocess
-from seg2refine_core.volume import read_mask, read_volume, write_volume
+from seg2refine_core.io.volume import read_mask, read_volume, write_volume
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from seg2refine_core.checkpoint import load_checkpoint, read_config, save_checkpoint
 from seg2refine_core.errors import CheckpointError
+from seg2refine_core.io.checkpoint import load_checkpoint, read_config, save_checkpoint
 
 UNET = {"spatial_dims": 3, "in_channels": 2, "out_channels": 1, "channels": [4, 8], "strides": [2]}
 

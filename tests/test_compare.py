@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from seg2refine_core.compare import (
+from seg2refine_core.evaluation.compare import (
     FALSE_NEGATIVE,
     FALSE_POSITIVE,
     TRUE_POSITIVE,
@@ -60,5 +60,5 @@ def test_mask_summary_uses_physical_spacing_and_leaves_empty_slices_undefined():
 
 
 def test_module_does_not_import_torch():
-    code = "import sys, seg2refine_core.compare; assert 'torch' not in sys.modules"
+    code = "import sys, seg2refine_core.evaluation.compare; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from openpyxl import Workbook
 
-from seg2refine_core.datasets import (
+from seg2refine_core.data.datasets import (
     Case,
     discover_cases,
     holdout_split,

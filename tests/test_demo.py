@@ -6,8 +6,8 @@ import numpy as np
 
 from plugin_support import tiny_checkpoints
 from seg2refine_core.cli import main
-from seg2refine_core.inference import BUNDLED
-from seg2refine_core.volume import read_volume
+from seg2refine_core.inference.pipeline import BUNDLED
+from seg2refine_core.io.volume import read_volume
 
 
 def test_demo_writes_every_output(tmp_path, capsys):
@@ -48,9 +48,9 @@ def test_bundled_weights_refine_a_phantom_they_never_saw():
     Betti-0 error (measured: S 0.54 / 83 components off, Y 0.70 / 26)."""
     import torch
 
-    from seg2refine_core.inference import load_stage, run_pipeline
-    from seg2refine_core.metrics import betti0_error, dice
-    from seg2refine_core.phantom import make_phantom
+    from seg2refine_core.data.phantom import make_phantom
+    from seg2refine_core.evaluation.metrics import betti0_error, dice
+    from seg2refine_core.inference.pipeline import load_stage, run_pipeline
 
     cpu = torch.device("cpu")
     phantom = make_phantom(seed=2024)

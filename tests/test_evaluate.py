@@ -12,7 +12,7 @@ import pytest
 
 from seg2refine_core.cli import main
 from seg2refine_core.errors import DatasetError, StopRequested, VolumeError
-from seg2refine_core.evaluate import (
+from seg2refine_core.evaluation.evaluate import (
     evaluate_files,
     match_predictions,
     pair_predictions,

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from seg2refine_core.gan_losses import (
+from seg2refine_core.nets.attention_gan import AttentionGenerator3d, PatchDiscriminator3d
+from seg2refine_core.training.gan_losses import (
     GeneratorLoss,
     delta_b0,
     discriminator_loss,
     generator_adversarial_loss,
 )
-from seg2refine_core.nets.attention_gan import AttentionGenerator3d, PatchDiscriminator3d
 
 
 def _softplus(v: float) -> float:

@@ -6,7 +6,7 @@ from torch import nn
 
 from seg2refine_core.cli.predict import list_inputs, resolve_stages
 from seg2refine_core.errors import Seg2RefineError, StopRequested
-from seg2refine_core.inference import (
+from seg2refine_core.inference.pipeline import (
     count_windows,
     default_batch_size,
     default_sw_batch_size,
@@ -125,7 +125,7 @@ def test_fold_batchnorm_keeps_outputs_and_leaves_the_model_alone():
     import torch
     from monai.networks.nets.basic_unet import TwoConv
 
-    from seg2refine_core.inference import fold_batchnorm
+    from seg2refine_core.inference.pipeline import fold_batchnorm
 
     torch.manual_seed(0)
     model = nn.Sequential(TwoConv(2, 3, 8, act="relu", norm="batch", bias=False), nn.Conv2d(8, 4, 1),

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from seg2refine_core.losses import WeightedBCEDiceLoss, class_weights, weighted_bce
 from seg2refine_core.nets import build_sfanet
+from seg2refine_core.training.losses import WeightedBCEDiceLoss, class_weights, weighted_bce
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from seg2refine_core import metrics
+from seg2refine_core.evaluation import metrics
 
 SPACING = (2.0, 0.5, 0.5)  # (sz, sy, sx) mm: strongly anisotropic, so swapping axes changes the answers
 
@@ -32,7 +32,7 @@ def tube(shape, axis_start, axis_stop, radius=2):
 
 
 def test_module_does_not_import_torch():
-    code = "import sys, seg2refine_core.metrics; assert 'torch' not in sys.modules"
+    code = "import sys, seg2refine_core.evaluation.metrics; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

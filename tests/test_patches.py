@@ -5,8 +5,7 @@ import pickle
 import numpy as np
 import pytest
 
-from seg2refine_core.errors import Seg2RefineError
-from seg2refine_core.patches import (
+from seg2refine_core.data.patches import (
     KIND_RANDOM,
     KIND_S,
     KIND_VESSEL,
@@ -20,6 +19,7 @@ from seg2refine_core.patches import (
     read_region,
     rotation_margin,
 )
+from seg2refine_core.errors import Seg2RefineError
 
 PLAIN = PatchConfig(patch_size=(32, 32, 32), augment=False)
 

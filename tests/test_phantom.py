@@ -7,8 +7,8 @@ import pytest
 from scipy import ndimage
 
 from seg2refine_core.cli import main
+from seg2refine_core.data.phantom import TISSUES, Phantom, make_phantom, preview_png, write_phantom_case
 from seg2refine_core.errors import Seg2RefineError, StopRequested
-from seg2refine_core.phantom import TISSUES, Phantom, make_phantom, preview_png, write_phantom_case
 
 SMALL = ((48, 64, 64), (2.0, 1.4, 1.4))  # same field of view as the default, 8x fewer voxels
 T = {name: code for code, name in enumerate(TISSUES)}

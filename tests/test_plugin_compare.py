@@ -8,7 +8,7 @@ import pytest
 from napari_seg2refine._compare import COPY_KEY, CompareWidget, grid_of
 from napari_seg2refine._layers import CT, GT, Y_VS_GT, Y_VS_S, S, Y
 from plugin_support import add_masks, add_phantom, wait_for_job
-from seg2refine_core.compare import difference_map
+from seg2refine_core.evaluation.compare import difference_map
 
 pytestmark = pytest.mark.gui
 

@@ -13,7 +13,7 @@ from napari_seg2refine._layers import CT, GT, VOLUME_KEY, S, Y
 from napari_seg2refine._reader import napari_get_reader, read_files
 from napari_seg2refine._writer import write_labels
 from plugin_support import tiny_phantom
-from seg2refine_core.volume import Volume, read_volume, write_volume
+from seg2refine_core.io.volume import Volume, read_volume, write_volume
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from napari_seg2refine import _jobs, _segment
 from napari_seg2refine._layers import VOLUME_KEY, S, Y
 from napari_seg2refine._registry import registry
 from plugin_support import add_phantom, tiny_checkpoints, wait_for_job
-from seg2refine_core.inference import count_windows
+from seg2refine_core.inference.pipeline import count_windows
 
 pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("one_thread")]
 

@@ -10,7 +10,7 @@ from qtpy.QtCore import QPoint, Qt
 
 from napari_seg2refine._slice_dice import SliceDiceWidget
 from plugin_support import add_masks, add_phantom, wait_for_job
-from seg2refine_core.metrics import betti0, slice_dice
+from seg2refine_core.evaluation.metrics import betti0, slice_dice
 
 pytestmark = pytest.mark.gui
 

@@ -16,7 +16,7 @@ from napari_seg2refine._registry import registry
 from napari_seg2refine._segment import SegmentWidget
 from napari_seg2refine._train import LAYERS, TrainWidget
 from plugin_support import SHAPE, SPACING, add_phantom, tiny_checkpoints, wait_for_job
-from seg2refine_core.phantom import make_phantom, write_phantom_case
+from seg2refine_core.data.phantom import make_phantom, write_phantom_case
 
 pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("one_thread")]
 TIMEOUT = 240_000

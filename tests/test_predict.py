@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from plugin_support import tiny_checkpoints, tiny_phantom
-from seg2refine_core.checkpoint import save_checkpoint
 from seg2refine_core.cli import main
-from seg2refine_core.phantom import write_phantom_case
-from seg2refine_core.preprocess import PreprocessConfig
-from seg2refine_core.volume import read_volume
+from seg2refine_core.data.phantom import write_phantom_case
+from seg2refine_core.data.preprocess import PreprocessConfig
+from seg2refine_core.io.checkpoint import save_checkpoint
+from seg2refine_core.io.volume import read_volume
 
 
 @pytest.fixture(scope="module")

@@ -3,14 +3,14 @@ import json
 import numpy as np
 import pytest
 
-from seg2refine_core.errors import Seg2RefineError, StopRequested, VolumeError
-from seg2refine_core.preprocess import (
+from seg2refine_core.data.preprocess import (
     PreprocessConfig,
     hu_window,
     preprocess,
     preprocess_slice,
     unsharp_mask,
 )
+from seg2refine_core.errors import Seg2RefineError, StopRequested, VolumeError
 
 
 def test_window_maps_edges_and_center():

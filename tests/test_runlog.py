@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from seg2refine_core.errors import CheckpointError, Seg2RefineError
-from seg2refine_core.runlog import (
+from seg2refine_core.training.runlog import (
     append_metrics,
     capture_rng_state,
     check_run_dir,

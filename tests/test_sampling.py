@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from seg2refine_core.data.sampling import BalancedSampler
 from seg2refine_core.errors import Seg2RefineError
-from seg2refine_core.sampling import BalancedSampler
 
 
 def test_positive_fraction_follows_the_rule():

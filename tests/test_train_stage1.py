@@ -13,13 +13,13 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ddp_worker import run_ranks
-from seg2refine_core.cache import build_cache
-from seg2refine_core.checkpoint import load_checkpoint
 from seg2refine_core.cli import main
-from seg2refine_core.datasets import discover_cases
-from seg2refine_core.phantom import make_phantom
-from seg2refine_core.train_stage1 import SliceDataset, Stage1TrainConfig, cosine_decay, default_crop, train_stage1
-from seg2refine_core.volume import write_volume
+from seg2refine_core.data.cache import build_cache
+from seg2refine_core.data.datasets import discover_cases
+from seg2refine_core.data.phantom import make_phantom
+from seg2refine_core.io.checkpoint import load_checkpoint
+from seg2refine_core.io.volume import write_volume
+from seg2refine_core.training.stage1 import SliceDataset, Stage1TrainConfig, cosine_decay, default_crop, train_stage1
 
 # 4 phantoms: hold-out 1 val, 1 test, 2 train; 2 epochs of 8 slices in batches of 4 = 4 steps.
 OPTIONS = {"width": 4, "epochs": 2, "batch_size": 4, "samples_per_epoch": 8, "num_workers": 0, "device": "cpu",

@@ -17,18 +17,18 @@ import torch
 from safetensors.torch import load_file
 
 from ddp_worker import run_ranks
-from seg2refine_core import train_stage2 as stage2
-from seg2refine_core.cache import CacheIndex
-from seg2refine_core.checkpoint import build_model, load_checkpoint, save_checkpoint
 from seg2refine_core.cli import main
-from seg2refine_core.datasets import discover_cases, holdout_split
+from seg2refine_core.data.cache import CacheIndex
+from seg2refine_core.data.datasets import discover_cases, holdout_split
+from seg2refine_core.data.preprocess import PreprocessConfig
 from seg2refine_core.errors import CheckpointError, DatasetError
-from seg2refine_core.inference import load_stage, refine_volume
+from seg2refine_core.inference.pipeline import load_stage, refine_volume
+from seg2refine_core.io.checkpoint import build_model, load_checkpoint, save_checkpoint
+from seg2refine_core.io.volume import write_volume
 from seg2refine_core.nets.sfanet import build_sfanet
-from seg2refine_core.preprocess import PreprocessConfig
-from seg2refine_core.runlog import load_resume_state, read_metrics
-from seg2refine_core.train_baseline3d import predict_baseline3d
-from seg2refine_core.volume import write_volume
+from seg2refine_core.training import stage2
+from seg2refine_core.training.baseline3d import predict_baseline3d
+from seg2refine_core.training.runlog import load_resume_state, read_metrics
 
 SHAPE = (32, 64, 64)
 # 6 cases; stage 1's hold-out (val 0.34, test 0.17, seed 0): 3 train, 2 val, 1 test. The stage-2 pool is stage 1's
@@ -263,7 +263,7 @@ def test_baseline3d_trains_one_epoch_end_to_end(data, cache_dir, tmp_path):
 
 def test_baseline3d_starts_near_the_generators_vessel_prior():
     from seg2refine_core.nets.attention_gan import OUTPUT_PRIOR
-    from seg2refine_core.train_baseline3d import Baseline3dTrainConfig, start_at_vessel_prior
+    from seg2refine_core.training.baseline3d import Baseline3dTrainConfig, start_at_vessel_prior
 
     torch.manual_seed(0)
     config = Baseline3dTrainConfig(data=Path("."), out=Path("."), width=4)

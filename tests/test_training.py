@@ -7,8 +7,8 @@ from pathlib import Path
 
 from torch import nn
 
-from seg2refine_core.runlog import append_metrics, read_metrics
-from seg2refine_core.training import BestCheckpoint, RunHistory, options_kwargs, options_to_dict
+from seg2refine_core.training.common import BestCheckpoint, RunHistory, options_kwargs, options_to_dict
+from seg2refine_core.training.runlog import append_metrics, read_metrics
 
 
 def test_best_checkpoint_by_score_or_loss_and_resumed():

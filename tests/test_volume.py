@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from seg2refine_core.errors import VolumeError
-from seg2refine_core.volume import Volume, read_mask, read_volume, strip_suffix, write_volume
+from seg2refine_core.io.volume import Volume, read_mask, read_volume, strip_suffix, write_volume
 
 # x flipped, y flipped, anisotropic (sx, sy, sz) = (0.4, 0.5, 2.0), a non-zero origin and a small rotation in x-y.
 _C, _S = np.cos(0.1), np.sin(0.1)

@@ -146,7 +146,7 @@ class CompareWidget(QWidget):
         pred, reference = np.asarray(y.data), np.asarray(ref.data)
 
         def compute(progress: Any, should_stop: Any) -> np.ndarray:
-            from seg2refine_core.compare import difference_map
+            from seg2refine_core.evaluation.compare import difference_map
 
             return difference_map(pred, reference)
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from seg2refine_core.volume import Volume
+from seg2refine_core.io.volume import Volume
 
 CT = "CT"
 S = "S (stage 1)"
@@ -33,7 +33,7 @@ LayerDataTuple = tuple[np.ndarray, dict[str, Any], str]
 
 def hu_window() -> tuple[float, float]:
     """The preprocessing HU window (center 200, width 600 → [-100, 500]) as contrast limits."""
-    from seg2refine_core.preprocess import PreprocessConfig
+    from seg2refine_core.data.preprocess import PreprocessConfig
 
     cfg = PreprocessConfig()
     return (cfg.window_center - cfg.window_width / 2, cfg.window_center + cfg.window_width / 2)

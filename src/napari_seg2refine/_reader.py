@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from seg2refine_core.volume import SUPPORTED_SUFFIXES, read_mask, read_volume, strip_suffix
+from seg2refine_core.io.volume import SUPPORTED_SUFFIXES, read_mask, read_volume, strip_suffix
 
 from ._layers import CT, GT, LayerDataTuple, S, Y, image_kwargs, labels_kwargs
 

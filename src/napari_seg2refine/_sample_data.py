@@ -1,11 +1,11 @@
 """Sample data: a small synthetic CCTA phantom (64×128×128 voxels of 1.5×0.7×0.7 mm) with its ground truth.
 
-The phantom is synthetic (see ``seg2refine_core.phantom``): useful to try the widgets, not real anatomy.
+The phantom is synthetic (see ``seg2refine_core.data.phantom``): useful to try the widgets, not real anatomy.
 """
 
 from __future__ import annotations
 
-from seg2refine_core.volume import Volume
+from seg2refine_core.io.volume import Volume
 
 from ._layers import CT, GT, LayerDataTuple, image_kwargs, labels_kwargs
 
@@ -16,7 +16,7 @@ SAMPLE_SEED = 0
 
 def make_sample_data() -> list[LayerDataTuple]:
     """The "Synthetic CCTA phantom" sample: the CT (HU) and its ground truth, with physical spacing."""
-    from seg2refine_core.phantom import make_phantom
+    from seg2refine_core.data.phantom import make_phantom
 
     phantom = make_phantom(shape=SAMPLE_SHAPE, spacing=SAMPLE_SPACING, seed=SAMPLE_SEED)
     volume = Volume.from_array(phantom.image, phantom.spacing, phantom.affine)

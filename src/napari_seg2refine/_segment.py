@@ -114,7 +114,7 @@ def segment(
 ) -> Any:
     """Worker body: load the chosen stages (None path = bundled) and run the pipeline on ``image`` (z, y, x) HU."""
     from seg2refine_core.devices import resolve_device
-    from seg2refine_core.inference import load_stage, run_pipeline
+    from seg2refine_core.inference.pipeline import load_stage, run_pipeline
 
     dev = resolve_device(device)
     model1 = load_stage("stage1", stage1, dev) if "stage1" in stages else None

@@ -23,7 +23,7 @@ from ._plot import FOREGROUND, LINE_COLOURS, make_canvas, style_axes, style_lege
 
 def summarize(masks: dict[str, np.ndarray], gt: np.ndarray, spacing: tuple[float, ...]) -> dict[str, dict]:
     """Worker body: ``mask_summary`` of each mask (key "S"/"Y") against ``gt``."""
-    from seg2refine_core.compare import mask_summary
+    from seg2refine_core.evaluation.compare import mask_summary
 
     return {key: mask_summary(mask, gt, spacing) for key, mask in masks.items()}
 

@@ -10,7 +10,7 @@ Resume are exposed; everything else takes the core config's defaults (DataLoader
 Stage 2 trains on S from the chosen stage-1 model, which must not have been trained on the same cases (the core
 refuses otherwise). Loss (per step for stage 1, per epoch) and validation Dice are plotted live; when the run
 ends its best checkpoint is registered, so the Segment widget offers it at once. Stage 2 is offered only when
-``seg2refine_core.train_stage2`` exists.
+``seg2refine_core.training.stage2`` exists.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from ._registry import registry
 from ._segment import ModelCombo, bundled_weights
 
 FOLDER, LAYERS = "dataset folder", "open layers (CT + ground truth)"
-STAGE2_MODULE = "seg2refine_core.train_stage2"
+STAGE2_MODULE = "seg2refine_core.training.stage2"
 TOOLTIP = Qt.ItemDataRole.ToolTipRole
 
 
@@ -73,7 +73,7 @@ def layers_case_id(image: np.ndarray) -> str:
 
 def write_layers_case(folder: Path, image: Any, label: Any) -> str:
     """Write the CT and ground-truth layers as ``<folder>/<id>.img.nii.gz`` + ``<id>.label.nii.gz``; returns the id."""
-    from seg2refine_core.volume import write_volume
+    from seg2refine_core.io.volume import write_volume
 
     like = image.metadata.get(VOLUME_KEY)
     image_data = np.asarray(image.data, dtype=np.float32)
@@ -92,7 +92,7 @@ def write_layers_case(folder: Path, image: Any, label: Any) -> str:
 #: and the widget defaults (learning rate, batch size, samples per epoch; 0 = all slices).
 STAGES: dict[str, dict[str, Any]] = {
     "stage1": {
-        "module": "seg2refine_core.train_stage1", "config": "Stage1TrainConfig", "train": "train_stage1",
+        "module": "seg2refine_core.training.stage1", "config": "Stage1TrainConfig", "train": "train_stage1",
         "loss": [("train_loss", "train loss")], "dice": [("val_dice", "val Dice")],
         "defaults": {"lr": 1e-4, "batch": 8, "samples": 0},
     },
@@ -189,7 +189,7 @@ class TrainWidget(QWidget):
             model = self.stage.model()
             if isinstance(model, QStandardItemModel):
                 model.item(1).setEnabled(False)
-            self.stage.setItemData(1, "not available yet: needs seg2refine_core.train_stage2", TOOLTIP)
+            self.stage.setItemData(1, "not available yet: needs seg2refine_core.training.stage2", TOOLTIP)
             self.stage.setToolTip("Stage-2 training is not available in this version of seg2refine_core yet")
         self.stage.currentIndexChanged.connect(self._stage_changed)
         self.variant = QComboBox()

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from seg2refine_core.errors import VolumeError
-from seg2refine_core.volume import SUPPORTED_SUFFIXES, write_volume
+from seg2refine_core.io.volume import SUPPORTED_SUFFIXES, write_volume
 
 from ._layers import VOLUME_KEY
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .errors import Seg2RefineError
+from seg2refine_core.errors import Seg2RefineError
 
 if TYPE_CHECKING:
     import torch

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from .devices import resolve_device
-from .errors import Seg2RefineError
+from seg2refine_core.devices import resolve_device
+from seg2refine_core.errors import Seg2RefineError
 
 #: Collective timeout. Generous because rank 0 may work alone for a while (validation, a cache build).
 DEFAULT_TIMEOUT_S = 2 * 3600

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from .errors import StopRequested
+from seg2refine_core.errors import StopRequested
 
 ProgressFn = Callable[[int, int, str], None]
 StopFn = Callable[[], bool]

@@ -14,7 +14,7 @@ import sys
 # torch is imported.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
-from ..errors import Seg2RefineError, StopRequested
+from seg2refine_core.errors import Seg2RefineError, StopRequested
 
 SUBCOMMANDS = ("phantom", "evaluate", "models", "train", "predict", "benchmark", "demo")
 

@@ -1,5 +1,5 @@
 import sys
 
-from . import main
+from seg2refine_core.cli import main
 
 sys.exit(main())

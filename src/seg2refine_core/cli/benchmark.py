@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..devices import DEVICE_CHOICES
-from . import add_threads_option
+from seg2refine_core.cli import add_threads_option
+from seg2refine_core.devices import DEVICE_CHOICES
 
 SECTION_NAMES = ("stage1", "stage2", "pipeline", "training", "memory")
 
@@ -49,9 +49,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from ..atomic import write_text_atomic
-    from ..benchmark import QUICK, BenchmarkConfig, format_table, run_benchmark
-    from ..progress import tqdm_progress
+    from seg2refine_core.io.atomic import write_text_atomic
+    from seg2refine_core.progress import tqdm_progress
+    from seg2refine_core.tools.benchmark import QUICK, BenchmarkConfig, format_table, run_benchmark
 
     settings = dict(QUICK) if args.quick else {}
     given = {

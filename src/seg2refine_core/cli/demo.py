@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..devices import DEVICE_CHOICES
-from . import add_threads_option
+from seg2refine_core.cli import add_threads_option
+from seg2refine_core.devices import DEVICE_CHOICES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from ..demo import DEMO_SEED
+    from seg2refine_core.tools.demo import DEMO_SEED
 
     p = sub.add_parser(
         "demo",
@@ -31,8 +31,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..demo import format_summary, run_demo
-    from ..progress import tqdm_progress
+    from seg2refine_core.progress import tqdm_progress
+    from seg2refine_core.tools.demo import format_summary, run_demo
 
     with tqdm_progress("demo", unit="step") as progress:
         summary = run_demo(args.out, shape=tuple(args.shape), seed=args.seed, device=args.device,

@@ -53,8 +53,8 @@ def format_table(report: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluate import evaluate_files, match_predictions, write_report
-    from ..progress import tqdm_progress
+    from seg2refine_core.evaluation.evaluate import evaluate_files, match_predictions, write_report
+    from seg2refine_core.progress import tqdm_progress
 
     pairing = match_predictions(args.pred, args.gt, suffix=args.suffix)
     pairs = pairing.checked()

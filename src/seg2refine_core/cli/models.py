@@ -25,7 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import Seg2RefineError
+    from seg2refine_core.errors import Seg2RefineError
 
     height, width_px = args.size
     if args.width < 1:
@@ -53,8 +53,8 @@ def model_table(width: int, size: tuple[int, int]) -> list[dict]:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from ..nets.frequency import FrequencyFeatureEnhancement
-    from ..nets.sfanet import VARIANTS, build_sfanet
+    from seg2refine_core.nets.frequency import FrequencyFeatureEnhancement
+    from seg2refine_core.nets.sfanet import VARIANTS, build_sfanet
 
     rows = []
     for name in VARIANTS:

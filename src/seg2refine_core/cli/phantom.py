@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..errors import Seg2RefineError
+from seg2refine_core.errors import Seg2RefineError
 
 DEFAULT_SHAPE = (96, 128, 128)
 DEFAULT_SPACING = (1.0, 0.7, 0.7)
@@ -47,8 +47,8 @@ def run(args: argparse.Namespace) -> int:
     _check(args)
     from pathlib import Path
 
-    from ..phantom import make_phantom, preview_png, write_phantom_case
-    from ..progress import tqdm_progress
+    from seg2refine_core.data.phantom import make_phantom, preview_png, write_phantom_case
+    from seg2refine_core.progress import tqdm_progress
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():

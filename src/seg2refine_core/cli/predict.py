@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..devices import DEVICE_CHOICES
-from ..errors import Seg2RefineError
-from . import add_threads_option
+from seg2refine_core.cli import add_threads_option
+from seg2refine_core.devices import DEVICE_CHOICES
+from seg2refine_core.errors import Seg2RefineError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -60,7 +60,7 @@ def list_inputs(inputs: list[Path]) -> list[tuple[str, Path]]:
     In a folder, ImageCAS images (``<id>.img.*``) are taken when there are any; otherwise every volume except
     labels and this tool's outputs (names ending in :data:`NOT_IMAGES`), so re-running on a folder is safe.
     """
-    from ..volume import SUPPORTED_SUFFIXES, strip_suffix
+    from seg2refine_core.io.volume import SUPPORTED_SUFFIXES, strip_suffix
 
     found: list[tuple[str, Path]] = []
     for item in inputs:
@@ -102,11 +102,11 @@ def check_options(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     import time
 
-    from ..checkpoint import load_checkpoint
-    from ..devices import resolve_device
-    from ..inference import load_stage, run_pipeline
-    from ..progress import tqdm_progress
-    from ..volume import read_volume, write_volume
+    from seg2refine_core.devices import resolve_device
+    from seg2refine_core.inference.pipeline import load_stage, run_pipeline
+    from seg2refine_core.io.checkpoint import load_checkpoint
+    from seg2refine_core.io.volume import read_volume, write_volume
+    from seg2refine_core.progress import tqdm_progress
 
     check_options(args)
     device = resolve_device(args.device)
@@ -166,8 +166,8 @@ def run(args: argparse.Namespace) -> int:
 
 def predict_baseline(baseline, volume, args: argparse.Namespace, device, progress):
     """Probabilities of the 3D UNet baseline for ``volume`` (X' with the checkpoint's preprocessing)."""
-    from ..preprocess import PreprocessConfig, preprocess
-    from ..train_baseline3d import predict_baseline3d
+    from seg2refine_core.data.preprocess import PreprocessConfig, preprocess
+    from seg2refine_core.training.baseline3d import predict_baseline3d
 
     model, config = baseline
     xprime = preprocess(volume.array, volume.spacing, PreprocessConfig.from_dict(config.get("preprocess", {})))

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import fields, replace
 from pathlib import Path
 
-from . import add_threads_option
+from seg2refine_core.cli import add_threads_option
 
 
 def add_stage1_parser(stages: argparse._SubParsersAction) -> None:
@@ -97,9 +97,9 @@ def graceful_interrupt() -> Iterator[Callable[[], bool]]:
 
 def stage1_config(args: argparse.Namespace):
     """The :class:`Stage1TrainConfig` for the parsed options (unset options: defaults, or the resumed run's)."""
-    from ..errors import Seg2RefineError
-    from ..preprocess import PreprocessConfig
-    from ..train_stage1 import Stage1TrainConfig, stored_run_config
+    from seg2refine_core.data.preprocess import PreprocessConfig
+    from seg2refine_core.errors import Seg2RefineError
+    from seg2refine_core.training.stage1 import Stage1TrainConfig, stored_run_config
 
     if args.resume:
         base = stored_run_config(args.out)
@@ -115,7 +115,7 @@ def stage1_config(args: argparse.Namespace):
 
 
 def run_stage1(args: argparse.Namespace) -> int:
-    from ..train_stage1 import train_stage1
+    from seg2refine_core.training.stage1 import train_stage1
 
     return _run_trainer("stage1", train_stage1, stage1_config(args), _slice_size)
 
@@ -130,8 +130,8 @@ def _patch_size(summary: dict) -> str:
 
 def _run_trainer(name: str, train: Callable, config, describe_input: Callable[[dict], str]) -> int:
     """Run ``train(config, progress, should_stop)`` with a progress bar and Ctrl-C handling; print the outcome."""
-    from .. import distributed
-    from ..progress import tqdm_progress
+    from seg2refine_core import distributed
+    from seg2refine_core.progress import tqdm_progress
 
     main_rank = os.environ.get("RANK", "0") == "0"
     try:
@@ -244,7 +244,7 @@ def add_baseline3d_parser(stages: argparse._SubParsersAction) -> None:
 
 def _patch_trainer_config(args: argparse.Namespace, stored: Callable, make: Callable, required: tuple[str, ...]):
     """A trainer config from parsed options: unset options take the defaults, or with --resume the run's values."""
-    from ..errors import Seg2RefineError
+    from seg2refine_core.errors import Seg2RefineError
 
     if args.resume:
         base = stored(args.out)
@@ -262,7 +262,7 @@ def _patch_trainer_config(args: argparse.Namespace, stored: Callable, make: Call
 
 
 def run_stage2(args: argparse.Namespace) -> int:
-    from ..train_stage2 import Stage2TrainConfig, stored_run_config, train_stage2
+    from seg2refine_core.training.stage2 import Stage2TrainConfig, stored_run_config, train_stage2
 
     config = _patch_trainer_config(
         args, stored_run_config, lambda a: Stage2TrainConfig(data=a.data, stage1=a.stage1, out=a.out),
@@ -272,8 +272,8 @@ def run_stage2(args: argparse.Namespace) -> int:
 
 
 def run_baseline3d(args: argparse.Namespace) -> int:
-    from ..preprocess import PreprocessConfig
-    from ..train_baseline3d import Baseline3dTrainConfig, stored_run_config, train_baseline3d
+    from seg2refine_core.data.preprocess import PreprocessConfig
+    from seg2refine_core.training.baseline3d import Baseline3dTrainConfig, stored_run_config, train_baseline3d
 
     config = _patch_trainer_config(
         args, stored_run_config,
@@ -283,7 +283,7 @@ def run_baseline3d(args: argparse.Namespace) -> int:
 
 
 def add_demo_parser(stages: argparse._SubParsersAction) -> None:
-    from ..demo_weights import DemoWeightsConfig
+    from seg2refine_core.training.demo_weights import DemoWeightsConfig
 
     defaults = DemoWeightsConfig(out=Path("."), work=Path("."))
     p = stages.add_parser(
@@ -309,8 +309,8 @@ def add_demo_parser(stages: argparse._SubParsersAction) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from ..demo_weights import DemoWeightsConfig, describe, train_demo_weights
-    from ..progress import tqdm_progress
+    from seg2refine_core.progress import tqdm_progress
+    from seg2refine_core.training.demo_weights import DemoWeightsConfig, describe, train_demo_weights
 
     config = DemoWeightsConfig(
         out=args.out, work=args.work, n_cases=args.cases, width=args.width, shape=tuple(args.shape),

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from .attention import CBAM, AttentionBlock, ChannelAttention, SpatialAttention, attention_gate
-from .frequency import FrequencyFeatureEnhancement
-from .sfanet import VARIANTS, SFANet, build_sfanet
+from seg2refine_core.nets.attention import CBAM, AttentionBlock, ChannelAttention, SpatialAttention, attention_gate
+from seg2refine_core.nets.frequency import FrequencyFeatureEnhancement
+from seg2refine_core.nets.sfanet import VARIANTS, SFANet, build_sfanet
 
 __all__ = [
     "CBAM",

@@ -158,7 +158,7 @@ class PatchDiscriminator3d(nn.Module):
     blocks Conv3d k4 s2 p1 (each halves the sides, rounding down) -> InstanceNorm (not on the first) ->
     LeakyReLU(0.2), then Conv3d k4 s1 **p1** as in pix2pix's PatchGAN, which takes one off each side. So
     sides must be at least 32 (64^3 -> 3^3, 128^3 -> 7^3). Train with BCE-with-logits (see
-    ``seg2refine_core.gan_losses``).
+    ``seg2refine_core.training.gan_losses``).
     """
 
     def __init__(self, in_channels: int = 3, width: int = 16) -> None:

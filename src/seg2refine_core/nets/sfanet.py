@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from monai.networks.nets.basic_unet import Down, TwoConv
 from torch import nn
 
-from .attention import CBAM, attention_gate
-from .frequency import FrequencyFeatureEnhancement
+from seg2refine_core.nets.attention import CBAM, attention_gate
+from seg2refine_core.nets.frequency import FrequencyFeatureEnhancement
 
 __all__ = ["VARIANTS", "SFANet", "SkipPath", "UpBlock", "build_sfanet", "variant_name"]
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .demo import DEMO_SEED
-from .progress import ProgressFn, StopFn
+from seg2refine_core.progress import ProgressFn, StopFn
+from seg2refine_core.tools.demo import DEMO_SEED
 
 
 @dataclass
@@ -55,9 +55,9 @@ def train_demo_weights(
     should_stop: StopFn | None = None,
 ) -> dict[str, Any]:
     """Run the three steps (phantoms, stage 1, stage 2) and install the weights; returns a summary."""
-    from .phantom import make_phantom, write_phantom_case
-    from .train_stage1 import Stage1TrainConfig, train_stage1
-    from .train_stage2 import Stage2TrainConfig, train_stage2
+    from seg2refine_core.data.phantom import make_phantom, write_phantom_case
+    from seg2refine_core.training.stage1 import Stage1TrainConfig, train_stage1
+    from seg2refine_core.training.stage2 import Stage2TrainConfig, train_stage2
 
     if config.n_cases >= DEMO_SEED:
         raise ValueError(f"n_cases must stay below the demo seed {DEMO_SEED}")
@@ -104,7 +104,7 @@ def install(best: Path, target: Path, provenance: dict[str, Any]) -> Path:
     """Copy checkpoint ``best`` to ``target`` (a stem) in float16, adding ``provenance`` to its training record."""
     import torch
 
-    from .checkpoint import load_checkpoint, read_config, save_checkpoint
+    from seg2refine_core.io.checkpoint import load_checkpoint, read_config, save_checkpoint
 
     model, _ = load_checkpoint(best)
     config = read_config(best)

@@ -1,5 +1,5 @@
-"""What the trainers (:mod:`~seg2refine_core.train_stage1`, :mod:`~seg2refine_core.train_stage2`,
-:mod:`~seg2refine_core.train_baseline3d`) share around their own training steps.
+"""What the trainers (:mod:`~seg2refine_core.training.stage1`, :mod:`~seg2refine_core.training.stage2`,
+:mod:`~seg2refine_core.training.baseline3d`) share around their own training steps.
 
 - :func:`options_to_dict` and :func:`options_kwargs`: a run config dataclass to and from its JSON form;
 - :func:`labelled_split`: the labelled train/val cases of stage 1 and the 3D baseline;
@@ -23,14 +23,14 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from . import distributed
-from .cache import CacheIndex, build_cache
-from .checkpoint import save_checkpoint
-from .datasets import Case, discover_cases, holdout_split, read_split, split_cases
-from .errors import DatasetError, one_line
-from .preprocess import PreprocessConfig
-from .progress import ProgressFn, StopFn
-from .runlog import append_metrics, plot_curves, truncate_metrics
+from seg2refine_core import distributed
+from seg2refine_core.data.cache import CacheIndex, build_cache
+from seg2refine_core.data.datasets import Case, discover_cases, holdout_split, read_split, split_cases
+from seg2refine_core.data.preprocess import PreprocessConfig
+from seg2refine_core.errors import DatasetError, one_line
+from seg2refine_core.io.checkpoint import save_checkpoint
+from seg2refine_core.progress import ProgressFn, StopFn
+from seg2refine_core.training.runlog import append_metrics, plot_curves, truncate_metrics
 
 #: Command-line names of options whose field name differs (in resume refusals).
 OPTION_NAMES = {"lam": "--lambda", "patch_size": "--patch", "delta_b0": "--no-delta-b0", "augment": "--no-augment"}
@@ -71,7 +71,7 @@ class SplitOptions(Protocol):
 
 def labelled_split(config: SplitOptions) -> tuple[list[Case], list[Case]]:
     """Training and validation cases: the split table's ``train``/``val`` of ``fold``, or without a table
-    :func:`~seg2refine_core.datasets.holdout_split` (``val_fraction``, ``test_fraction``, ``split_seed``).
+    :func:`~seg2refine_core.data.datasets.holdout_split` (``val_fraction``, ``test_fraction``, ``split_seed``).
 
     Raises :class:`DatasetError` when no training case is left or one of the cases has no label.
     """
@@ -177,7 +177,7 @@ class BestCheckpoint:
 class RunHistory:
     """The finished epochs of a run in ``run_dir``: their ``records`` (those before a resume on rank 0 only), the
     ``best`` one, and the writes rank 0 makes at the end of each epoch (``panels`` as
-    :func:`~seg2refine_core.runlog.plot_curves` takes them)."""
+    :func:`~seg2refine_core.training.runlog.plot_curves` takes them)."""
 
     run_dir: Path
     is_main: bool

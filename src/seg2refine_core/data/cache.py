@@ -33,12 +33,12 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import atomic_path, write_text_atomic
-from .datasets import Case
-from .errors import DatasetError
-from .preprocess import PreprocessConfig, preprocess
-from .progress import ProgressFn, StopFn, check_stop
-from .volume import read_mask, read_volume
+from seg2refine_core.data.datasets import Case
+from seg2refine_core.data.preprocess import PreprocessConfig, preprocess
+from seg2refine_core.errors import DatasetError
+from seg2refine_core.io.atomic import atomic_path, write_text_atomic
+from seg2refine_core.io.volume import read_mask, read_volume
+from seg2refine_core.progress import ProgressFn, StopFn, check_stop
 
 CACHE_FORMAT = "seg2refine-cache"
 CACHE_VERSION = 1

@@ -4,25 +4,25 @@ What one run does:
 
 - **Which volumes.** G must learn from S that the stage-1 model produced on volumes it never saw (the paper
   trains G on the 50 ImageCAS validation volumes). The stage-1 checkpoint's provenance
-  (``training.cases.train``, written by :mod:`seg2refine_core.train_stage1`) lists the cases it trained on.
+  (``training.cases.train``, written by :mod:`seg2refine_core.training.stage1`) lists the cases it trained on.
   The stage-2 *pool* is
     - with a split table (``split``, ``fold``): that fold's ``val`` cases (the paper's rule);
     - without one: every labelled case that is neither a stage-1 training case nor a held-out test case. The
-      test cases are :func:`~seg2refine_core.datasets.holdout_split`'s test share for ``test_fraction`` and
+      test cases are :func:`~seg2refine_core.data.datasets.holdout_split`'s test share for ``test_fraction`` and
       ``split_seed``; by default both are read from the stage-1 run's options (else 0.2 and 0), so stage 2
       holds out exactly the test cases stage 1 held out, and the pool is stage 1's validation set.
   Any overlap between the pool and the stage-1 training cases is refused (ids are compared by name, so a
   stage-1 model trained on another dataset with coinciding ids is refused too). A stage-1 checkpoint that
   records no training cases is refused unless ``allow_unknown_stage1``. The pool is split into stage-2 train
-  and validation cases by :func:`~seg2refine_core.datasets.holdout_split` (``val_fraction``, ``split_seed``).
-- **Inputs.** X' comes from the preprocessed memmap cache (:mod:`seg2refine_core.cache`) made with the stage-1
+  and validation cases by :func:`~seg2refine_core.data.datasets.holdout_split` (``val_fraction``, ``split_seed``).
+- **Inputs.** X' comes from the preprocessed memmap cache (:mod:`seg2refine_core.data.cache`) made with the stage-1
   checkpoint's preprocessing (stage 2 must see the same X'). S is made once per pool case with
-  :func:`~seg2refine_core.inference.segment_slices` and thresholded at 0.5 into a uint8 mask, stored beside the
+  :func:`~seg2refine_core.inference.pipeline.segment_slices` and thresholded at 0.5 into a uint8 mask, stored beside the
   X' cache under ``stage1-s/<fingerprint>/`` (fingerprint = SHA-256 of the stage-1 weights and model config):
   another stage-1 model gets its own folder, a rebuilt X' is noticed by the X' file's size and mtime. G's input
-  is ``concat(X', S)`` with S the float {0, 1} mask, exactly what :func:`~seg2refine_core.inference.refine_volume`
+  is ``concat(X', S)`` with S the float {0, 1} mask, exactly what :func:`~.pipeline.refine_volume`
   gets at inference time.
-- **Patches.** :mod:`seg2refine_core.patches` (vessel-centred and random patches, rotation ≤ 15°, random masking
+- **Patches.** :mod:`seg2refine_core.data.patches` (vessel-centred and random patches, rotation ≤ 15°, random masking
   of S, Gaussian noise on X'; seeded per patch and sharded across ranks).
 - **One step (Algorithm 1).** ``Y = G(concat(X', S))``; D sees ``concat(T, X', S)`` (real) and
   ``concat(Y.detach(), X', S)`` (fake) in one batch (InstanceNorm is per sample, so this equals two calls);
@@ -30,7 +30,7 @@ What one run does:
   topology term) updates G, with D frozen. Y is the sigmoid probability map. Adam (betas 0.5, 0.999), constant
   learning rates (pix2pix/Vox2Vox). Mixed precision and channels_last_3d on CUDA only.
 - **Each epoch** logs D and G losses and G's components, then segments every validation volume whole with the
-  Gaussian-blended sliding window (:func:`~seg2refine_core.inference.refine_volume`) and logs the mean Dice of Y
+  Gaussian-blended sliding window (:func:`~.pipeline.refine_volume`) and logs the mean Dice of Y
   and of S against T and their Betti-0 errors (``metrics.jsonl``, ``curves.png``). ``best`` keeps the highest
   validation Dice of Y (the lowest G loss without validation cases), ``last`` the latest state; both hold G
   only. D's weights, both optimizers, the loss scalers, counters and RNG states go to ``last.resume.pt``, so
@@ -54,21 +54,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import distributed
-from .atomic import atomic_path, write_text_atomic
-from .cache import CacheIndex
-from .checkpoint import checkpoint_paths, load_state_strict, read_config, save_checkpoint
-from .datasets import Case, discover_cases, holdout_split, read_split
-from .devices import autocast_dtype
-from .errors import CheckpointError, DatasetError, Seg2RefineError
-from .gan_losses import TOPOLOGY_TERMS, GeneratorLoss, discriminator_loss
-from .inference import LoadedModel, load_stage, refine_volume, segment_slices, use_channels_last
-from .metrics import betti0_error, dice
-from .nets.attention_gan import AttentionGenerator3d, PatchDiscriminator3d
-from .patches import PatchConfig, PatchDataset, patch_loader, patch_sources
-from .progress import ProgressFn, StopFn
-from .runlog import capture_rng_state, check_resume_options, open_run, restore_rng_state, resume_path, save_resume_state
-from .training import (
+from seg2refine_core import distributed
+from seg2refine_core.data.cache import CacheIndex
+from seg2refine_core.data.datasets import Case, discover_cases, holdout_split, read_split
+from seg2refine_core.data.patches import PatchConfig, PatchDataset, patch_loader, patch_sources
+from seg2refine_core.devices import autocast_dtype
+from seg2refine_core.errors import CheckpointError, DatasetError, Seg2RefineError
+from seg2refine_core.evaluation.metrics import betti0_error, dice
+from seg2refine_core.inference.pipeline import LoadedModel, load_stage, refine_volume, segment_slices, use_channels_last
+from seg2refine_core.io.atomic import atomic_path, write_text_atomic
+from seg2refine_core.io.checkpoint import checkpoint_paths, load_state_strict, read_config, save_checkpoint
+from seg2refine_core.nets.attention_gan import AttentionGenerator3d, PatchDiscriminator3d
+from seg2refine_core.progress import ProgressFn, StopFn
+from seg2refine_core.training.common import (
     OPTION_NAMES,
     EpochFn,
     RunHistory,
@@ -78,6 +76,15 @@ from .training import (
     seed_run,
     split_provenance,
     wrap_ddp,
+)
+from seg2refine_core.training.gan_losses import TOPOLOGY_TERMS, GeneratorLoss, discriminator_loss
+from seg2refine_core.training.runlog import (
+    capture_rng_state,
+    check_resume_options,
+    open_run,
+    restore_rng_state,
+    resume_path,
+    save_resume_state,
 )
 
 THRESHOLD = 0.5

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import atomic_path
-from .errors import VolumeError
+from seg2refine_core.errors import VolumeError
+from seg2refine_core.io.atomic import atomic_path
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 NRRD_SUFFIXES = (".nrrd",)

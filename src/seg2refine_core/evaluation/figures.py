@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_path
-from .compare import FALSE_NEGATIVE as FN
-from .compare import FALSE_POSITIVE as FP
-from .compare import TRUE_POSITIVE as TP
-from .compare import difference_map
+from seg2refine_core.evaluation.compare import FALSE_NEGATIVE as FN
+from seg2refine_core.evaluation.compare import FALSE_POSITIVE as FP
+from seg2refine_core.evaluation.compare import TRUE_POSITIVE as TP
+from seg2refine_core.evaluation.compare import difference_map
+from seg2refine_core.io.atomic import atomic_path
 
 #: RGB colours of the difference classes: TP light grey, FP blue, FN brown (paper Figs. 6-8).
 DIFF_COLOURS = {TP: (0.85, 0.85, 0.85), FP: (0.12, 0.35, 0.95), FN: (0.60, 0.33, 0.12)}

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from .progress import ProgressFn, StopFn, check_stop
+from seg2refine_core.progress import ProgressFn, StopFn, check_stop
 
 REF_FOV_MM = (96.0, 89.6, 89.6)
 DEFAULT_SHAPE = (96, 128, 128)
@@ -812,7 +812,7 @@ def _gaussian_std_factor(sigma: float) -> float:
 
 def _check_geometry(shape: tuple[int, int, int], spacing: tuple[float, float, float]
                     ) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
-    from .errors import Seg2RefineError
+    from seg2refine_core.errors import Seg2RefineError
 
     if len(shape) != 3 or any(int(n) != n or n < 8 for n in shape):
         raise Seg2RefineError(f"phantom shape must be 3 integers >= 8 (z, y, x), got {tuple(shape)}")
@@ -847,7 +847,7 @@ def make_phantom(
     shape: (z, y, x) voxels; spacing: (sz, sy, sx) mm; seed: non-negative int. Returns a :class:`Phantom` with
     image float32 HU and label uint8, both (z, y, x). Deterministic for given arguments.
     """
-    from .errors import Seg2RefineError
+    from seg2refine_core.errors import Seg2RefineError
 
     shape, spacing = _check_geometry(shape, spacing)
     if int(seed) != seed or seed < 0:
@@ -990,7 +990,7 @@ def preview_png(
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    from .atomic import atomic_path
+    from seg2refine_core.io.atomic import atomic_path
 
     if isinstance(phantom, Phantom):
         image, label, spacing = phantom.image, phantom.label, phantom.spacing
@@ -1035,7 +1035,7 @@ def preview_png(
 
 def write_phantom_case(phantom: Phantom, out_dir: str | Path, case_id: int | str) -> tuple[Path, Path]:
     """Write ``<id>.img.nii.gz`` (int16 HU, rounded) and ``<id>.label.nii.gz`` (uint8), ImageCAS naming."""
-    from .volume import write_volume
+    from seg2refine_core.io.volume import write_volume
 
     out = Path(out_dir)
     hu = np.empty(phantom.image.shape, dtype=np.int16)

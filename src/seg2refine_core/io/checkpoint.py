@@ -1,7 +1,7 @@
 """Checkpoints: ``<name>.safetensors`` (weights) beside ``<name>.json`` (config and provenance).
 
 The JSON config holds ``architecture`` (a key of :data:`ARCHITECTURES`), ``model`` (the constructor's keyword
-arguments), ``preprocess`` (:class:`~seg2refine_core.preprocess.PreprocessConfig` as a dict), optional ``input``
+arguments), ``preprocess`` (:class:`~seg2refine_core.data.preprocess.PreprocessConfig` as a dict), optional ``input``
 facts (e.g. the training slice size or patch size) and ``training`` provenance (data, epochs, seed, metrics).
 Loading never unpickles: weights come from safetensors; pickle files (``.pt``, ``.pth``, ``.ckpt``, ``.pkl``) are
 refused. A config that does not match its weights is a :class:`CheckpointError` naming the mismatch.
@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .atomic import atomic_path, write_text_atomic
-from .errors import CheckpointError
+from seg2refine_core.errors import CheckpointError
+from seg2refine_core.io.atomic import atomic_path, write_text_atomic
 
 FORMAT = "seg2refine-checkpoint"
 FORMAT_VERSION = 1

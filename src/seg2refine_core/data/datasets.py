@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DatasetError
+from seg2refine_core.errors import DatasetError
 
 LAYOUTS = ("auto", "imagecas", "asoca", "generic")
 SPLIT_KEYS = ("train", "val", "test")

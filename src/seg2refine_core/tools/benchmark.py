@@ -6,15 +6,15 @@ a shared machine hits both sides alike. Models are randomly initialised: speed d
 
 Measured (section → key):
 
-* ``stage1``: :func:`~seg2refine_core.inference.segment_slices` over a ``(z, y, x)`` volume, ms per slice, for
+* ``stage1``: :func:`~seg2refine_core.inference.pipeline.segment_slices` over a ``(z, y, x)`` volume, ms per slice, for
   the four Table 1 variants at width ``w`` (``unet``, ``ag-unet``, ``ag-att-unet``, ``sfanet``);
   ``sfanet_over_unet`` = t_sfanet / t_unet; FLOPs per slice (``torch.utils.flop_counter``, 2 per MAC, plus the
   FFE transforms' analytic count) and the achieved FLOP/s as a fraction of the large-convolution reference.
 * ``stage1_profile``: shares of the SFANet forward spent in FFE, CBAM and AG (torch profiler ranges).
-* ``stage2``: :func:`~seg2refine_core.inference.refine_volume` (Gaussian sliding window), s per volume, for the
+* ``stage2``: :func:`~seg2refine_core.inference.pipeline.refine_volume` (Gaussian sliding window), s per volume, for the
   Attention-GAN generator at width ``w`` and a MONAI 3D UNet of about the same parameter count (the paper's
   Table 2 "3D-UNet" peer); FLOPs per window and achieved FLOP/s.
-* ``pipeline``: :func:`~seg2refine_core.inference.run_pipeline` (preprocess + both stages), s per volume.
+* ``pipeline``: :func:`~seg2refine_core.inference.pipeline.run_pipeline` (preprocess + both stages), s per volume.
 * ``training``: stage-1 training step (forward, backward, Adam) with the paper's loss, slices per second; with
   ``compile``, SFANet's step through ``torch.compile`` too (``compile_s``: the first, compiling step).
 * ``reference``: FLOP/s of one large convolution (3×3, 256→256 channels, 64×64) on the device, the best of
@@ -44,10 +44,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import save_checkpoint
-from .devices import autocast_dtype, resolve_device
-from .errors import Seg2RefineError, one_line
-from .inference import (
+from seg2refine_core.devices import autocast_dtype, resolve_device
+from seg2refine_core.errors import Seg2RefineError, one_line
+from seg2refine_core.inference.pipeline import (
     LoadedModel,
     count_windows,
     default_batch_size,
@@ -59,7 +58,8 @@ from .inference import (
     segment_slices,
     use_channels_last,
 )
-from .progress import ProgressFn
+from seg2refine_core.io.checkpoint import save_checkpoint
+from seg2refine_core.progress import ProgressFn
 
 SECTIONS = ("stage1", "stage2", "pipeline", "training", "memory")
 STAGE1_VARIANTS = ("unet", "ag-unet", "ag-att-unet", "sfanet")
@@ -71,9 +71,9 @@ class BenchmarkConfig:
     """What to measure. ``shape`` is the volume ``(z, y, x)``; stage 1 runs on its ``z`` slices of ``y × x``.
 
     width: SFANet and generator width ``w``. batch_size: stage-1 slices per batch (None: what inference uses,
-    :func:`~seg2refine_core.inference.default_batch_size`). train_batch: slices per training step. patch_size /
+    :func:`~seg2refine_core.inference.pipeline.default_batch_size`). train_batch: slices per training step. patch_size /
     overlap / sw_batch_size: stage-2 sliding window (sw_batch_size None: the device's default,
-    :func:`~seg2refine_core.inference.default_sw_batch_size`). sections: subset of
+    :func:`~seg2refine_core.inference.pipeline.default_sw_batch_size`). sections: subset of
     :data:`SECTIONS`. compile: also time SFANet's training step through ``torch.compile`` (compile time
     reported apart). threads: ``torch.set_num_threads`` for this run and the memory subprocess (None: torch's
     default). On a CPU shared with other busy processes, fewer threads than cores can be much faster: OpenMP
@@ -232,7 +232,7 @@ def large_conv_flops_per_s(device: torch.device, repeats: int = 3, batch: int | 
 
 def build_stage1(variant: str, width: int, size: tuple[int, int], seed: int = 0) -> nn.Module:
     """A randomly initialised Table 1 variant at ``width`` laid out for slices of ``size`` (y, x)."""
-    from .nets.sfanet import build_sfanet
+    from seg2refine_core.nets.sfanet import build_sfanet
 
     torch.manual_seed(seed)
     return build_sfanet(variant, width, input_size=size).eval()
@@ -240,7 +240,7 @@ def build_stage1(variant: str, width: int, size: tuple[int, int], seed: int = 0)
 
 def build_generator(width: int, seed: int = 0) -> nn.Module:
     """A randomly initialised stage-2 Attention-GAN generator of ``width``."""
-    from .nets.attention_gan import AttentionGenerator3d
+    from seg2refine_core.nets.attention_gan import AttentionGenerator3d
 
     torch.manual_seed(seed)
     return AttentionGenerator3d(in_channels=2, out_channels=1, width=width).eval()
@@ -452,7 +452,7 @@ def bench_pipeline(cfg: BenchmarkConfig, device: torch.device, image_hu: np.ndar
 
 def bench_training(cfg: BenchmarkConfig, device: torch.device) -> dict:
     """Stage-1 training step (forward, WBCE+Dice loss, backward, Adam) on random slices: slices per second."""
-    from .losses import WeightedBCEDiceLoss
+    from seg2refine_core.training.losses import WeightedBCEDiceLoss
 
     size = tuple(cfg.shape[1:])
     batch = cfg.train_batch
@@ -523,7 +523,7 @@ def pipeline_peak_memory(cfg: BenchmarkConfig, device: torch.device, timeout_s: 
         "batch_size": cfg.batch_size, "overlap": cfg.overlap, "sw_batch_size": cfg.sw_batch_size, "seed": cfg.seed,
         "threads": torch.get_num_threads(),
     }
-    command = [sys.executable, "-m", "seg2refine_core.benchmark", json.dumps(params)]
+    command = [sys.executable, "-m", "seg2refine_core.tools.benchmark", json.dumps(params)]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired:
@@ -631,7 +631,7 @@ def _load_average() -> list[float]:
 
 def run_benchmark(cfg: BenchmarkConfig, progress: ProgressFn | None = None) -> dict[str, Any]:
     """Run the selected sections and return the results (see the module doc for keys)."""
-    from .preprocess import preprocess
+    from seg2refine_core.data.preprocess import preprocess
 
     device = resolve_device(cfg.device)
     if cfg.threads is not None:

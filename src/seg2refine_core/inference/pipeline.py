@@ -16,13 +16,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import load_checkpoint
-from .devices import autocast_dtype
-from .errors import CheckpointError
-from .preprocess import PreprocessConfig, preprocess
-from .progress import ProgressFn, StopFn, check_stop
+from seg2refine_core.data.preprocess import PreprocessConfig, preprocess
+from seg2refine_core.devices import autocast_dtype
+from seg2refine_core.errors import CheckpointError
+from seg2refine_core.io.checkpoint import load_checkpoint
+from seg2refine_core.progress import ProgressFn, StopFn, check_stop
 
-WEIGHTS_DIR = Path(__file__).parent / "weights"
+WEIGHTS_DIR = Path(__file__).parents[1] / "weights"
 BUNDLED = {"stage1": WEIGHTS_DIR / "stage1.safetensors", "stage2": WEIGHTS_DIR / "stage2.safetensors"}
 DEFAULT_PATCH = (64, 64, 64)
 

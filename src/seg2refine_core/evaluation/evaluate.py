@@ -11,7 +11,7 @@ Naming (design section 5; folders are searched recursively, hidden files are ign
   ``<id>.y.<ext>`` only).
 
 Distances use the ground truth's spacing; the prediction must have the ground truth's shape and geometry.
-Each case's metrics are those of :func:`seg2refine_core.metrics.evaluate_case`.
+Each case's metrics are those of :func:`seg2refine_core.evaluation.metrics.evaluate_case`.
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import write_text_atomic
-from .datasets import natural_key
-from .errors import DatasetError
-from .metrics import evaluate_case
-from .progress import ProgressFn, StopFn, check_stop
-from .volume import SUPPORTED_SUFFIXES, read_mask, read_volume, strip_suffix
+from seg2refine_core.data.datasets import natural_key
+from seg2refine_core.errors import DatasetError
+from seg2refine_core.evaluation.metrics import evaluate_case
+from seg2refine_core.io.atomic import write_text_atomic
+from seg2refine_core.io.volume import SUPPORTED_SUFFIXES, read_mask, read_volume, strip_suffix
+from seg2refine_core.progress import ProgressFn, StopFn, check_stop
 
 Pair = tuple[str, Path, Path]
 SCALAR_KEYS = (

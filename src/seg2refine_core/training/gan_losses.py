@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from monai.losses import DiceLoss, SoftclDiceLoss
 from torch import nn
 
-from .metrics import betti0
+from seg2refine_core.evaluation.metrics import betti0
 
 __all__ = [
     "TOPOLOGY_TERMS",

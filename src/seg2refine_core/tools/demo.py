@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import write_text_atomic
-from .progress import ProgressFn, StopFn
+from seg2refine_core.io.atomic import write_text_atomic
+from seg2refine_core.progress import ProgressFn, StopFn
 
 #: Phantom seeds at or above this value are never used to train the bundled weights.
 DEMO_SEED = 1000
@@ -35,13 +35,13 @@ def run_demo(
     should_stop: StopFn | None = None,
 ) -> dict[str, Any]:
     """Run the demo and return the metrics written to ``metrics.json``."""
-    from .baselines import best_threshold
-    from .devices import resolve_device
-    from .figures import plot_overlay, plot_slice_dice
-    from .inference import load_stage, run_pipeline
-    from .metrics import evaluate_case
-    from .phantom import make_phantom, preview_png, write_phantom_case
-    from .volume import read_volume, write_volume
+    from seg2refine_core.data.phantom import make_phantom, preview_png, write_phantom_case
+    from seg2refine_core.devices import resolve_device
+    from seg2refine_core.evaluation.figures import plot_overlay, plot_slice_dice
+    from seg2refine_core.evaluation.metrics import evaluate_case
+    from seg2refine_core.evaluation.threshold_oracle import best_threshold
+    from seg2refine_core.inference.pipeline import load_stage, run_pipeline
+    from seg2refine_core.io.volume import read_volume, write_volume
 
     out = Path(out_dir)
     dev = resolve_device(device)

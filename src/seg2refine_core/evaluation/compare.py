@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .metrics import betti0, dice, hausdorff, slice_dice
+from seg2refine_core.evaluation.metrics import betti0, dice, hausdorff, slice_dice
 
 BACKGROUND, TRUE_POSITIVE, FALSE_POSITIVE, FALSE_NEGATIVE = 0, 1, 2, 3
 DIFFERENCE_NAMES = {TRUE_POSITIVE: "TP", FALSE_POSITIVE: "FP", FALSE_NEGATIVE: "FN"}
@@ -37,7 +37,7 @@ def mask_summary(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) ->
     """Dice, HD95 (mm, ``inf`` when exactly one mask is empty), B0 of both and slice-wise Dice along z.
 
     Keys: ``dice``, ``hd95_mm``, ``b0_pred``, ``b0_ref``, ``slice_dice`` (float64 (z,), NaN where both slices
-    are empty). Cheaper than :func:`~seg2refine_core.metrics.evaluate_case` (no HD max, no clDice skeletons),
+    are empty). Cheaper than :func:`~seg2refine_core.evaluation.metrics.evaluate_case` (no HD max, no clDice skeletons),
     so it suits interactive use.
     """
     return {

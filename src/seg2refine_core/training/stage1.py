@@ -5,20 +5,20 @@ What one run does (paper: "SFANet is trained using the Adam optimizer ...", desi
 - Cases come from ``data`` (ImageCAS / ASOCA / generic layout) and are split by the official table
   (``split`` + ``fold``) or, without one, by a seeded hold-out (``val_fraction``, ``test_fraction``, ``split_seed``).
   Test cases are never read. Train and val cases are preprocessed once into a cache
-  (:mod:`seg2refine_core.cache`, default ``<out>/cache``) and streamed from memory-mapped arrays.
+  (:mod:`seg2refine_core.data.cache`, default ``<out>/cache``) and streamed from memory-mapped arrays.
 - Each epoch draws ``samples_per_epoch`` slices with the vessel-aware rule of
-  :class:`~seg2refine_core.sampling.BalancedSampler` (default: as many samples as there are training slices,
+  :class:`~seg2refine_core.data.sampling.BalancedSampler` (default: as many samples as there are training slices,
   80 % of them from vessel-bearing slices). Every sample is padded (zeros) and randomly cropped to the slice size
   ``crop`` (default: the common in-plane size when all cases share one, otherwise the largest multiple of 16 not
   above the smallest height and width), then augmented (MONAI): horizontal and vertical flips, each with
   probability 0.5, and with probability 0.5 a rotation by a uniform angle in [-15°, 15°] (bilinear for the image,
   nearest for the label, zero padding). Random choices come from a per-sample seed, so they do not depend on
   the number of DataLoader workers.
-- Loss :class:`~seg2refine_core.losses.WeightedBCEDiceLoss` (α = 0.5), Adam (lr 1e-4, weight decay 1e-5), cosine
+- Loss :class:`~.losses.WeightedBCEDiceLoss` (α = 0.5), Adam (lr 1e-4, weight decay 1e-5), cosine
   learning-rate decay over the epochs (to 1 % of lr, :func:`cosine_decay`), mixed precision (bf16/fp16
   autocast) and channels-last on CUDA only.
 - After each epoch every validation volume is segmented whole (every axial slice, threshold 0.5), Dice is taken
-  per volume with :func:`~seg2refine_core.metrics.dice` and averaged. ``best`` keeps the highest mean validation
+  per volume with :func:`~.metrics.dice` and averaged. ``best`` keeps the highest mean validation
   Dice (the lowest training loss when there are no validation cases); ``last`` is the latest state.
 - Under ``torchrun`` the model is wrapped in DistributedDataParallel; every rank draws the same epoch sample and
   takes its shard, validation volumes are shared out between ranks, batch-norm buffers are copied from rank 0 at
@@ -45,20 +45,18 @@ from monai.data import get_track_meta, set_track_meta
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from . import distributed
-from .cache import CacheIndex
-from .checkpoint import load_state_strict, read_config, save_checkpoint
-from .devices import autocast_dtype
-from .errors import CheckpointError, Seg2RefineError
-from .inference import segment_slices
-from .losses import WeightedBCEDiceLoss
-from .metrics import dice
-from .nets.sfanet import VARIANTS, build_sfanet
-from .preprocess import PreprocessConfig
-from .progress import ProgressFn, StopFn
-from .runlog import capture_rng_state, check_resume_options, open_run, restore_rng_state, resume_path, save_resume_state
-from .sampling import BalancedSampler
-from .training import (
+from seg2refine_core import distributed
+from seg2refine_core.data.cache import CacheIndex
+from seg2refine_core.data.preprocess import PreprocessConfig
+from seg2refine_core.data.sampling import BalancedSampler
+from seg2refine_core.devices import autocast_dtype
+from seg2refine_core.errors import CheckpointError, Seg2RefineError
+from seg2refine_core.evaluation.metrics import dice
+from seg2refine_core.inference.pipeline import segment_slices
+from seg2refine_core.io.checkpoint import load_state_strict, read_config, save_checkpoint
+from seg2refine_core.nets.sfanet import VARIANTS, build_sfanet
+from seg2refine_core.progress import ProgressFn, StopFn
+from seg2refine_core.training.common import (
     EpochFn,
     RunHistory,
     compile_fallback_message,
@@ -70,6 +68,15 @@ from .training import (
     seed_run,
     split_provenance,
     wrap_ddp,
+)
+from seg2refine_core.training.losses import WeightedBCEDiceLoss
+from seg2refine_core.training.runlog import (
+    capture_rng_state,
+    check_resume_options,
+    open_run,
+    restore_rng_state,
+    resume_path,
+    save_resume_state,
 )
 
 ROTATION_DEG = 15.0

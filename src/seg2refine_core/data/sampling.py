@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from torch.utils.data import Sampler
 
-from .errors import Seg2RefineError
+from seg2refine_core.errors import Seg2RefineError
 
 SEED_LIMIT = 2**31 - 1
 

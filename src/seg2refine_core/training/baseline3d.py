@@ -3,18 +3,18 @@
 It answers "what does a single 3D network of about the same size get on the same data?" next to the two-stage
 Seg2RefineNet (design §7; the paper compares against 3D U-Nets).
 
-- **Cases.** The same rule as stage 1 (:mod:`seg2refine_core.train_stage1`) with the same defaults: the split
-  table's ``train``/``val`` cases of ``fold``, or without a table :func:`~seg2refine_core.datasets.holdout_split`
+- **Cases.** The same rule as stage 1 (:mod:`seg2refine_core.training.stage1`) with the same defaults: the split
+  table's ``train``/``val`` cases of ``fold``, or without a table :func:`~seg2refine_core.data.datasets.holdout_split`
   (``val_fraction`` 0.1, ``test_fraction`` 0.2, ``split_seed`` 0). So the baseline trains on stage 1's training
   cases, selects on its validation cases and leaves the same test cases untouched. X' comes from the same
-  memmap cache (:mod:`seg2refine_core.cache`; pass the stage-1 run's ``--cache-dir`` to reuse it).
+  memmap cache (:mod:`seg2refine_core.data.cache`; pass the stage-1 run's ``--cache-dir`` to reuse it).
 - **Model.** ``monai.networks.nets.UNet(spatial_dims=3, in_channels=1, out_channels=1, channels=w·(1, 2, 4, 8, 16),
   strides=(2, 2, 2, 2), num_res_units)``, checkpoint architecture ``monai-unet-3d``. With ``w = 16`` and one
   residual unit it has 2.4 M parameters against 3.5 M for the stage-2 generator at width 16 (3D part only).
   A new model's last convolution starts with the generator's vessel prior (:func:`start_at_vessel_prior`), so
   the two are compared from the same starting point: from probability 0.5 everywhere it did not learn in 40
   epochs of 32 patches (validation Dice 0.002).
-- **Training.** Patches from :mod:`seg2refine_core.patches` (vessel-centred and random, rotation ≤ 15°, Gaussian
+- **Training.** Patches from :mod:`seg2refine_core.data.patches` (vessel-centred and random, rotation ≤ 15°, Gaussian
   noise; no S), ``monai.losses.DiceCELoss`` on the logits (sigmoid), Adam (lr 1e-4, weight decay 1e-5 as stage 1),
   mixed precision and channels_last_3d on CUDA only, DistributedDataParallel under ``torchrun``.
 - **Validation** after each epoch on whole volumes with :func:`predict_baseline3d` (MONAI sliding window, Gaussian
@@ -36,19 +36,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import distributed
-from .checkpoint import build_model, load_state_strict, read_config, save_checkpoint
-from .datasets import Case
-from .devices import autocast_dtype
-from .errors import CheckpointError, Seg2RefineError
-from .inference import refine_volume, use_channels_last
-from .metrics import betti0_error, dice
-from .nets.attention_gan import OUTPUT_PRIOR
-from .patches import PatchConfig, PatchDataset, patch_loader, patch_sources
-from .preprocess import PreprocessConfig
-from .progress import ProgressFn, StopFn
-from .runlog import capture_rng_state, check_resume_options, open_run, restore_rng_state, resume_path, save_resume_state
-from .training import (
+from seg2refine_core import distributed
+from seg2refine_core.data.datasets import Case
+from seg2refine_core.data.patches import PatchConfig, PatchDataset, patch_loader, patch_sources
+from seg2refine_core.data.preprocess import PreprocessConfig
+from seg2refine_core.devices import autocast_dtype
+from seg2refine_core.errors import CheckpointError, Seg2RefineError
+from seg2refine_core.evaluation.metrics import betti0_error, dice
+from seg2refine_core.inference.pipeline import refine_volume, use_channels_last
+from seg2refine_core.io.checkpoint import build_model, load_state_strict, read_config, save_checkpoint
+from seg2refine_core.nets.attention_gan import OUTPUT_PRIOR
+from seg2refine_core.progress import ProgressFn, StopFn
+from seg2refine_core.training.common import (
     OPTION_NAMES,
     EpochFn,
     RunHistory,
@@ -59,6 +58,14 @@ from .training import (
     seed_run,
     split_provenance,
     wrap_ddp,
+)
+from seg2refine_core.training.runlog import (
+    capture_rng_state,
+    check_resume_options,
+    open_run,
+    restore_rng_state,
+    resume_path,
+    save_resume_state,
 )
 
 ARCHITECTURE = "monai-unet-3d"
@@ -174,7 +181,7 @@ def predict_baseline3d(
 ) -> np.ndarray:
     """Vessel probabilities (z, y, x) float32 of a one-channel 3D model on X' (z, y, x) in [0, 1].
 
-    :func:`~seg2refine_core.inference.refine_volume` without an S channel: MONAI sliding windows of
+    :func:`~seg2refine_core.inference.pipeline.refine_volume` without an S channel: MONAI sliding windows of
     ``patch_size`` with Gaussian blending, windows on ``device``. Autocast on CUDA.
     """
     return refine_volume(model, xprime, None, patch_size=patch_size, overlap=overlap, sw_batch_size=sw_batch_size,

@@ -30,7 +30,7 @@ Augmentation (each step drawn independently per patch; ``augment=False`` switche
   clipped to [0, 1], the range X' always has.
 
 Determinism: everything about a patch comes from one integer seed. :func:`patch_sampler` draws (case index,
-seed) pairs per epoch from ``(seed, epoch)`` with :class:`~seg2refine_core.sampling.BalancedSampler` (uniform
+seed) pairs per epoch from ``(seed, epoch)`` with :class:`~seg2refine_core.data.sampling.BalancedSampler` (uniform
 over cases), sharded across DistributedDataParallel ranks, so a run is identical for any number of DataLoader
 workers and after ``--resume``.
 """
@@ -49,9 +49,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .cache import CacheIndex
-from .errors import Seg2RefineError
-from .sampling import BalancedSampler
+from seg2refine_core.data.cache import CacheIndex
+from seg2refine_core.data.sampling import BalancedSampler
+from seg2refine_core.errors import Seg2RefineError
 
 KIND_RANDOM, KIND_VESSEL, KIND_S = 0, 1, 2
 KIND_NAMES = ("random", "vessel", "s")

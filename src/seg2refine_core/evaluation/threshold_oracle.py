@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .metrics import dice
+from seg2refine_core.evaluation.metrics import dice
 
 
 def best_threshold(

@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 from skimage.filters import unsharp_mask as _sk_unsharp_mask
 
-from .errors import Seg2RefineError, VolumeError
-from .progress import ProgressFn, StopFn, check_stop
+from seg2refine_core.errors import Seg2RefineError, VolumeError
+from seg2refine_core.progress import ProgressFn, StopFn, check_stop
 
 RADIUS_UNITS = ("voxels", "mm")
 

@@ -4,7 +4,7 @@ Shared by the trainers. A run folder holds::
 
     metrics.jsonl          one JSON record per finished epoch (``epoch`` plus any numeric keys), rank 0 only
     curves.png             losses and validation metrics against epoch (redrawn after each epoch)
-    best.* / last.*        safetensors checkpoints (see :mod:`seg2refine_core.checkpoint`)
+    best.* / last.*        safetensors checkpoints (see :mod:`seg2refine_core.io.checkpoint`)
     last.resume.pt         optimizer, scheduler, epoch/step counters, best metric and RNG states for ``--resume``
 
 Every file is replaced atomically, so a crash never leaves a torn log or checkpoint. The resume file holds only
@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .atomic import atomic_path, write_text_atomic
-from .errors import CheckpointError, Seg2RefineError
+from seg2refine_core.errors import CheckpointError, Seg2RefineError
+from seg2refine_core.io.atomic import atomic_path, write_text_atomic
 
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.png"

@@ -1,0 +1,1 @@
+"""Vessel analysis of a coronary mask: centerlines, branches, diameters and stenosis candidates."""

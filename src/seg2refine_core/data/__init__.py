@@ -1,0 +1,1 @@
+"""Data: dataset discovery and splits, preprocessing (X'), the training caches, sampling, patches and the phantom."""

@@ -1,0 +1,1 @@
+"""Tools: the demo job and the speed/memory benchmark."""
