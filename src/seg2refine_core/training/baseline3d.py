@@ -46,10 +46,10 @@ from seg2refine_core.inference.pipeline import refine_volume, use_channels_last
 from seg2refine_core.io.checkpoint import build_model, load_state_strict
 from seg2refine_core.nets.attention_gan import OUTPUT_PRIOR
 from seg2refine_core.progress import ProgressFn, StopFn
-from seg2refine_core.training.cases import labelled_split, prepare_xprime_cache
+from seg2refine_core.training.cases import LabelledCasesTrainer
 from seg2refine_core.training.configs import Baseline3dTrainConfig
 from seg2refine_core.training.history import EpochFn
-from seg2refine_core.training.loop import StepFn, Trainer
+from seg2refine_core.training.loop import StepFn
 
 ARCHITECTURE = "monai-unet-3d"
 THRESHOLD = 0.5
@@ -84,7 +84,7 @@ def start_at_vessel_prior(model: nn.Module, prior: float = OUTPUT_PRIOR) -> None
         last.bias.fill_(math.log(prior / (1.0 - prior)))
 
 
-class Baseline3dTrainer(Trainer[Baseline3dTrainConfig]):
+class Baseline3dTrainer(LabelledCasesTrainer[Baseline3dTrainConfig]):
     """The 3D baseline on the shared loop: stage 1's cases, X' patches, MONAI's UNet with Adam and DiceCE, one step
     and the sliding-window validation. Records hold ``train_loss``, ``val_dice``, ``val_b0_error``, ``lr`` and
     ``patches_per_s``."""
@@ -95,16 +95,9 @@ class Baseline3dTrainer(Trainer[Baseline3dTrainConfig]):
     title = "baseline"
     panels = PANELS
 
-    def select_cases(self) -> dict[str, list[str]]:
-        """Stage 1's rule (module doc); DatasetError for unlabelled cases."""
-        self.train_cases, self.val_cases = labelled_split(self.config)
-        return {"train": [c.case_id for c in self.train_cases], "val": [c.case_id for c in self.val_cases]}
-
     def prepare_data(self) -> tuple[DataLoader, BalancedSampler]:
         config, info = self.config, self.info
-        cache_dir = config.cache_dir or self.run_dir / "cache"
-        self.cache = prepare_xprime_cache(self.train_cases + self.val_cases, cache_dir, config.preprocess, info,
-                                          self.progress, self.should_stop)
+        self.cache = self.build_xprime_cache()
         patch_config = PatchConfig(patch_size=config.patch_size, vessel_fraction=config.vessel_fraction,
                                    s_share=0.0, augment=config.augment)
         dataset = PatchDataset(patch_sources(self.cache, self.cases["train"]), patch_config, with_s=False)

@@ -2,15 +2,15 @@
 
 - :func:`labelled_split`: the labelled train/val cases of stage 1 and the 3D baseline (stage 2 has its own pool
   rule, :func:`seg2refine_core.training.stage2.stage2_split`);
-- :func:`split_provenance`: how the cases were chosen, for a checkpoint's ``training`` entry;
-- :func:`prepare_xprime_cache`: the X' memmap cache of the cases, its build shared out between ranks.
+- :func:`prepare_xprime_cache`: the X' memmap cache of the cases, its build shared out between ranks;
+- :class:`LabelledCasesTrainer`: the two together, for the trainers that train on :func:`labelled_split`'s cases.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol, TypeVar
 
 from seg2refine_core import distributed
 from seg2refine_core.data.cache import CacheIndex, build_cache
@@ -18,6 +18,8 @@ from seg2refine_core.data.datasets import Case, discover_cases, holdout_split, r
 from seg2refine_core.data.preprocess import PreprocessConfig
 from seg2refine_core.errors import DatasetError
 from seg2refine_core.progress import ProgressFn, StopFn
+from seg2refine_core.training.loop import Trainer
+from seg2refine_core.training.options import TrainOptions
 
 
 class SplitOptions(Protocol):
@@ -53,16 +55,6 @@ def labelled_split(config: SplitOptions) -> tuple[list[Case], list[Case]]:
     return train, val
 
 
-def split_provenance(config: SplitOptions) -> dict[str, Any]:
-    """``data``, ``split`` (the table's path or ``"holdout"``) and ``fold`` (None without a table) of a
-    checkpoint's ``training`` entry."""
-    return {
-        "data": str(config.data),
-        "split": str(config.split) if config.split else "holdout",
-        "fold": config.fold if config.split else None,
-    }
-
-
 def prepare_xprime_cache(
     cases: Sequence[Case], cache_dir: Path, preprocess: PreprocessConfig, info: distributed.DistInfo,
     progress: ProgressFn | None, should_stop: StopFn | None,
@@ -73,3 +65,22 @@ def prepare_xprime_cache(
         build_cache(cases[info.rank :: info.world_size], cache_dir, preprocess, report, should_stop, write_index=False)
         distributed.barrier()
     return build_cache(cases, cache_dir, preprocess, report, should_stop, write_index=info.is_main)
+
+
+Config = TypeVar("Config", bound=TrainOptions)
+
+
+class LabelledCasesTrainer(Trainer[Config]):
+    """A trainer on :func:`labelled_split`'s cases (stage 1 and the 3D baseline; the config has ``preprocess``),
+    with :meth:`build_xprime_cache` for its :meth:`~seg2refine_core.training.loop.Trainer.prepare_data`."""
+
+    def select_cases(self) -> dict[str, list[str]]:
+        """The split table's train/val cases of the fold, or the seeded hold-out's; DatasetError for unlabelled."""
+        self.train_cases, self.val_cases = labelled_split(self.config)
+        return {"train": [c.case_id for c in self.train_cases], "val": [c.case_id for c in self.val_cases]}
+
+    def build_xprime_cache(self) -> CacheIndex:
+        """X' of the train and val cases in ``cache_dir`` (default ``<out>/cache``), shared out between ranks."""
+        config = self.config
+        return prepare_xprime_cache(self.train_cases + self.val_cases, config.cache_dir or self.run_dir / "cache",
+                                    config.preprocess, self.info, self.progress, self.should_stop)

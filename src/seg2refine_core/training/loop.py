@@ -60,7 +60,6 @@ from seg2refine_core.devices import autocast_dtype
 from seg2refine_core.errors import CheckpointError, Seg2RefineError
 from seg2refine_core.io.checkpoint import read_config, save_checkpoint
 from seg2refine_core.progress import ProgressFn, StopFn
-from seg2refine_core.training.cases import split_provenance
 from seg2refine_core.training.history import EpochFn, RunHistory
 from seg2refine_core.training.options import TrainOptions
 from seg2refine_core.training.runlog import (
@@ -111,8 +110,8 @@ class Trainer(ABC, Generic[Config]):
     subclass supplies.
 
     progress(done, total, info) counts optimisation steps over all epochs (a trainer may report its data
-    preparation first); should_stop() is polled after every step; on_epoch(record) gets each epoch's record and
-    on_step(step, loss) each step's ``loss`` value (all three on rank 0 only). A record (also a line of
+    preparation first); on_epoch(record) gets each epoch's record and on_step(step, loss) each step's ``loss``
+    value (these three on rank 0 only); should_stop() is polled after every step on every rank. A record (also a line of
     ``metrics.jsonl``) holds ``epoch`` (1-based), the mean of each :meth:`loss_terms` value over the epoch's steps
     on all ranks, the :meth:`validation` metrics (None without validation cases), the :meth:`learning_rates` of the
     epoch, ``time_s`` (wall time, validation included) and ``rate_key`` (training samples per second over all
@@ -266,7 +265,9 @@ class Trainer(ABC, Generic[Config]):
             **self.checkpoint_entries(),
             "training": {
                 "stage": self.stage,
-                **split_provenance(config),
+                "data": str(config.data),
+                "split": str(config.split) if config.split else "holdout",
+                "fold": config.fold if config.split else None,
                 "cases": self.recorded_cases(),
                 "epochs_done": self.epoch,
                 "step_in_epoch": self.step,

@@ -54,10 +54,10 @@ from seg2refine_core.inference.pipeline import segment_slices
 from seg2refine_core.io.checkpoint import load_state_strict
 from seg2refine_core.nets.sfanet import build_sfanet
 from seg2refine_core.progress import ProgressFn, StopFn
-from seg2refine_core.training.cases import labelled_split, prepare_xprime_cache
+from seg2refine_core.training.cases import LabelledCasesTrainer
 from seg2refine_core.training.configs import Stage1TrainConfig
 from seg2refine_core.training.history import EpochFn
-from seg2refine_core.training.loop import StepFn, Trainer
+from seg2refine_core.training.loop import StepFn
 from seg2refine_core.training.losses import WeightedBCEDiceLoss
 
 ROTATION_DEG = 15.0
@@ -186,7 +186,7 @@ def compile_fallback_message(exc: BaseException) -> str:
     return f"torch.compile failed ({one_line(exc)}); training goes on without it (eager)"
 
 
-class Stage1Trainer(Trainer[Stage1TrainConfig]):
+class Stage1Trainer(LabelledCasesTrainer[Stage1TrainConfig]):
     """Stage 1 on the shared loop: the cases, the slice data, SFANet with Adam and cosine decay, one step (through
     ``torch.compile`` when asked) and the whole-volume validation Dice. Records hold ``train_loss``, ``val_dice``,
     ``lr`` and ``samples_per_s``."""
@@ -197,15 +197,9 @@ class Stage1Trainer(Trainer[Stage1TrainConfig]):
     title = "stage-1"
     rate_key = "samples_per_s"
 
-    def select_cases(self) -> dict[str, list[str]]:
-        self.train_cases, self.val_cases = labelled_split(self.config)
-        return {"train": [c.case_id for c in self.train_cases], "val": [c.case_id for c in self.val_cases]}
-
     def prepare_data(self) -> tuple[DataLoader, BalancedSampler]:
         config, info = self.config, self.info
-        cache_dir = config.cache_dir or self.run_dir / "cache"
-        self.cache = prepare_xprime_cache(self.train_cases + self.val_cases, cache_dir, config.preprocess, info,
-                                          self.progress, self.should_stop)
+        self.cache = self.build_xprime_cache()
         train_cache = self.cache.subset(self.cases["train"])
         shapes = [train_cache[c].shape for c in self.cases["train"]]
         self.crop: tuple[int, int] = tuple(config.crop) if config.crop else default_crop(shapes)  # type: ignore[assignment]
