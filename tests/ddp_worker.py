@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import torch
@@ -33,37 +32,24 @@ def state_hash(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def keep_made(module: ModuleType, name: str) -> list[Any]:
-    """Replace the factory ``module.name`` by one that also keeps what it makes; returns the list it fills."""
-    made: list[Any] = []
-    make = getattr(module, name)
-
-    def keep(*args, **kwargs):
-        made.append(make(*args, **kwargs))
-        return made[-1]
-
-    setattr(module, name, keep)
-    return made
-
-
 def run_stage1(data: Path, out: Path, cache: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
-    learners = keep_made(stage1, "_make_learner")
     config = stage1.Stage1TrainConfig(
         data=data, out=out, cache_dir=cache, val_fraction=0.25, test_fraction=0.25,
         width=4, epochs=2, batch_size=2, samples_per_epoch=8, num_workers=0, device="cpu",
     )
-    summary = stage1.train_stage1(config)
-    return learners[0].model, summary
+    trainer = stage1.Stage1Trainer(config)
+    summary = trainer.run()
+    return trainer.model, summary
 
 
 def run_stage2(data: Path, out: Path, cache: Path, stage1_ckpt: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
-    generators = keep_made(stage2, "AttentionGenerator3d")
     config = stage2.Stage2TrainConfig(
         data=data, stage1=stage1_ckpt, out=out, cache_dir=cache, width=4, patch_size=(32, 32, 32), epochs=1,
         batch_size=1, patches_per_epoch=4, num_workers=0, device="cpu", val_fraction=0.5, topology="cldice",
     )
-    summary = stage2.train_stage2(config)
-    return generators[0], summary
+    trainer = stage2.Stage2Trainer(config)
+    summary = trainer.run()
+    return trainer.model, summary
 
 
 def main(stage: str, data: str, out: str, cache: str, *stage1_ckpt: str) -> None:

@@ -104,7 +104,6 @@ def test_stage2_refuses_the_case_its_stage1_model_was_trained_on(viewer_and_widg
 
 def test_stage2_on_the_open_layers(viewer_and_widgets, qtbot, tmp_path):
     viewer, segment, widget = viewer_and_widgets
-    assert _train.stage2_available()
     stage1, _ = tiny_checkpoints(tmp_path)
     widget.stage1_model.add(stage1)
     configure(widget, tmp_path / "run2", stage="stage2", epochs=1)
@@ -182,3 +181,33 @@ def test_stage1_from_a_folder_with_a_split_table_fold_crop_and_compile(viewer_an
     assert "compile" not in widget.options() and widget.val_fraction.value() == pytest.approx(0.2)
     widget.source.setCurrentText(LAYERS)
     assert not widget.split_edit.isEnabled() and not widget.val_fraction.isEnabled()
+
+
+def test_defaults_and_tooltips_come_from_the_stage_configs(viewer_and_widgets):
+    from seg2refine_core.training.configs import Stage1TrainConfig, Stage2TrainConfig
+    from seg2refine_core.training.demo_weights import DemoWeightsConfig
+    from seg2refine_core.training.options import option_default, option_help
+
+    viewer, segment, widget = viewer_and_widgets
+    for stage, config, lr, samples in (("stage1", Stage1TrainConfig, "lr", "samples_per_epoch"),
+                                       ("stage2", Stage2TrainConfig, "lr_g", "patches_per_epoch")):
+        widget.stage.setCurrentIndex(widget.stage.findData(stage))
+        for name, box in (("width", widget.width), ("epochs", widget.epochs), ("batch_size", widget.batch),
+                          ("fold", widget.fold), ("val_fraction", widget.val_fraction), (lr, widget.lr)):
+            assert box.value() == pytest.approx(option_default(config, name)), (stage, name)
+            if box is not widget.lr:
+                assert option_help(config, name) in box.toolTip()
+        assert widget.samples.value() == (option_default(config, samples) or 0)
+    assert widget.patch.value() == option_default(Stage2TrainConfig, "patch_size")[0]
+    assert widget.options()["lr_g"] == widget.options()["lr_d"] == option_default(Stage2TrainConfig, "lr_d")
+    widget.stage.setCurrentIndex(widget.stage.findData("stage1"))
+    assert widget.crop.value() == 0 and widget.samples.text() == "all slices"  # None: whole slices, all slices
+    assert widget.test_fraction.value() == pytest.approx(option_default(Stage1TrainConfig, "test_fraction"))
+    assert widget.variant.currentText() == option_default(Stage1TrainConfig, "variant")
+    # the learning-rate tooltip says which default each path uses, with the configs' numbers
+    tip = widget.lr.toolTip()
+    for value in (option_default(Stage1TrainConfig, "lr"), option_default(DemoWeightsConfig, "stage1_lr"),
+                  option_default(Stage2TrainConfig, "lr_g")):
+        assert _train.rate_text(value) in tip
+    assert "paper" in tip and "demo weights" in tip and "G and D" in tip
+    assert [_train.rate_text(v) for v in (1e-4, 2.5e-4, 1e-3, 0.02)] == ["1e-4", "2.5e-4", "1e-3", "2e-2"]

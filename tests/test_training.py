@@ -1,13 +1,10 @@
-"""The trainers' shared pieces: best-checkpoint choice, end-of-epoch writes, summary, config round trip."""
+"""The trainers' shared pieces: best-checkpoint choice, end-of-epoch writes, summary."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
 from torch import nn
 
-from seg2refine_core.training.common import BestCheckpoint, RunHistory, options_kwargs, options_to_dict
+from seg2refine_core.training.history import BestCheckpoint, RunHistory
 from seg2refine_core.training.runlog import append_metrics, read_metrics
 
 
@@ -53,17 +50,3 @@ def test_run_history_writes_on_rank0_only_and_resumes(tmp_path):
     resumed = RunHistory.start(tmp_path, True, state, score="val_dice", loss="train_loss", validating=True)
     assert [r["epoch"] for r in resumed.records] == [1, 2] and resumed.best == main.best
     assert [r["epoch"] for r in read_metrics(tmp_path)] == [1, 2]
-
-
-@dataclass
-class _Options:
-    data: Path
-    out: Path | None = None
-    width: int = 4
-
-
-def test_options_round_trip():
-    options = _Options(Path("/data"), None, 8)
-    as_json = options_to_dict(options, ("data", "out"))
-    assert as_json == {"data": "/data", "out": None, "width": 8}
-    assert _Options(**options_kwargs(_Options, {**as_json, "removed_option": 1}, ("data", "out"))) == options

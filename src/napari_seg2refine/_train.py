@@ -9,15 +9,15 @@ cases stay those of the stage-1 run). The main hyper-parameters, the stage-1 tra
 Resume are exposed; everything else takes the core config's defaults (DataLoader workers are 0 inside napari).
 Stage 2 trains on S from the chosen stage-1 model, which must not have been trained on the same cases (the core
 refuses otherwise). Loss (per step for stage 1, per epoch) and validation Dice are plotted live; when the run
-ends its best checkpoint is registered, so the Segment widget offers it at once. Stage 2 is offered only when
-``seg2refine_core.training.stage2`` exists.
+ends its best checkpoint is registered, so the Segment widget offers it at once.
+
+Every value the widget starts with, and the tooltip of each hyper-parameter, comes from the stage's config dataclass
+(:mod:`seg2refine_core.training.configs`), as the command line's options do, so the two cannot drift apart.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
-import importlib.util
 import math
 import tempfile
 from pathlib import Path
@@ -26,8 +26,6 @@ from typing import Any
 import numpy as np
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import Qt
-from qtpy.QtGui import QStandardItemModel
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -44,6 +42,10 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from seg2refine_core.training.configs import Stage1TrainConfig, Stage2TrainConfig
+from seg2refine_core.training.demo_weights import DemoWeightsConfig
+from seg2refine_core.training.options import option_default, option_help, option_spec
+
 from ._jobs import Job
 from ._layer_combo import LayerCombo
 from ._layers import CT, GT, VOLUME_KEY
@@ -52,13 +54,6 @@ from ._registry import registry
 from ._segment import ModelCombo, bundled_weights
 
 FOLDER, LAYERS = "dataset folder", "open layers (CT + ground truth)"
-STAGE2_MODULE = "seg2refine_core.training.stage2"
-TOOLTIP = Qt.ItemDataRole.ToolTipRole
-
-
-def stage2_available() -> bool:
-    """Whether the core offers stage-2 training yet."""
-    return importlib.util.find_spec(STAGE2_MODULE) is not None
 
 
 def layers_case_id(image: np.ndarray) -> str:
@@ -88,21 +83,38 @@ def write_layers_case(folder: Path, image: Any, label: Any) -> str:
     return case_id
 
 
-#: per stage: (config class, train function) in its core module, the loss and Dice series of the epoch records,
-#: and the widget defaults (learning rate, batch size, samples per epoch; 0 = all slices).
+#: per stage: its config class, the config fields behind the widget's learning-rate and samples-per-epoch boxes,
+#: and the loss and Dice series of its epoch records.
 STAGES: dict[str, dict[str, Any]] = {
     "stage1": {
-        "module": "seg2refine_core.training.stage1", "config": "Stage1TrainConfig", "train": "train_stage1",
+        "config": Stage1TrainConfig, "lr": ("lr",), "samples": "samples_per_epoch",
         "loss": [("train_loss", "train loss")], "dice": [("val_dice", "val Dice")],
-        "defaults": {"lr": 1e-4, "batch": 8, "samples": 0},
     },
     "stage2": {
-        "module": STAGE2_MODULE, "config": "Stage2TrainConfig", "train": "train_stage2",
+        "config": Stage2TrainConfig, "lr": ("lr_g", "lr_d"), "samples": "patches_per_epoch",
         "loss": [("g_loss", "G loss"), ("d_loss", "D loss")],
         "dice": [("val_dice_y", "val Dice of Y"), ("val_dice_s", "val Dice of S")],
-        "defaults": {"lr": 2e-4, "batch": 2, "samples": 200},
     },
 }
+
+
+def learning_rate_tip() -> str:
+    """The learning-rate tooltip: which default each path uses and why, with the numbers of the configs."""
+    stage1, stage2 = option_default(Stage1TrainConfig, "lr"), option_default(Stage2TrainConfig, "lr_g")
+    demo = option_default(DemoWeightsConfig, "stage1_lr")
+    return (
+        f"Adam learning rate. Stage 1 starts at {rate_text(stage1)}, the paper's, decayed by a cosine to 1% over the "
+        f"run. The bundled demo weights were trained at {rate_text(demo)} ('seg2refine train demo'): at "
+        f"{rate_text(stage1)} SFANet of width 16 barely learned within a CPU budget of a few thousand slices, so a "
+        f"short CPU run needs a larger rate. Stage 2 starts at {rate_text(stage2)} for both G and D, constant "
+        "(pix2pix/Vox2Vox)."
+    )
+
+
+def rate_text(value: float) -> str:
+    """A learning rate as people write it: 1e-4, 2.5e-4."""
+    mantissa, exponent = f"{value:e}".split("e")
+    return f"{float(mantissa):g}e{int(exponent)}"
 
 
 def train(
@@ -115,15 +127,15 @@ def train(
     them, with no validation or test split. Epoch records are posted as ``("epoch", record)``, stage-1 step
     losses as ``("step", step, loss)``.
     """
-    spec = STAGES[stage]
-    module = importlib.import_module(spec["module"])
-    config_class, train_fn = getattr(module, spec["config"]), getattr(module, spec["train"])
-    callbacks: dict[str, Any] = {"on_epoch": lambda record: post(("epoch", record))}
-    if stage == "stage1":
-        callbacks["on_step"] = lambda step, loss: post(("step", step, loss))
+    from seg2refine_core.training.stage1 import Stage1Trainer
+    from seg2refine_core.training.stage2 import Stage2Trainer
+
+    trainer_class = {"stage1": Stage1Trainer, "stage2": Stage2Trainer}[stage]
+    on_step = (lambda step, loss: post(("step", step, loss))) if stage == "stage1" else None
 
     def run(folder: Path, split: dict[str, Any]) -> dict:
-        return train_fn(config_class(data=folder, **{**options, **split}), progress, should_stop, **callbacks)
+        config = trainer_class.config_class(data=folder, **{**options, **split})
+        return trainer_class(config, progress, should_stop, lambda record: post(("epoch", record)), on_step).run()
 
     if not isinstance(data, tuple):
         return run(Path(data), {})
@@ -149,8 +161,6 @@ class TrainWidget(QWidget):
 
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__()
-        from seg2refine_core.nets.sfanet import VARIANTS
-
         self.viewer = napari_viewer
         self.job: Job | None = None
         self.running_stage = "stage1"
@@ -172,12 +182,13 @@ class TrainWidget(QWidget):
         self.split_browse = QToolButton()
         self.split_browse.setText("…")
         self.split_browse.clicked.connect(self._pick_split)
-        self.fold = self._int_spin(1, 4, 1, "fold (Split-1 .. Split-4) of the split table")
+        self.fold = self._int_spin(1, 4)
         self.val_fraction = self._share_spin()
         self.test_fraction = self._share_spin()
-        self.test_fraction.setToolTip("stage 1: share of the cases held out for testing (never read in training)")
-        self.crop = self._int_spin(0, 4096, 0, "stage 1: train on random crops of this side (multiple of 16); "
-                                   "smaller crops use less memory per slice")
+        self.crop = self._int_spin(0, 4096)
+        self.crop.setValue(option_default(Stage1TrainConfig, "crop") or 0)  # None: whole slices
+        self.crop.setToolTip("stage 1: train on random square crops of this side (multiple of 16); smaller crops "
+                             "use less memory per slice")
         self.crop.setSingleStep(16)
         self.crop.setSpecialValueText("whole slices")
         self.ct_combo = LayerCombo(napari_viewer, Image, preferred=CT)
@@ -185,36 +196,32 @@ class TrainWidget(QWidget):
         self.stage = QComboBox()
         self.stage.addItem("stage 1 (SFANet)", "stage1")
         self.stage.addItem("stage 2 (Attention-GAN)", "stage2")
-        if not stage2_available():
-            model = self.stage.model()
-            if isinstance(model, QStandardItemModel):
-                model.item(1).setEnabled(False)
-            self.stage.setItemData(1, "not available yet: needs seg2refine_core.training.stage2", TOOLTIP)
-            self.stage.setToolTip("Stage-2 training is not available in this version of seg2refine_core yet")
         self.stage.currentIndexChanged.connect(self._stage_changed)
         self.variant = QComboBox()
-        self.variant.addItems(list(VARIANTS))
-        self.variant.setCurrentText("sfanet")
-        self.variant.setToolTip("stage 1: the Table-1 network variant")
+        self.variant.addItems(list(option_spec(Stage1TrainConfig, "variant").choices))
+        self.variant.setCurrentText(option_default(Stage1TrainConfig, "variant"))
+        self.variant.setToolTip("stage 1: " + option_help(Stage1TrainConfig, "variant"))
         self.stage1_model = ModelCombo("stage1")
         self.stage1_model.setToolTip("stage 2: the stage-1 model whose S the refiner learns to correct")
-        self.patch = self._int_spin(32, 512, 64, "stage 2: cubic patch side in voxels (multiple of 16)")
+        self.patch = self._int_spin(32, 512)
+        self.patch.setValue(option_default(Stage2TrainConfig, "patch_size")[0])
+        self.patch.setToolTip("stage 2: cubic patch side in voxels (multiple of 16), for training and validation")
         self.patch.setSingleStep(16)
-        self.width = self._int_spin(1, 256, 16, "channels of the first level (paper: 64 for SFANet)")
-        self.epochs = self._int_spin(1, 10000, 10, "number of epochs")
-        self.batch = self._int_spin(1, 1024, 8, "slices (stage 1) or patches (stage 2) per optimisation step")
+        self.width = self._int_spin(1, 256)
+        self.epochs = self._int_spin(1, 10000)
+        self.batch = self._int_spin(1, 1024)
         self.lr = QDoubleSpinBox()
         self.lr.setDecimals(6)
         self.lr.setRange(1e-6, 1.0)
         self.lr.setSingleStep(1e-4)
-        self.lr.setToolTip("Adam learning rate (stage 2: for both G and D)")
-        self.samples = self._int_spin(0, 10_000_000, 0, "slices (stage 1) or patches (stage 2) per epoch")
+        self.lr.setToolTip(learning_rate_tip())
+        self.samples = self._int_spin(0, 10_000_000)
         self.samples.setSpecialValueText("all slices")
         self.device = QComboBox()
         self.device.addItems(["auto", "cuda", "mps", "cpu"])
         self.compile = QCheckBox("torch.compile")
-        self.compile.setToolTip("stage 1: train through torch.compile; minutes to compile, measured slower on CPU, "
-                                "for GPUs; goes on eagerly if compiling fails")
+        self.compile.setChecked(option_default(Stage1TrainConfig, "compile"))
+        self.compile.setToolTip("stage 1: " + option_help(Stage1TrainConfig, "compile"))
         self.out_edit = QLineEdit()
         self.out_browse = QToolButton()
         self.out_browse.setText("…")
@@ -270,11 +277,9 @@ class TrainWidget(QWidget):
         self._draw()
 
     @staticmethod
-    def _int_spin(low: int, high: int, value: int, tip: str) -> QSpinBox:
+    def _int_spin(low: int, high: int) -> QSpinBox:
         spin = QSpinBox()
         spin.setRange(low, high)
-        spin.setValue(value)
-        spin.setToolTip(tip)
         return spin
 
     @staticmethod
@@ -306,7 +311,7 @@ class TrainWidget(QWidget):
             widget.setEnabled(not folder)
 
     def _stage_changed(self, *_: Any) -> None:
-        """Enable the chosen stage's options and load its defaults (learning rate, batch, samples, folder)."""
+        """Enable the chosen stage's options and load its config's defaults and help (and its output folder)."""
         stage = self.stage.currentData()
         self.variant.setEnabled(stage == "stage1")
         self.stage1_model.setEnabled(stage == "stage2")
@@ -314,20 +319,18 @@ class TrainWidget(QWidget):
         self.crop.setEnabled(stage == "stage1")
         self.compile.setEnabled(stage == "stage1")
         self._source_changed()
-        config = getattr(importlib.import_module(STAGES[stage]["module"]), STAGES[stage]["config"])
-        fields = config.__dataclass_fields__
-        self.val_fraction.setValue(fields["val_fraction"].default)
-        self.val_fraction.setToolTip(
-            "share of the cases kept for validation" if stage == "stage1"
-            else "share of the stage-1 model's unseen cases kept for validation of stage 2"
-        )
+        spec = STAGES[stage]
+        config = spec["config"]
+        explained = {"fold": self.fold, "val_fraction": self.val_fraction, "width": self.width,
+                     "epochs": self.epochs, "batch_size": self.batch, spec["samples"]: self.samples}
         if stage == "stage1":
-            self.test_fraction.setValue(fields["test_fraction"].default)
-        defaults = STAGES[stage]["defaults"]
-        self.lr.setValue(defaults["lr"])
-        self.batch.setValue(defaults["batch"])
+            explained["test_fraction"] = self.test_fraction
+        for name, box in explained.items():
+            box.setToolTip(f"{'stage 1' if stage == 'stage1' else 'stage 2'}: {option_help(config, name)}")
         self.samples.setMinimum(0 if stage == "stage1" else 1)
-        self.samples.setValue(defaults["samples"])
+        for name, box in {**explained, spec["lr"][0]: self.lr}.items():
+            value = option_default(config, name)
+            box.setValue(0 if value is None else value)  # samples None: all slices
         self.out_edit.setText(str(Path.cwd() / "runs" / f"napari-{stage}"))
 
     def options(self) -> dict[str, Any]:
@@ -357,7 +360,7 @@ class TrainWidget(QWidget):
         side = int(self.patch.value())
         return {
             **common, "stage1": Path(self.stage1_model.checkpoint() or bundled_weights("stage1")),
-            "patch_size": (side, side, side), "lr_g": float(self.lr.value()), "lr_d": float(self.lr.value()),
+            "patch_size": (side, side, side), **dict.fromkeys(STAGES["stage2"]["lr"], float(self.lr.value())),
             "patches_per_epoch": int(self.samples.value()),
         }
 

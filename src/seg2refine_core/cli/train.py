@@ -1,4 +1,9 @@
-"""`seg2refine train <stage>`: train a model. Each stage is a sub-command registered in :data:`SUBCOMMANDS`.
+"""`seg2refine train <stage>`: train a model. Each stage is a sub-command of :data:`STAGES`, and ``demo``.
+
+Every option of a sub-command is generated from the fields of its config dataclass
+(:mod:`seg2refine_core.training.configs`, :class:`~seg2refine_core.training.demo_weights.DemoWeightsConfig`): flag,
+type, default and help (:func:`~seg2refine_core.training.options.option_specs`), so the command line cannot drift
+from the core. Options left out take the config's defaults, or with ``--resume`` the resumed run's values.
 
 Multi-process training: ``torchrun --nproc_per_node=N -m seg2refine_core.cli train stage1 ...`` (DDP; rank 0
 shows the progress bar and writes the run folder).
@@ -14,62 +19,97 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import fields, replace
 from pathlib import Path
+from typing import Any, NamedTuple
 
-from seg2refine_core.cli import add_threads_option
+from seg2refine_core.training.configs import Baseline3dTrainConfig, Stage1TrainConfig, Stage2TrainConfig
+from seg2refine_core.training.demo_weights import DemoWeightsConfig
+from seg2refine_core.training.options import GROUPS, OptionSpec, option_specs
 
-
-def add_stage1_parser(stages: argparse._SubParsersAction) -> None:
-    p = stages.add_parser(
-        "stage1",
-        help="train SFANet (or a Table-1 variant) on axial slices",
-        description=(
-            "Train the stage-1 2D network on a dataset folder (ImageCAS, ASOCA or images/+labels/). Volumes are "
-            "preprocessed once into a memory-mapped cache (default RUN_DIR/cache). Each epoch draws "
-            "--samples-per-epoch slices, --positive-fraction of them from slices that hold vessel pixels; "
-            "validation Dice is computed on whole validation volumes. Writes RUN_DIR/best.*, last.*, "
-            "metrics.jsonl and curves.png. Ctrl-C stops after the current step and saves a resumable 'last'. "
-            "Unset options take the paper's defaults, or with --resume the run's own values."
-        ),
-    )
-    p.add_argument("--data", type=Path, metavar="DIR", help="dataset folder (required unless --resume)")
-    p.add_argument("--out", type=Path, required=True, metavar="RUN_DIR", help="run folder for checkpoints and logs")
-    p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its 'last' state")
-    p.add_argument("--split", type=Path, metavar="FILE", help="ImageCAS split table (.xlsx or .csv)")
-    p.add_argument("--fold", type=int, metavar="K", help="split column Split-K, 1-4 (default 1)")
-    p.add_argument("--val-fraction", type=float, metavar="F", help="validation share without --split (0.1)")
-    p.add_argument("--test-fraction", type=float, metavar="F", help="test share kept out without --split (0.2)")
-    p.add_argument("--split-seed", type=int, metavar="S", help="seed of the hold-out split without --split (0)")
-    p.add_argument("--layout", choices=("auto", "imagecas", "asoca", "generic"), help="dataset layout (auto)")
-    p.add_argument("--variant", choices=("unet", "ag-unet", "ag-att-unet", "sfanet"), help="network (sfanet)")
-    p.add_argument("--width", type=int, metavar="W", help="channels of the first level (64; 16 is CPU-friendly)")
-    p.add_argument("--epochs", type=int, metavar="E", help="epochs (50); with --resume a larger value extends the run")
-    p.add_argument("--batch-size", type=int, metavar="B", help="slices per step and rank (8)")
-    p.add_argument("--lr", type=float, metavar="LR", help="Adam learning rate (1e-4)")
-    p.add_argument("--weight-decay", type=float, metavar="WD", help="Adam weight decay (1e-5)")
-    p.add_argument("--samples-per-epoch", type=int, metavar="N", help="slices per epoch (number of training slices)")
-    p.add_argument("--positive-fraction", type=float, metavar="P", help="share drawn from vessel slices (0.8)")
-    p.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="training slice size (see docs)")
-    p.add_argument("--num-workers", type=int, metavar="N", help="DataLoader worker processes (2)")
-    p.add_argument("--device", metavar="D", help="auto, cuda, mps or cpu (auto)")
-    add_threads_option(p)
-    p.add_argument("--seed", type=int, metavar="S", help="seed of initialisation, sampling and augmentation (0)")
-    p.add_argument("--cache-dir", type=Path, metavar="DIR", help="preprocessed cache, shareable between runs")
-    p.add_argument("--no-amp", dest="amp", action="store_const", const=False, help="no mixed precision on CUDA")
-    p.add_argument("--compile", action="store_const", const=True,
-                   help="train through torch.compile (minutes to compile; eager again if it fails)")
-    p.add_argument("--deterministic", action="store_const", const=True, help="deterministic cuDNN kernels (slower)")
-    p.set_defaults(run=run_stage1)
+_RESUME_NOTE = "Options left out take the defaults shown, or with --resume the run's own values."
 
 
-#: stage name -> function adding its parser to the ``train`` sub-parsers (each sets ``run``).
-SUBCOMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {"stage1": add_stage1_parser}
+class Stage(NamedTuple):
+    """A ``train`` sub-command: its config class, one-line help, description, and the function that runs it."""
+
+    config_class: type
+    help: str
+    description: str
+    run: Callable[[argparse.Namespace], int]
+
+
+def add_config_options(parser: argparse.ArgumentParser, config_class: type) -> None:
+    """One option per command-line field of ``config_class`` (:func:`option_specs`), in the groups of
+    :data:`GROUPS`. An option left out is absent from the parsed namespace (so the config's default, or with
+    ``--resume`` the run's value, applies). ``--out`` is always required; the other fields without a default are
+    required unless ``--resume`` (checked by :func:`config_from_args`), or by argparse when the config cannot be
+    resumed."""
+    resumable = "resume" in {f.name for f in fields(config_class)}
+    groups = {key: parser.add_argument_group(title) for key, title in GROUPS.items()}
+    for spec in option_specs(config_class):
+        if not spec.cli:
+            continue
+        kwargs: dict[str, Any] = {"dest": spec.name, "default": argparse.SUPPRESS, "help": option_help_line(spec)}
+        if spec.kind is bool:
+            kwargs.update(action="store_const", const=not spec.default)
+        else:
+            kwargs.update(type=spec.kind, metavar=spec.metavar, choices=spec.choices, nargs=spec.length)
+        if spec.required and (spec.name == "out" or not resumable):
+            kwargs["required"] = True
+        groups[spec.group].add_argument(spec.flag, **kwargs)
+
+
+def option_help_line(spec: OptionSpec) -> str:
+    """The field's help text with its default appended (when it has one to show), escaped for argparse."""
+    text = spec.help.replace("%", "%%")
+    if spec.required or spec.default is None or spec.kind is bool:
+        return text
+    shown = " ".join(map(str, spec.default)) if spec.length is not None else str(spec.default)
+    return f"{text} (default: {shown})"
+
+
+def config_from_args(args: argparse.Namespace, config_class: type, stored: Callable[[Path], Any] | None = None):
+    """The ``config_class`` of the parsed options: options left out take the defaults, or with ``--resume`` the
+    values of ``stored(out)`` (the resumed run's options). The config's ``command`` records this command line.
+
+    Raises :class:`~seg2refine_core.errors.Seg2RefineError` naming the required options left out.
+    """
+    from seg2refine_core.errors import Seg2RefineError
+
+    specs = option_specs(config_class)
+    given = {spec.name: getattr(args, spec.name) for spec in specs if spec.cli and hasattr(args, spec.name)}
+    for spec in specs:
+        if spec.length is not None and spec.name in given:
+            given[spec.name] = tuple(given[spec.name])
+    if any(spec.name == "command" for spec in specs):
+        given["command"] = " ".join(sys.argv)
+    if given.get("resume") and stored is not None:
+        return replace(stored(given["out"]), **given)
+    missing = [spec.flag for spec in specs if spec.required and spec.name not in given]
+    if missing:
+        verb = "is" if len(missing) == 1 else "are"
+        raise Seg2RefineError(f"{' and '.join(missing)} {verb} required (unless --resume)")
+    return config_class(**given)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a stage's model", description="Train a model: " + ", ".join(SUBCOMMANDS))
+    p = sub.add_parser("train", help="train a stage's model",
+                       description="Train a model: " + ", ".join([*STAGES, "demo"]))
     stages = p.add_subparsers(dest="stage", metavar="STAGE", required=True)
-    for add in SUBCOMMANDS.values():
-        add(stages)
+    for name, stage in STAGES.items():
+        parser = stages.add_parser(name, help=stage.help, description=f"{stage.description} {_RESUME_NOTE}")
+        add_config_options(parser, stage.config_class)
+        parser.set_defaults(run=stage.run)
+    demo = stages.add_parser(
+        "demo",
+        help="build the bundled demo weights (both stages) from synthetic phantoms",
+        description=(
+            "Makes phantoms (seeds 0..N-1), trains SFANet on a hold-out split of them, trains the 3D Attention-GAN "
+            "on S for the cases stage 1 did not train on, and installs both best checkpoints (float16) in --out. "
+            "This is what `make demo-weights` runs; the defaults are the recipe of the bundled weights."
+        ),
+    )
+    add_config_options(demo, DemoWeightsConfig)
+    demo.set_defaults(run=run_demo)
 
 
 @contextmanager
@@ -95,29 +135,22 @@ def graceful_interrupt() -> Iterator[Callable[[], bool]]:
             signal.signal(signal.SIGINT, previous)
 
 
-def stage1_config(args: argparse.Namespace):
-    """The :class:`Stage1TrainConfig` for the parsed options (unset options: defaults, or the resumed run's)."""
-    from seg2refine_core.data.preprocess import PreprocessConfig
-    from seg2refine_core.errors import Seg2RefineError
-    from seg2refine_core.training.stage1 import Stage1TrainConfig, stored_run_config
-
-    if args.resume:
-        base = stored_run_config(args.out)
-    elif args.data is None:
-        raise Seg2RefineError("--data is required (unless --resume)")
-    else:
-        base = Stage1TrainConfig(data=args.data, out=args.out, preprocess=PreprocessConfig())
-    given = {f.name: getattr(args, f.name) for f in fields(base) if getattr(args, f.name, None) is not None}
-    if given.get("crop") is not None:
-        given["crop"] = tuple(given["crop"])
-    given.update(out=args.out, resume=bool(args.resume), command=" ".join(sys.argv))
-    return replace(base, **given)
-
-
 def run_stage1(args: argparse.Namespace) -> int:
-    from seg2refine_core.training.stage1 import train_stage1
+    from seg2refine_core.training.stage1 import Stage1Trainer
 
-    return _run_trainer("stage1", train_stage1, stage1_config(args), _slice_size)
+    return _run_trainer("stage1", Stage1Trainer, args, _slice_size)
+
+
+def run_stage2(args: argparse.Namespace) -> int:
+    from seg2refine_core.training.stage2 import Stage2Trainer
+
+    return _run_trainer("stage2", Stage2Trainer, args, _patch_size)
+
+
+def run_baseline3d(args: argparse.Namespace) -> int:
+    from seg2refine_core.training.baseline3d import Baseline3dTrainer
+
+    return _run_trainer("baseline3d", Baseline3dTrainer, args, _patch_size)
 
 
 def _slice_size(summary: dict) -> str:
@@ -128,18 +161,19 @@ def _patch_size(summary: dict) -> str:
     return "patches " + "x".join(str(p) for p in summary["patch_size"])
 
 
-def _run_trainer(name: str, train: Callable, config, describe_input: Callable[[dict], str]) -> int:
-    """Run ``train(config, progress, should_stop)`` with a progress bar and Ctrl-C handling; print the outcome."""
+def _run_trainer(name: str, trainer_class: Any, args: argparse.Namespace, describe_input: Callable[[dict], str]) -> int:
+    """Run ``trainer_class`` on the parsed options with a progress bar and Ctrl-C handling; print the outcome."""
     from seg2refine_core import distributed
     from seg2refine_core.progress import tqdm_progress
 
+    config = config_from_args(args, trainer_class.config_class, trainer_class.stored_options)
     main_rank = os.environ.get("RANK", "0") == "0"
     try:
         with (
             graceful_interrupt() as should_stop,
             tqdm_progress(f"train {name}", unit="step", disable=not main_rank) as bar,
         ):
-            summary = train(config, progress=bar, should_stop=should_stop)
+            summary = trainer_class(config, progress=bar, should_stop=should_stop).run()
     finally:
         distributed.cleanup()
     if not main_rank:
@@ -162,168 +196,47 @@ def _run_trainer(name: str, train: Callable, config, describe_input: Callable[[d
     return 0
 
 
-def _add_patch_training_args(p: argparse.ArgumentParser) -> None:
-    """Options shared by the 3D patch trainers (stage 2 and the 3D baseline); unset ones stay None."""
-    p.add_argument("--out", type=Path, required=True, metavar="RUN_DIR", help="run folder for checkpoints and logs")
-    p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its 'last' state")
-    p.add_argument("--split", type=Path, metavar="FILE", help="ImageCAS split table (.xlsx or .csv)")
-    p.add_argument("--fold", type=int, metavar="K", help="split column Split-K, 1-4 (default 1)")
-    p.add_argument("--test-fraction", type=float, metavar="F", help="hold-out share left for testing without --split")
-    p.add_argument("--split-seed", type=int, metavar="S", help="seed of the hold-out split without --split")
-    p.add_argument("--layout", choices=("auto", "imagecas", "asoca", "generic"), help="dataset layout (auto)")
-    p.add_argument("--patch", dest="patch_size", type=int, nargs=3, metavar=("D", "H", "W"),
-                   help="training and sliding-window patch, multiples of 16 (64 64 64; 128 128 128 suits a GPU)")
-    p.add_argument("--epochs", type=int, metavar="E", help="epochs (50); with --resume a larger value extends the run")
-    p.add_argument("--batch-size", type=int, metavar="B", help="patches per step and rank (2)")
-    p.add_argument("--patches-per-epoch", type=int, metavar="N", help="patches per epoch over all ranks (200)")
-    p.add_argument("--vessel-fraction", type=float, metavar="P", help="share of vessel-centred patches (0.7)")
-    p.add_argument("--no-augment", dest="augment", action="store_const", const=False,
-                   help="no rotation, S masking or noise")
-    p.add_argument("--val-overlap", type=float, metavar="F", help="sliding-window overlap in validation (0.25)")
-    p.add_argument("--num-workers", type=int, metavar="N", help="DataLoader worker processes (2)")
-    p.add_argument("--device", metavar="D", help="auto, cuda, mps or cpu (auto)")
-    add_threads_option(p)
-    p.add_argument("--seed", type=int, metavar="S", help="seed of initialisation, sampling and augmentation (0)")
-    p.add_argument("--cache-dir", type=Path, metavar="DIR", help="preprocessed X' cache, shareable between runs")
-    p.add_argument("--no-amp", dest="amp", action="store_const", const=False, help="no mixed precision on CUDA")
-    p.add_argument("--deterministic", action="store_const", const=True, help="deterministic cuDNN kernels (slower)")
-
-
-def add_stage2_parser(stages: argparse._SubParsersAction) -> None:
-    p = stages.add_parser(
-        "stage2",
-        help="train the 3D Attention-GAN refiner on stage-1 output (Algorithm 1)",
-        description=(
-            "Train the stage-2 generator G (and discriminator D) on concat(X', S), where S is the given stage-1 "
-            "model's mask on volumes it never trained on: the split's val cases with --split, otherwise the "
-            "labelled cases that are neither stage-1 training nor held-out test cases (the stage-1 run's hold-out "
-            "rule). Overlap with the stage-1 training cases is refused. S is computed once and cached beside the "
-            "X' cache (default: the stage-1 run's cache). Writes RUN_DIR/best.*, last.* (G), metrics.jsonl and "
-            "curves.png. Ctrl-C stops after the current step and saves a resumable 'last'. Unset options take "
-            "the defaults, or with --resume the run's own values."
-        ),
-    )
-    p.add_argument("--data", type=Path, metavar="DIR", help="dataset folder (required unless --resume)")
-    p.add_argument("--stage1", type=Path, metavar="CKPT", help="stage-1 checkpoint (required unless --resume)")
-    _add_patch_training_args(p)
-    p.add_argument("--val-fraction", type=float, metavar="F", help="share of stage-2 cases for validation (0.2)")
-    p.add_argument("--width", type=int, metavar="W", help="generator width (16)")
-    p.add_argument("--disc-width", type=int, metavar="W", help="discriminator width (the generator's)")
-    p.add_argument("--lambda", dest="lam", type=float, metavar="L", help="weight of the Dice term in G's loss (5)")
-    p.add_argument("--no-delta-b0", dest="delta_b0", action="store_const", const=False,
-                   help="leave the Betti-0 term (eq. 11) out of G's loss (it is logged either way)")
-    p.add_argument("--topology", choices=("cldice",), help="add a differentiable topology term to G's loss")
-    p.add_argument("--topology-weight", type=float, metavar="W", help="weight of the topology term (1)")
-    p.add_argument("--lr-g", type=float, metavar="LR", help="generator Adam learning rate (2e-4)")
-    p.add_argument("--lr-d", type=float, metavar="LR", help="discriminator Adam learning rate (2e-4)")
-    p.add_argument("--s-batch-size", type=int, metavar="N", help="slices per batch when making S (4)")
-    p.add_argument("--allow-unknown-stage1", action="store_const", const=True,
-                   help="accept a stage-1 checkpoint that records no training cases (leakage is not checked)")
-    p.set_defaults(run=run_stage2)
-
-
-def add_baseline3d_parser(stages: argparse._SubParsersAction) -> None:
-    p = stages.add_parser(
-        "baseline3d",
-        help="train a plain 3D UNet on X' patches (comparison baseline)",
-        description=(
-            "Train MONAI's 3D UNet on X' patches (one channel) with DiceCE loss, on the same training/validation "
-            "cases as stage 1 (split table, or the same hold-out rule and defaults). Validation segments whole "
-            "volumes with a sliding window. Writes RUN_DIR/best.*, last.*, metrics.jsonl and curves.png."
-        ),
-    )
-    p.add_argument("--data", type=Path, metavar="DIR", help="dataset folder (required unless --resume)")
-    _add_patch_training_args(p)
-    p.add_argument("--val-fraction", type=float, metavar="F", help="validation share without --split (0.1)")
-    p.add_argument("--width", type=int, metavar="W", help="channels of the first UNet level (16)")
-    p.add_argument("--num-res-units", type=int, metavar="N", help="residual units per UNet level (1)")
-    p.add_argument("--lr", type=float, metavar="LR", help="Adam learning rate (1e-4)")
-    p.add_argument("--weight-decay", type=float, metavar="WD", help="Adam weight decay (1e-5)")
-    p.set_defaults(run=run_baseline3d)
-
-
-def _patch_trainer_config(args: argparse.Namespace, stored: Callable, make: Callable, required: tuple[str, ...]):
-    """A trainer config from parsed options: unset options take the defaults, or with --resume the run's values."""
-    from seg2refine_core.errors import Seg2RefineError
-
-    if args.resume:
-        base = stored(args.out)
-    else:
-        missing = [f"--{name}" for name in required if getattr(args, name) is None]
-        if missing:
-            raise Seg2RefineError(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} required "
-                                  "(unless --resume)")
-        base = make(args)
-    given = {f.name: getattr(args, f.name) for f in fields(base) if getattr(args, f.name, None) is not None}
-    if given.get("patch_size") is not None:
-        given["patch_size"] = tuple(given["patch_size"])
-    given.update(out=args.out, resume=bool(args.resume), command=" ".join(sys.argv))
-    return replace(base, **given)
-
-
-def run_stage2(args: argparse.Namespace) -> int:
-    from seg2refine_core.training.stage2 import Stage2TrainConfig, stored_run_config, train_stage2
-
-    config = _patch_trainer_config(
-        args, stored_run_config, lambda a: Stage2TrainConfig(data=a.data, stage1=a.stage1, out=a.out),
-        ("data", "stage1"),
-    )
-    return _run_trainer("stage2", train_stage2, config, _patch_size)
-
-
-def run_baseline3d(args: argparse.Namespace) -> int:
-    from seg2refine_core.data.preprocess import PreprocessConfig
-    from seg2refine_core.training.baseline3d import Baseline3dTrainConfig, stored_run_config, train_baseline3d
-
-    config = _patch_trainer_config(
-        args, stored_run_config,
-        lambda a: Baseline3dTrainConfig(data=a.data, out=a.out, preprocess=PreprocessConfig()), ("data",),
-    )
-    return _run_trainer("baseline3d", train_baseline3d, config, _patch_size)
-
-
-def add_demo_parser(stages: argparse._SubParsersAction) -> None:
-    from seg2refine_core.training.demo_weights import DemoWeightsConfig
-
-    defaults = DemoWeightsConfig(out=Path("."), work=Path("."))
-    p = stages.add_parser(
-        "demo",
-        help="build the bundled demo weights (both stages) from synthetic phantoms",
-        description=(
-            "Makes phantoms (seeds 0..N-1), trains SFANet on a hold-out split of them, trains the 3D Attention-GAN "
-            "on S for the cases stage 1 did not train on, and installs both best checkpoints (float16) in --out. "
-            "This is what `make demo-weights` runs."
-        ),
-    )
-    p.add_argument("--out", type=Path, required=True, help="where stage1/stage2 .safetensors + .json go")
-    p.add_argument("--work", type=Path, default=Path("runs/demo-weights"), help="phantoms, runs and caches")
-    p.add_argument("--cases", type=int, default=defaults.n_cases, help=f"phantoms (default {defaults.n_cases})")
-    p.add_argument("--width", type=int, default=defaults.width, help=f"both models (default {defaults.width})")
-    p.add_argument("--stage1-epochs", type=int, default=defaults.stage1_epochs)
-    p.add_argument("--stage1-lr", type=float, default=defaults.stage1_lr)
-    p.add_argument("--stage2-epochs", type=int, default=defaults.stage2_epochs)
-    p.add_argument("--shape", type=int, nargs=3, default=defaults.shape, metavar=("Z", "Y", "X"))
-    p.add_argument("--device", default="auto")
-    add_threads_option(p)
-    p.set_defaults(run=run_demo)
-
-
 def run_demo(args: argparse.Namespace) -> int:
     from seg2refine_core.progress import tqdm_progress
-    from seg2refine_core.training.demo_weights import DemoWeightsConfig, describe, train_demo_weights
+    from seg2refine_core.training.demo_weights import describe, train_demo_weights
 
-    config = DemoWeightsConfig(
-        out=args.out, work=args.work, n_cases=args.cases, width=args.width, shape=tuple(args.shape),
-        stage1_epochs=args.stage1_epochs, stage1_lr=args.stage1_lr, stage2_epochs=args.stage2_epochs,
-        device=args.device,
-    )
+    config = config_from_args(args, DemoWeightsConfig)
     with graceful_interrupt() as should_stop, tqdm_progress("train demo", unit="step") as bar:
         summary = train_demo_weights(config, progress=bar, should_stop=should_stop)
     if summary["stage1"]["stopped"] or summary["stage2"]["stopped"]:
         return 130
     print(f"demo weights built in {summary['minutes']} min:")
-    print(describe(Path(args.out)))
+    print(describe(Path(config.out)))
     return 0
 
 
-SUBCOMMANDS.update(stage2=add_stage2_parser, baseline3d=add_baseline3d_parser, demo=add_demo_parser)
+#: stage name -> its ``train`` sub-command (``demo`` is added beside them).
+STAGES: dict[str, Stage] = {
+    "stage1": Stage(
+        Stage1TrainConfig, "train SFANet (or a Table-1 variant) on axial slices",
+        "Train the stage-1 2D network on a dataset folder (ImageCAS, ASOCA or images/+labels/). Volumes are "
+        "preprocessed once into a memory-mapped cache (default RUN_DIR/cache). Each epoch draws "
+        "--samples-per-epoch slices, --positive-fraction of them from slices that hold vessel pixels; "
+        "validation Dice is computed on whole validation volumes. Writes RUN_DIR/best.*, last.*, "
+        "metrics.jsonl and curves.png. Ctrl-C stops after the current step and saves a resumable 'last'.",
+        run_stage1,
+    ),
+    "stage2": Stage(
+        Stage2TrainConfig, "train the 3D Attention-GAN refiner on stage-1 output (Algorithm 1)",
+        "Train the stage-2 generator G (and discriminator D) on concat(X', S), where S is the given stage-1 "
+        "model's mask on volumes it never trained on: the split's val cases with --split, otherwise the "
+        "labelled cases that are neither stage-1 training nor held-out test cases (the stage-1 run's hold-out "
+        "rule). Overlap with the stage-1 training cases is refused. S is computed once and cached beside the "
+        "X' cache (default: the stage-1 run's cache). Writes RUN_DIR/best.*, last.* (G), metrics.jsonl and "
+        "curves.png. Ctrl-C stops after the current step and saves a resumable 'last'.",
+        run_stage2,
+    ),
+    "baseline3d": Stage(
+        Baseline3dTrainConfig, "train a plain 3D UNet on X' patches (comparison baseline)",
+        "Train MONAI's 3D UNet on X' patches (one channel) with DiceCE loss, on the same training/validation "
+        "cases as stage 1 (split table, or the same hold-out rule and defaults). Validation segments whole "
+        "volumes with a sliding window. Writes RUN_DIR/best.*, last.*, metrics.jsonl and curves.png. Ctrl-C "
+        "stops after the current step and saves a resumable 'last'.",
+        run_baseline3d,
+    ),
+}

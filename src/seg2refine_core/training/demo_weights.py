@@ -19,34 +19,43 @@ from typing import Any
 
 from seg2refine_core.progress import ProgressFn, StopFn
 from seg2refine_core.tools.demo import DEMO_SEED
+from seg2refine_core.training.options import option
 
 
-@dataclass
+@dataclass(kw_only=True)
 class DemoWeightsConfig:
     """Sizes and budgets of the demo-weights training: 10.4 min of stage 1 and 4.9 min of stage 2 on an idle
-    2-core CPU (measured: 15.6 min in all, phantoms included).
+    2-core CPU (measured: 15.6 min in all, phantoms included). Every field is an option of ``seg2refine train
+    demo``; the stage-1 and stage-2 runs take the other options at their defaults."""
 
-    Stage 1 uses lr 1e-3 rather than the paper's 1e-4: at 1e-4 SFANet w=16 was still at validation Dice ~0.01
-    after 1,000 slices, too slow for a CPU budget of a few thousand slices.
-    """
-
-    out: Path
-    work: Path
-    n_cases: int = 18
-    shape: tuple[int, int, int] = (96, 128, 128)
-    width: int = 16
-    stage1_epochs: int = 12
-    stage1_samples_per_epoch: int = 640
-    stage1_batch_size: int = 8
-    stage1_lr: float = 1e-3
-    stage2_epochs: int = 40
-    stage2_patches_per_epoch: int = 32
-    stage2_batch_size: int = 2
-    patch_size: tuple[int, int, int] = (64, 64, 64)
-    val_fraction: float = 0.4
-    device: str = "auto"
-    seed: int = 0
-    num_workers: int = 1
+    out: Path = option(help="where the stage1/stage2 .safetensors + .json go (the package's weights/ folder for "
+                            "the bundled weights)", metavar="DIR", group="run")
+    work: Path = option(Path("runs/demo-weights"), help="folder for the phantoms, both runs and their caches",
+                        metavar="DIR", group="run")
+    n_cases: int = option(18, help="phantoms to make (seeds 0..N-1); stage 1 trains on a hold-out split of them, "
+                                   "stage 2 on the rest", flag="--cases", metavar="N", group="cases")
+    shape: tuple[int, int, int] = option((96, 128, 128), help="phantom shape in voxels", metavar=("Z", "Y", "X"),
+                                         group="cases")
+    val_fraction: float = option(0.4, help="share of the phantoms stage 1 does not train on (its validation cases, "
+                                           "stage 2's cases)", metavar="F", group="cases")
+    width: int = option(16, help="width of both networks", metavar="W")
+    stage1_epochs: int = option(12, help="stage-1 epochs", metavar="E")
+    stage1_samples_per_epoch: int = option(640, help="stage-1 slices per epoch", metavar="N")
+    stage1_batch_size: int = option(8, help="stage-1 slices per step", metavar="B")
+    stage1_lr: float = option(1e-3, help="stage-1 Adam learning rate: 10x the paper's 1e-4, which left SFANet w=16 at "
+                                         "validation Dice ~0.01 after 1,000 slices, too slow for a CPU budget of a "
+                                         "few thousand slices", metavar="LR")
+    stage2_epochs: int = option(40, help="stage-2 epochs", metavar="E")
+    stage2_patches_per_epoch: int = option(32, help="stage-2 patches per epoch", metavar="N")
+    stage2_batch_size: int = option(2, help="stage-2 patches per step", metavar="B")
+    patch_size: tuple[int, int, int] = option((64, 64, 64), help="stage-2 patch (d h w), multiples of 16",
+                                              flag="--patch", metavar=("D", "H", "W"))
+    seed: int = option(0, help="seed of both runs and of stage 1's hold-out split", metavar="S")
+    device: str = option("auto", help="auto (cuda, then mps, then cpu), cuda, cuda:N, mps or cpu", metavar="D",
+                         group="system")
+    threads: int | None = option(None, help="CPU threads for torch (default: one per core)", metavar="N",
+                                 group="system")
+    num_workers: int = option(1, help="DataLoader worker processes", metavar="N", group="system")
 
 
 def train_demo_weights(
@@ -74,8 +83,8 @@ def train_demo_weights(
             data=data, out=work / "stage1", val_fraction=config.val_fraction, test_fraction=0.0,
             split_seed=config.seed, variant="sfanet", width=config.width, epochs=config.stage1_epochs,
             batch_size=config.stage1_batch_size, samples_per_epoch=config.stage1_samples_per_epoch,
-            lr=config.stage1_lr,
-            num_workers=config.num_workers, device=config.device, seed=config.seed, command="seg2refine train demo",
+            lr=config.stage1_lr, num_workers=config.num_workers, device=config.device, threads=config.threads,
+            seed=config.seed, command="seg2refine train demo",
         ),
         progress=progress, should_stop=should_stop,
     )
@@ -84,7 +93,7 @@ def train_demo_weights(
             data=data, stage1=Path(s1["best"]), out=work / "stage2", width=config.width,
             patch_size=config.patch_size, epochs=config.stage2_epochs, batch_size=config.stage2_batch_size,
             patches_per_epoch=config.stage2_patches_per_epoch, num_workers=config.num_workers,
-            device=config.device, seed=config.seed, command="seg2refine train demo",
+            device=config.device, threads=config.threads, seed=config.seed, command="seg2refine train demo",
         ),
         progress=progress, should_stop=should_stop,
     )

@@ -37,55 +37,41 @@ What one run does:
   ``resume`` continues exactly, even mid-epoch (a stop request saves ``last`` at once).
 - Under ``torchrun`` G and D are wrapped in DistributedDataParallel; ranks share the S build and the validation
   volumes, G's batch-norm buffers (MONAI attention gates) are copied from rank 0 each epoch, rank 0 writes.
+
+The run itself (folder, resume, seeding, DDP, stop, progress, log, checkpoints) is the shared loop of
+:mod:`seg2refine_core.training.loop`; :class:`Stage2Trainer` supplies the pool, the S cache, G and D, one step of
+Algorithm 1 and the validation. The options are :class:`~seg2refine_core.training.configs.Stage2TrainConfig`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch.utils.data import DataLoader
 
 from seg2refine_core import distributed
 from seg2refine_core.data.cache import CacheIndex
 from seg2refine_core.data.datasets import Case, discover_cases, holdout_split, read_split
 from seg2refine_core.data.patches import PatchConfig, PatchDataset, patch_loader, patch_sources
-from seg2refine_core.devices import autocast_dtype
+from seg2refine_core.data.sampling import BalancedSampler
 from seg2refine_core.errors import CheckpointError, DatasetError, Seg2RefineError
 from seg2refine_core.evaluation.metrics import betti0_error, dice
 from seg2refine_core.inference.pipeline import LoadedModel, load_stage, refine_volume, segment_slices, use_channels_last
 from seg2refine_core.io.atomic import atomic_path, write_text_atomic
-from seg2refine_core.io.checkpoint import checkpoint_paths, load_state_strict, read_config, save_checkpoint
+from seg2refine_core.io.checkpoint import checkpoint_paths, load_state_strict, read_config
 from seg2refine_core.nets.attention_gan import AttentionGenerator3d, PatchDiscriminator3d
 from seg2refine_core.progress import ProgressFn, StopFn
-from seg2refine_core.training.common import (
-    OPTION_NAMES,
-    EpochFn,
-    RunHistory,
-    options_kwargs,
-    options_to_dict,
-    prepare_xprime_cache,
-    seed_run,
-    split_provenance,
-    wrap_ddp,
-)
-from seg2refine_core.training.gan_losses import TOPOLOGY_TERMS, GeneratorLoss, discriminator_loss
-from seg2refine_core.training.runlog import (
-    capture_rng_state,
-    check_resume_options,
-    open_run,
-    restore_rng_state,
-    resume_path,
-    save_resume_state,
-)
+from seg2refine_core.training.cases import prepare_xprime_cache
+from seg2refine_core.training.configs import Stage2TrainConfig
+from seg2refine_core.training.gan_losses import GeneratorLoss, discriminator_loss
+from seg2refine_core.training.history import EpochFn
+from seg2refine_core.training.loop import StepFn, Trainer
 
 THRESHOLD = 0.5
 BETAS = (0.5, 0.999)
@@ -93,116 +79,12 @@ S_DIR = "stage1-s"
 S_VERSION = 1
 DEFAULT_TEST_FRACTION = 0.2
 DEFAULT_SPLIT_SEED = 0
-#: Options that define a run; ``resume`` refuses values that differ from the stored run's.
-RUN_DEFINING = (
-    "split", "fold", "val_fraction", "test_fraction", "split_seed", "layout", "width", "disc_width", "patch_size",
-    "batch_size", "patches_per_epoch", "lam", "delta_b0", "topology", "topology_weight", "lr_g", "lr_d",
-    "vessel_fraction", "augment", "seed",
-)  # fmt: skip
-PATH_OPTIONS = ("data", "stage1", "out", "split", "cache_dir")
 PANELS = {
     "losses": ["d_loss", "g_loss"],
     "generator terms": ["g_adv", "g_dice", "g_delta_b0", "g_topology"],
     "validation Dice": ["val_dice_y", "val_dice_s"],
     "validation Betti-0 error": ["val_b0_error_y", "val_b0_error_s"],
 }
-
-
-@dataclass
-class Stage2TrainConfig:
-    """Options of a stage-2 training run (CLI: ``seg2refine train stage2``); see the module doc.
-
-    data: dataset folder; stage1: stage-1 checkpoint; out: run folder. split/fold: split table (pool = its val
-    cases). val_fraction: share of the pool kept for stage-2 validation. test_fraction/split_seed: hold-out rule
-    without a table (None: the stage-1 run's values). width/disc_width: G and D widths (disc_width None = width).
-    patch_size: (d, h, w), multiples of 16, >= 32 (64³ on CPU, 128³ suggested on GPU). patches_per_epoch: over
-    all ranks. lam: Dice weight λ; delta_b0: add ΔB0 to G's loss; topology: None or "cldice".
-    vessel_fraction: share of vessel-centred patches; augment: rotation / S masking / noise. cache_dir: None →
-    the stage-1 run's cache folder when it exists (``<stage-1 dir>/cache``), else ``<out>/cache``.
-    """
-
-    data: Path
-    stage1: Path
-    out: Path
-    split: Path | None = None
-    fold: int = 1
-    val_fraction: float = 0.2
-    test_fraction: float | None = None
-    split_seed: int | None = None
-    layout: str = "auto"
-    width: int = 16
-    disc_width: int | None = None
-    patch_size: tuple[int, int, int] = (64, 64, 64)
-    epochs: int = 50
-    batch_size: int = 2
-    patches_per_epoch: int = 200
-    lam: float = 5.0
-    delta_b0: bool = True
-    topology: str | None = None
-    topology_weight: float = 1.0
-    lr_g: float = 2e-4
-    lr_d: float = 2e-4
-    vessel_fraction: float = 0.7
-    augment: bool = True
-    val_overlap: float = 0.25
-    s_batch_size: int = 4
-    num_workers: int = 2
-    device: str = "auto"
-    seed: int = 0
-    resume: bool = False
-    amp: bool = True
-    deterministic: bool = False
-    cache_dir: Path | None = None
-    allow_unknown_stage1: bool = False
-    command: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (paths as strings, ``patch_size`` as a list)."""
-        out = options_to_dict(self, PATH_OPTIONS)
-        out["patch_size"] = [int(p) for p in self.patch_size]
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Stage2TrainConfig:
-        """Inverse of :meth:`to_dict` (unknown keys are ignored so old runs stay readable)."""
-        kwargs = options_kwargs(cls, data, PATH_OPTIONS)
-        if "patch_size" in kwargs:
-            kwargs["patch_size"] = tuple(int(p) for p in kwargs["patch_size"])
-        return cls(**kwargs)
-
-    def check(self) -> None:
-        """Raise :class:`Seg2RefineError` naming the first invalid option."""
-        for name in ("width", "epochs", "batch_size", "patches_per_epoch", "s_batch_size"):
-            if getattr(self, name) < 1:
-                raise Seg2RefineError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.disc_width is not None and self.disc_width < 1:
-            raise Seg2RefineError(f"--disc-width must be >= 1, got {self.disc_width}")
-        if len(self.patch_size) != 3 or any(p < 32 or p % 16 for p in self.patch_size):
-            raise Seg2RefineError(f"--patch needs three sides, multiples of 16 and >= 32, got {self.patch_size}")
-        if self.topology is not None and self.topology not in TOPOLOGY_TERMS:
-            raise Seg2RefineError(f"--topology {self.topology!r}: expected one of {', '.join(TOPOLOGY_TERMS)}")
-        if not (self.lr_g > 0 and self.lr_d > 0 and self.lam >= 0 and self.topology_weight >= 0):
-            raise Seg2RefineError("--lr-g and --lr-d must be > 0, --lambda and --topology-weight >= 0")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise Seg2RefineError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
-        if not 0.0 <= self.vessel_fraction <= 1.0:
-            raise Seg2RefineError(f"--vessel-fraction must be in [0, 1], got {self.vessel_fraction}")
-        if not 0.0 <= self.val_overlap < 1.0:
-            raise Seg2RefineError(f"--val-overlap must be in [0, 1), got {self.val_overlap}")
-        if self.num_workers < 0:
-            raise Seg2RefineError(f"--num-workers must be >= 0, got {self.num_workers}")
-
-    def patch_config(self) -> PatchConfig:
-        return PatchConfig(patch_size=self.patch_size, vessel_fraction=self.vessel_fraction, augment=self.augment)
-
-
-def stored_run_config(run_dir: str | Path) -> Stage2TrainConfig:
-    """The options a run was started with, from ``run_dir/last.json`` (for ``--resume`` without repeating them)."""
-    config = read_config(Path(run_dir) / "last")
-    stored = config.get("training", {}).get("config")
-    if config.get("architecture") != "attention-gan-3d" or not isinstance(stored, dict):
-        raise CheckpointError(f"{Path(run_dir) / 'last.json'}: holds no stage-2 training options to resume")
-    return Stage2TrainConfig.from_dict(stored)
 
 
 # ------------------------------------------------------------------------------------------------- which cases
@@ -364,32 +246,180 @@ def build_s_cache(
 # --------------------------------------------------------------------------------------------------- training
 
 
-def _validate(
-    generator: nn.Module, cache: CacheIndex, s_files: dict[str, tuple[Path, tuple[int, ...]]],
-    val_ids: list[str], config: Stage2TrainConfig, info: distributed.DistInfo,
-) -> dict[str, float | None]:
-    """Mean Dice and Betti-0 error of Y (sliding window) and of S against T over whole validation volumes."""
-    keys = ("val_dice_y", "val_dice_s", "val_b0_error_y", "val_b0_error_s")
-    if not val_ids:
-        return dict.fromkeys(keys)
-    sums = [0.0] * 5
-    for case_id in val_ids[info.rank :: info.world_size]:
-        label = np.asarray(cache.label(case_id))
-        s_mask = np.load(s_files[case_id][0])
-        y = refine_volume(generator, cache.image(case_id), s_mask, patch_size=config.patch_size,
-                          overlap=config.val_overlap, sw_batch_size=config.batch_size, device=info.device) >= THRESHOLD
-        values = (dice(y, label), dice(s_mask, label), betti0_error(y, label), betti0_error(s_mask, label), 1.0)
-        sums = [a + b for a, b in zip(sums, values, strict=True)]
-    totals = distributed.all_reduce_sum(sums)
-    return {k: v / totals[-1] for k, v in zip(keys, totals[:4], strict=True)}
+class Stage2Trainer(Trainer[Stage2TrainConfig]):
+    """Stage 2 on the shared loop: the pool, the X' and S caches, G and D with their Adam optimizers, one step of
+    Algorithm 1 and the validation of Y and S. ``best`` and ``last`` hold G; D, both optimizers and both loss
+    scalers go to ``last.resume.pt``. Records hold the mean ``d_loss``, ``g_loss`` and G's terms, ``val_dice_y``,
+    ``val_dice_s``, ``val_b0_error_y``, ``val_b0_error_s``, ``lr_g``, ``lr_d`` and ``patches_per_s``."""
 
+    config_class = Stage2TrainConfig
+    architecture = "attention-gan-3d"
+    stage = 2
+    title = "stage-2"
+    score = "val_dice_y"
+    loss = "g_loss"
+    panels = PANELS
 
-def _check_resume(config: Stage2TrainConfig, state: dict[str, Any], split: dict[str, list[str]], fp: str) -> None:
-    check_resume_options(config.out, config.to_dict(), state["config"], RUN_DEFINING, OPTION_NAMES)
-    if state["stage1_fingerprint"] != fp:
-        raise Seg2RefineError(f"{config.stage1}: not the stage-1 model the run in {config.out} was started with")
-    if {"train": split["train"], "val": split["val"]} != state["cases"]:
-        raise Seg2RefineError(f"{config.data}: the stage-2 train/val cases differ from those of the run being resumed")
+    def select_cases(self) -> dict[str, list[str]]:
+        """The stage-2 pool of the stage-1 checkpoint (loaded here; its fingerprint keys the S cache)."""
+        config = self.config
+        self.stage1 = load_stage("stage1", config.stage1, self.info.device)
+        self.fingerprint = checkpoint_fingerprint(config.stage1)
+        cases = discover_cases(config.data, config.layout)
+        self.by_id = {case.case_id: case for case in cases}
+        self.split = stage2_split(cases, self.stage1.config, config)
+        return {"train": self.split["train"], "val": self.split["val"]}
+
+    def check_resume(self, state: dict[str, Any]) -> None:
+        super().check_resume(state)
+        if state["stage1_fingerprint"] != self.fingerprint:
+            raise Seg2RefineError(f"{self.config.stage1}: not the stage-1 model the run in {self.config.out} was "
+                                  "started with")
+
+    def prepare_data(self) -> tuple[DataLoader, BalancedSampler]:
+        """X' with the stage-1 model's preprocessing, then S (both shared out between ranks), then the patches."""
+        config, info = self.config, self.info
+        ids = self.cases["train"] + self.cases["val"]
+        self.preprocess = self.stage1.preprocess_config
+        cache_dir = default_cache_dir(config, self.stage1.config)
+        self.cache = prepare_xprime_cache([self.by_id[i] for i in ids], cache_dir, self.preprocess, info,
+                                          self.progress, self.should_stop)
+        s_args = {"device": info.device, "batch_size": config.s_batch_size, "should_stop": self.should_stop}
+        build_s_cache(self.cache, ids, self.stage1, self.fingerprint, rank=info.rank, world_size=info.world_size,
+                      progress=self.progress if info.is_main else None, **s_args)
+        distributed.barrier()
+        self.s_files = build_s_cache(self.cache, ids, self.stage1, self.fingerprint, **s_args)
+        del self.stage1
+        dataset = PatchDataset(patch_sources(self.cache, self.cases["train"], self.s_files), self.patch_config(),
+                               with_s=True)
+        return patch_loader(
+            dataset, batch_size=config.batch_size, patches_per_epoch=config.patches_per_epoch, seed=config.seed,
+            num_workers=config.num_workers, rank=info.rank, world_size=info.world_size,
+            pin_memory=info.device.type == "cuda",
+        )
+
+    def patch_config(self) -> PatchConfig:
+        config = self.config
+        return PatchConfig(patch_size=config.patch_size, vessel_fraction=config.vessel_fraction, augment=config.augment)
+
+    def build_networks(self, weights: dict[str, torch.Tensor] | None) -> None:
+        """G (``self.model``) and D, channels-last-3d where it helps, DDP-wrapped; Adam (betas 0.5, 0.999) each."""
+        config, device = self.config, self.info.device
+        self.generator = AttentionGenerator3d(in_channels=2, out_channels=1, width=config.width)
+        self.discriminator = PatchDiscriminator3d(in_channels=3, width=config.disc_width or config.width)
+        if weights is not None:
+            load_state_strict(self.generator, weights, "last.safetensors")
+        self.memory_format = torch.channels_last_3d if use_channels_last(device, 3) else torch.contiguous_format
+        self.generator.to(device, memory_format=self.memory_format)
+        self.discriminator.to(device, memory_format=self.memory_format)
+        self.model = self.generator
+        self.train_g, self.train_d = self.ddp(self.generator), self.ddp(self.discriminator)
+        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=config.lr_g, betas=BETAS)
+        self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=config.lr_d, betas=BETAS)
+        self.scaler_g, self.scaler_d = self.grad_scaler(), self.grad_scaler()
+        self.loss_fn = GeneratorLoss(lam=config.lam, use_delta_b0=config.delta_b0, topology=config.topology,
+                                     topology_weight=config.topology_weight)
+        self.train_g.train()
+        self.train_d.train()
+
+    def loss_terms(self) -> tuple[str, ...]:
+        return ("d_loss", "g_loss", "g_adv", "g_dice", "g_delta_b0") + (("g_topology",) if self.config.topology else ())
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, float], int]:
+        """Algorithm 1: D's step on real and fake pairs (eq. 12), then G's (eq. 10) with D frozen."""
+        x = batch["input"].to(self.info.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        t = batch["label"].to(self.info.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        with self.autocast():
+            y_logits = self.train_g(x)
+        y_logits = y_logits.float()
+        y = torch.sigmoid(y_logits)
+        # D step (eq. 12): real concat(T, X', S) and fake concat(Y, X', S) in one batch
+        pair = torch.cat([torch.cat([t, x], dim=1), torch.cat([y.detach(), x], dim=1)], dim=0)
+        with self.autocast():
+            d_logits = self.train_d(pair).float()
+        d_real, d_fake = d_logits.split(x.shape[0])
+        d_loss = discriminator_loss(d_real, d_fake)
+        self.opt_d.zero_grad(set_to_none=True)
+        self.scaler_d.scale(d_loss).backward()
+        self.scaler_d.step(self.opt_d)
+        self.scaler_d.update()
+        # G step (eq. 10) with D frozen: plain module, so DDP sees one forward/backward per step
+        self.discriminator.requires_grad_(False)
+        with self.autocast():
+            d_on_y = self.discriminator(torch.cat([y, x], dim=1)).float()
+        g_loss, terms = self.loss_fn(d_on_y, y_logits, t)
+        self.opt_g.zero_grad(set_to_none=True)
+        self.scaler_g.scale(g_loss).backward()
+        self.scaler_g.step(self.opt_g)
+        self.scaler_g.update()
+        self.discriminator.requires_grad_(True)
+        values = {"d_loss": float(d_loss.detach()), "g_loss": terms["total"], "g_adv": terms["adv"],
+                  "g_dice": terms["dice"], "g_delta_b0": terms["delta_b0"]}
+        if self.config.topology:
+            values["g_topology"] = terms["topology"]
+        return values, x.shape[0]
+
+    def validation(self) -> dict[str, float | None]:
+        """Mean Dice and Betti-0 error of Y (sliding window) and of S against T over whole validation volumes."""
+        keys = ("val_dice_y", "val_dice_s", "val_b0_error_y", "val_b0_error_s")
+        val_ids, info, config = self.cases["val"], self.info, self.config
+        if not val_ids:
+            return dict.fromkeys(keys)
+        sums = [0.0] * 5
+        for case_id in val_ids[info.rank :: info.world_size]:
+            label = np.asarray(self.cache.label(case_id))
+            s_mask = np.load(self.s_files[case_id][0])
+            y = refine_volume(self.generator, self.cache.image(case_id), s_mask, patch_size=config.patch_size,
+                              overlap=config.val_overlap, sw_batch_size=config.batch_size,
+                              device=info.device) >= THRESHOLD
+            values = (dice(y, label), dice(s_mask, label), betti0_error(y, label), betti0_error(s_mask, label), 1.0)
+            sums = [a + b for a, b in zip(sums, values, strict=True)]
+        totals = distributed.all_reduce_sum(sums)
+        self.generator.train()
+        return {k: v / totals[-1] for k, v in zip(keys, totals[:4], strict=True)}
+
+    def learning_rates(self) -> dict[str, float]:
+        return {"lr_g": self.config.lr_g, "lr_d": self.config.lr_d}
+
+    def progress_text(self, means: dict[str, float]) -> str:
+        return f"D {means['d_loss']:.3f} G {means['g_loss']:.3f}"
+
+    def checkpoint_entries(self) -> dict[str, Any]:
+        return {"model": self.generator.config(), "preprocess": self.preprocess.to_dict(),
+                "input": {"patch_size": list(self.config.patch_size), "s_input": "mask", "threshold": THRESHOLD}}
+
+    def recorded_cases(self) -> dict[str, list[str]]:
+        return {**self.cases, "test": self.split["test"]}
+
+    def training_facts(self) -> dict[str, Any]:
+        config = self.config
+        return {
+            "stage1": {"path": str(config.stage1), "sha256": self.fingerprint},
+            "lambda": config.lam,
+            "delta_b0": config.delta_b0,
+            "topology": config.topology,
+            "topology_weight": config.topology_weight,
+            "discriminator": self.discriminator.config(),
+            "patches": self.patch_config().to_dict(),
+        }
+
+    def resume_state(self) -> dict[str, Any]:
+        return {
+            "discriminator": {k: v.detach().cpu() for k, v in self.discriminator.state_dict().items()},
+            "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+            "scaler_g": self.scaler_g.state_dict(), "scaler_d": self.scaler_d.state_dict(),
+            "stage1_fingerprint": self.fingerprint,
+        }
+
+    def load_resume_state(self, state: dict[str, Any]) -> None:
+        load_state_strict(self.discriminator, state["discriminator"], "last.resume.pt (discriminator)")
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.scaler_g.load_state_dict(state["scaler_g"])
+        self.scaler_d.load_state_dict(state["scaler_d"])
+
+    def summary_details(self) -> dict[str, Any]:
+        return {"patch_size": list(self.config.patch_size), "stage1_fingerprint": self.fingerprint}
 
 
 def train_stage2(
@@ -397,206 +427,10 @@ def train_stage2(
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
     on_epoch: EpochFn | None = None,
+    on_step: StepFn | None = None,
 ) -> dict[str, Any]:
-    """Train stage 2 as the module doc describes and return a summary dict.
-
-    progress(done, total, info) counts cases while caching (X', then S), then optimisation steps over all
-    epochs; should_stop() is polled after every step: a stop saves ``last`` (resumable) and returns with
-    ``stopped=True``. on_epoch(record) gets each epoch's metrics record (rank 0 only). Summary keys: run_dir,
-    best, last, epochs_done, best_epoch, best_metric, best_value, stopped, train_cases, val_cases, patch_size,
-    stage1_fingerprint, history.
+    """Train stage 2 as the module doc describes and return the summary of
+    :meth:`Trainer.run <seg2refine_core.training.loop.Trainer.run>` (plus ``patch_size`` and
+    ``stage1_fingerprint``). ``progress`` first counts cases while caching (X', then S); ``on_step`` gets G's loss.
     """
-    config.check()
-    info = distributed.init_distributed(config.device)
-    run_dir = Path(config.out)
-    state = open_run(run_dir, config.resume)
-    stage1 = load_stage("stage1", config.stage1, info.device)
-    fingerprint = checkpoint_fingerprint(config.stage1)
-    cases = discover_cases(config.data, config.layout)
-    split = stage2_split(cases, stage1.config, config)
-    if state is not None:
-        _check_resume(config, state, split, fingerprint)
-    seed_run(config.seed, config.deterministic, info.device)
-
-    train_ids, val_ids = split["train"], split["val"]
-    by_id = {case.case_id: case for case in cases}
-    preprocess = stage1.preprocess_config
-    cache_dir = default_cache_dir(config, stage1.config)
-    cache = prepare_xprime_cache([by_id[i] for i in train_ids + val_ids], cache_dir, preprocess, info, progress,
-                                 should_stop)
-    s_args = {"device": info.device, "batch_size": config.s_batch_size, "should_stop": should_stop}
-    build_s_cache(cache, train_ids + val_ids, stage1, fingerprint, progress=progress if info.is_main else None,
-                  rank=info.rank, world_size=info.world_size, **s_args)
-    distributed.barrier()
-    s_files = build_s_cache(cache, train_ids + val_ids, stage1, fingerprint, **s_args)
-    del stage1
-
-    dataset = PatchDataset(patch_sources(cache, train_ids, s_files), config.patch_config(), with_s=True)
-    loader, sampler = patch_loader(
-        dataset, batch_size=config.batch_size, patches_per_epoch=config.patches_per_epoch, seed=config.seed,
-        num_workers=config.num_workers, rank=info.rank, world_size=info.world_size,
-        pin_memory=info.device.type == "cuda",
-    )
-    steps_per_epoch = math.ceil(sampler.per_rank / config.batch_size)
-
-    generator = AttentionGenerator3d(in_channels=2, out_channels=1, width=config.width)
-    discriminator = PatchDiscriminator3d(in_channels=3, width=config.disc_width or config.width)
-    if state is not None:
-        from safetensors.torch import load_file
-
-        load_state_strict(generator, load_file(str(run_dir / "last.safetensors")), "last.safetensors")
-        load_state_strict(discriminator, state["discriminator"], "last.resume.pt (discriminator)")
-    memory_format = torch.channels_last_3d if use_channels_last(info.device, 3) else torch.contiguous_format
-    generator.to(info.device, memory_format=memory_format)
-    discriminator.to(info.device, memory_format=memory_format)
-    train_g, train_d = wrap_ddp(generator, info), wrap_ddp(discriminator, info)
-    opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr_g, betas=BETAS)
-    opt_d = torch.optim.Adam(discriminator.parameters(), lr=config.lr_d, betas=BETAS)
-    amp_dtype = autocast_dtype(info.device) if config.amp else None
-    scaler_g = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    scaler_d = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    loss_fn = GeneratorLoss(lam=config.lam, use_delta_b0=config.delta_b0, topology=config.topology,
-                            topology_weight=config.topology_weight)
-    term_keys = ["d_loss", "g_loss", "g_adv", "g_dice", "g_delta_b0"] + (["g_topology"] if config.topology else [])
-
-    epoch, step_in_epoch = 0, 0
-    sums = dict.fromkeys(term_keys, 0.0)
-    count = 0
-    history = RunHistory.start(run_dir, info.is_main, state, score="val_dice_y", loss="g_loss",
-                               validating=bool(val_ids), panels=PANELS, on_epoch=on_epoch)
-    if state is not None:
-        opt_g.load_state_dict(state["opt_g"])
-        opt_d.load_state_dict(state["opt_d"])
-        scaler_g.load_state_dict(state["scaler_g"])
-        scaler_d.load_state_dict(state["scaler_d"])
-        restore_rng_state(state["rng"])
-        epoch, step_in_epoch = int(state["epoch"]), int(state["step"])
-        if info.is_main:  # the stored sums are over all ranks; rank 0 carries them
-            sums, count = {k: float(v) for k, v in state["sums"].items()}, int(state["count"])
-
-    run_config = config.to_dict()
-    case_ids = {"train": train_ids, "val": val_ids}
-
-    def checkpoint_config() -> dict[str, Any]:
-        return {
-            "architecture": "attention-gan-3d",
-            "model": generator.config(),
-            "preprocess": preprocess.to_dict(),
-            "input": {"patch_size": list(config.patch_size), "s_input": "mask", "threshold": THRESHOLD},
-            "training": {
-                "stage": 2,
-                **split_provenance(config),
-                "cases": {**case_ids, "test": split["test"]},
-                "stage1": {"path": str(config.stage1), "sha256": fingerprint},
-                "epochs_done": epoch,
-                "step_in_epoch": step_in_epoch,
-                "epochs": config.epochs,
-                "seed": config.seed,
-                "lambda": config.lam,
-                "delta_b0": config.delta_b0,
-                "topology": config.topology,
-                "topology_weight": config.topology_weight,
-                "discriminator": discriminator.config(),
-                "patches": config.patch_config().to_dict(),
-                **history.provenance(info.world_size, config.command, run_config),
-            },
-        }
-
-    def save_last() -> None:
-        if not info.is_main:
-            return
-        save_checkpoint(run_dir / "last", generator, checkpoint_config())
-        save_resume_state(
-            resume_path(run_dir / "last"),
-            {
-                "epoch": epoch, "step": step_in_epoch, "sums": sums, "count": count,
-                "discriminator": {k: v.detach().cpu() for k, v in discriminator.state_dict().items()},
-                "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
-                "scaler_g": scaler_g.state_dict(), "scaler_d": scaler_d.state_dict(),
-                "best": history.best.to_dict(), "rng": capture_rng_state(), "config": run_config,
-                "cases": case_ids, "stage1_fingerprint": fingerprint,
-            },
-        )
-
-    def autocast():
-        return torch.autocast(info.device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
-
-    total_steps = config.epochs * steps_per_epoch
-    global_step = epoch * steps_per_epoch + step_in_epoch
-    stopped = False
-    train_g.train()
-    train_d.train()
-    while epoch < config.epochs and not stopped:
-        sampler.set_epoch(epoch, skip=step_in_epoch * config.batch_size)
-        t0 = time.perf_counter()
-        seen = 0
-        for batch in loader:
-            x = batch["input"].to(info.device, non_blocking=True)
-            t = batch["label"].to(info.device, non_blocking=True)
-            x = x.contiguous(memory_format=memory_format)
-            t = t.contiguous(memory_format=memory_format)
-            with autocast():
-                y_logits = train_g(x)
-            y_logits = y_logits.float()
-            y = torch.sigmoid(y_logits)
-            # D step (eq. 12): real concat(T, X', S) and fake concat(Y, X', S) in one batch
-            pair = torch.cat([torch.cat([t, x], dim=1), torch.cat([y.detach(), x], dim=1)], dim=0)
-            with autocast():
-                d_logits = train_d(pair).float()
-            d_real, d_fake = d_logits.split(x.shape[0])
-            d_loss = discriminator_loss(d_real, d_fake)
-            opt_d.zero_grad(set_to_none=True)
-            scaler_d.scale(d_loss).backward()
-            scaler_d.step(opt_d)
-            scaler_d.update()
-            # G step (eq. 10) with D frozen: plain module, so DDP sees one forward/backward per step
-            discriminator.requires_grad_(False)
-            with autocast():
-                d_on_y = discriminator(torch.cat([y, x], dim=1)).float()
-            g_loss, terms = loss_fn(d_on_y, y_logits, t)
-            opt_g.zero_grad(set_to_none=True)
-            scaler_g.scale(g_loss).backward()
-            scaler_g.step(opt_g)
-            scaler_g.update()
-            discriminator.requires_grad_(True)
-
-            values = {"d_loss": float(d_loss.detach()), "g_loss": terms["total"], "g_adv": terms["adv"],
-                      "g_dice": terms["dice"], "g_delta_b0": terms["delta_b0"]}
-            if config.topology:
-                values["g_topology"] = terms["topology"]
-            sums = {k: sums[k] + values[k] for k in term_keys}
-            count += 1
-            seen += x.shape[0]
-            step_in_epoch += 1
-            global_step += 1
-            if info.is_main and progress is not None:
-                progress(global_step, total_steps, f"epoch {epoch + 1}/{config.epochs} "
-                         f"D {sums['d_loss'] / count:.3f} G {sums['g_loss'] / count:.3f}")
-            if distributed.any_rank(should_stop is not None and bool(should_stop())):
-                stopped = True
-                break
-        train_time = time.perf_counter() - t0
-        if stopped:
-            totals = distributed.all_reduce_sum([*sums.values(), count])
-            sums, count = dict(zip(term_keys, totals[:-1], strict=True)), int(totals[-1])
-            save_last()
-            break
-        if info.distributed:
-            distributed.sync_buffers(generator)
-        totals = distributed.all_reduce_sum([*sums.values(), count])
-        means = {k: v / max(totals[-1], 1) for k, v in zip(term_keys, totals[:-1], strict=True)}
-        if info.is_main and progress is not None:
-            progress(global_step, total_steps, f"epoch {epoch + 1}/{config.epochs}: validating")
-        metrics = _validate(generator, cache, s_files, val_ids, config, info)
-        generator.train()
-        epoch += 1
-        record = {
-            "epoch": epoch, **means, **metrics, "lr_g": config.lr_g, "lr_d": config.lr_d,
-            "time_s": time.perf_counter() - t0,
-            "patches_per_s": distributed.all_reduce_sum([seen])[0] / max(train_time, 1e-9),
-        }
-        step_in_epoch, sums, count = 0, dict.fromkeys(term_keys, 0.0), 0
-        history.end_epoch(record, generator, checkpoint_config, save_last)
-    distributed.barrier()
-    return history.summary(epoch, stopped, train_cases=len(train_ids), val_cases=len(val_ids),
-                           patch_size=list(config.patch_size), stage1_fingerprint=fingerprint)
+    return Stage2Trainer(config, progress, should_stop, on_epoch, on_step).run()
