@@ -132,7 +132,6 @@ def _scan(folder: Path) -> tuple[list[SeriesInfo], dict[Path, Any], int]:
         uid = str(ds.get("SeriesInstanceUID", "") or "")
         key = (uid,) if uid else ("", str(ds.get("FrameOfReferenceUID", "")), str(ds.get("SeriesNumber", "")),
                                   str(ds.get("SeriesDescription", "")))  # fmt: skip
-        ds.remove_private_tags()
         headers[path] = ds
         groups.setdefault(key, []).append(path)
     series = []
