@@ -10,7 +10,7 @@ import pytest
 
 from dicom_support import ct_series
 from seg2refine_core.errors import VolumeError
-from seg2refine_core.io.dicom import list_series
+from seg2refine_core.io.dicom import dicom_folders, list_series
 from seg2refine_core.io.volume import case_name, read_mask, read_volume, write_mask, write_volume
 
 _C, _S = np.cos(0.3), np.sin(0.3)
@@ -92,6 +92,7 @@ def test_the_largest_series_is_chosen_and_the_others_are_named(tmp_path, hu):
     assert read_volume(small[0]).series.chosen.uid == "1.2.3.200"  # a file picks its own series
     assert read_volume(big[0]).shape == (9, 32, 40)
     assert [s.uid for s in list_series(folder)] == ["1.2.3.100", "1.2.3.200"]
+    assert dicom_folders(tmp_path) == [folder / "a", folder / "b"]
     with pytest.raises(VolumeError, match=r"study: no DICOM series 9.9.9; the series there are: 1.2.3.100"):
         read_volume(folder, series="9.9.9")
 

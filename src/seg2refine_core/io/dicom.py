@@ -107,6 +107,12 @@ def _dicom_files(folder: Path) -> list[Path]:
     )  # fmt: skip
 
 
+def dicom_folders(root: str | Path) -> list[Path]:
+    """Folders at or below ``root`` that directly hold DICOM files (by preamble; nothing is parsed), sorted: the
+    candidate series folders of a cohort, each one case for :func:`seg2refine_core.io.volume.read_volume`."""
+    return sorted({p.parent for p in _dicom_files(Path(root))})
+
+
 def _read_header(path: Path) -> Any:
     import pydicom
     from pydicom.errors import InvalidDicomError
