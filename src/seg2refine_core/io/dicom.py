@@ -86,7 +86,8 @@ class SeriesChoice:
         how = "the requested series" if self.requested else "the series with the most slices"
         text = f"{self.folder}: read DICOM series {self.chosen.label()}, {how}"
         if self.others:
-            text += f"; also there: {'; '.join(s.label() for s in self.others)} (choose one with --series UID)"
+            listed = "; ".join(s.label() for s in self.others)
+            text += f"; also there: {listed} (choose one with --series UID, or open one of its files)"
         return text
 
 
@@ -190,7 +191,8 @@ def choose_series(path: Path, series: str | None = None) -> tuple[SeriesChoice, 
     else:
         chosen = found[0]
     others = tuple(s for s in found if s is not chosen)
-    return SeriesChoice(folder, chosen, others, requested=series is not None or path.is_file()), headers
+    requested = series is not None or (path.is_file() and path in headers)
+    return SeriesChoice(folder, chosen, others, requested=requested), headers
 
 
 def _check_and_sort(folder: Path, info: SeriesInfo, headers: Sequence[Any]) -> tuple[list[int], np.ndarray, float]:
