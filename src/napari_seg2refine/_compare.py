@@ -21,6 +21,7 @@ from qtpy.QtWidgets import QFormLayout, QHBoxLayout, QLabel, QPushButton, QVBoxL
 from ._jobs import Job
 from ._layer_combo import LayerCombo
 from ._layers import CT, DIFFERENCE_COLOURS, GT, Y_VS_GT, Y_VS_S, S, Y, difference_colormap, put_labels
+from ._scroll import scroll_page
 
 TILE_COPY = "CT under {}"
 COPY_KEY = "seg2refine_grid_copy"
@@ -74,7 +75,7 @@ class CompareWidget(QWidget):
         views = QHBoxLayout()
         views.addWidget(self.grid_button)
         views.addWidget(self.overlay_button)
-        layout = QVBoxLayout(self)
+        layout = QVBoxLayout(scroll_page(self))
         layout.addLayout(form)
         layout.addLayout(views)
         layout.addWidget(self.diff_button)

@@ -19,6 +19,7 @@ from ._jobs import Job
 from ._layer_combo import LayerCombo
 from ._layers import GT, S, Y
 from ._plot import FOREGROUND, LINE_COLOURS, make_canvas, style_axes, style_legend
+from ._scroll import scroll_page
 
 
 def summarize(masks: dict[str, np.ndarray], gt: np.ndarray, spacing: tuple[float, ...]) -> dict[str, dict]:
@@ -71,7 +72,7 @@ class SliceDiceWidget(QWidget):
         form.addRow("S", self.s_combo)
         form.addRow("Y", self.y_combo)
         form.addRow("Ground truth", self.gt_combo)
-        layout = QVBoxLayout(self)
+        layout = QVBoxLayout(scroll_page(self))
         layout.addLayout(form)
         layout.addWidget(self.compute_button)
         layout.addWidget(self.canvas, 1)
