@@ -34,6 +34,7 @@ from ._jobs import Job
 from ._layer_combo import LayerCombo
 from ._layers import CT, S, Y, put_labels
 from ._registry import registry
+from ._scroll import scroll_page
 
 DEVICES = ("auto", "cuda", "mps", "cpu")
 MODES = {"stage 1 + stage 2": ("stage1", "stage2"), "stage 1": ("stage1",), "stage 2": ("stage2",)}
@@ -171,7 +172,7 @@ class SegmentWidget(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.stop_button)
-        layout = QVBoxLayout(self)
+        layout = QVBoxLayout(scroll_page(self))
         layout.addLayout(form)
         layout.addLayout(buttons)
         layout.addWidget(self.status)

@@ -51,6 +51,7 @@ from ._layer_combo import LayerCombo
 from ._layers import CT, GT, VOLUME_KEY
 from ._plot import FOREGROUND, LINE_COLOURS, make_canvas, style_axes, style_legend
 from ._registry import registry
+from ._scroll import scroll_page
 from ._segment import ModelCombo, bundled_weights
 
 FOLDER, LAYERS = "dataset folder", "open layers (CT + ground truth)"
@@ -267,7 +268,7 @@ class TrainWidget(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.start_button)
         buttons.addWidget(self.stop_button)
-        layout = QVBoxLayout(self)
+        layout = QVBoxLayout(scroll_page(self))
         layout.addLayout(form)
         layout.addLayout(buttons)
         layout.addWidget(self.canvas, 1)
