@@ -4,7 +4,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 DEMO_OUT ?= demo_output
 
-.PHONY: demo test lint demo-weights screenshots benchmark xvfb clean
+.PHONY: demo test lint demo-weights screenshots benchmark gpu-wheels xvfb clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -39,5 +39,17 @@ screenshots: $(STAMP) xvfb
 benchmark: $(STAMP)
 	$(VENV)/bin/seg2refine benchmark
 
+# What the GPU check carries to a lent GPU machine (Python 3.12, manylinux x86_64, torch preinstalled): the
+# project's wheel and exactly the dependency wheels that machine lacks (benchmarks/gpu/wheels.txt), within the
+# device tool's 64 MiB with the working tree. benchmarks/README.md gives the `run` call that uses them.
+GPU_WHEELS := .whl
+MANYLINUX  := $(foreach v,2_28 2_27 2_24 2_17,--platform manylinux_$(v)_x86_64) --platform manylinux2014_x86_64
+gpu-wheels: $(STAMP)
+	rm -rf $(GPU_WHEELS)
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp $(MANYLINUX) \
+		-d $(GPU_WHEELS) -r benchmarks/gpu/wheels.txt
+	$(PY) -m build --no-isolation --wheel --outdir $(GPU_WHEELS) . >/dev/null
+	$(PY) benchmarks/gpu/carry_size.py $(GPU_WHEELS)
+
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache $(GPU_WHEELS)
