@@ -80,7 +80,13 @@ class Check:
         lines: list[str] = []
         with subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, errors="replace") as proc:  # fmt: skip
-            watchdog = threading.Timer(max(timeout, 1.0), proc.kill)
+            timed_out = threading.Event()
+
+            def stop() -> None:
+                timed_out.set()
+                proc.kill()
+
+            watchdog = threading.Timer(max(timeout, 1.0), stop)
             watchdog.start()
             assert proc.stdout is not None
             for line in proc.stdout:
@@ -88,7 +94,7 @@ class Check:
                 lines.append(line.rstrip("\n"))
             status = proc.wait()
             watchdog.cancel()
-        if not watchdog.is_alive() and status < 0:  # killed by the watchdog
+        if timed_out.is_set():
             self.say(f"(stopped after {timeout:.0f} s)")
             status = 124
         return status, "\n".join(lines[-40:])
@@ -250,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = [name for name, s in check.results["sections"].items() if s["status"] == "failed"]
     check.say(f"gpu_check: {'FAILED: ' + ', '.join(failed) if failed else 'all sections ok'} "
               f"in {time.monotonic() - check.start:.0f} s; results in {out}")  # fmt: skip
+    check.log.close()
     return 1 if failed else 0
 
 
