@@ -204,8 +204,10 @@ def cuda_tests(check: Check) -> None:
                  **({} if ok else {"output_tail": out}))
 
 
-def benchmark(check: Check, name: str, args: list[str], dry_args: list[str], cap_s: float) -> None:
-    """``seg2refine benchmark ARGS --json OUT/NAME.json`` (``DRY_ARGS`` on the CPU in a dry run)."""
+def benchmark(check: Check, name: str, args: list[str], dry_args: list[str], cap_s: float,
+              optional: bool = False) -> None:
+    """``seg2refine benchmark ARGS --json OUT/NAME.json`` (``DRY_ARGS`` on the CPU in a dry run). An ``optional``
+    section that runs out of time is recorded as skipped, not failed."""
     t0 = time.monotonic()
     report = check.out / f"{name}.json"
     given = ["--device", "cuda", *args]
@@ -220,7 +222,10 @@ def benchmark(check: Check, name: str, args: list[str], dry_args: list[str], cap
                               for section, values in data.items() if section != "meta"}  # fmt: skip
     else:
         details["output_tail"] = out
-    check.record(name, "ok" if status == 0 else "failed", t0, **details)
+    if status == 124 and optional:
+        check.record(name, "skipped", t0, reason="ran out of the time left", **details)
+    else:
+        check.record(name, "ok" if status == 0 else "failed", t0, **details)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -252,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
             check.record("training_compiled", "skipped", time.monotonic(),
                          reason="dry run" if check.dry_run else f"{check.left():.0f} s left, compiling needs ~90")
         else:
-            benchmark(check, "training_compiled", [*training, "--compile"], [], cap_s=check.left())
+            benchmark(check, "training_compiled", [*training, "--compile"], [], cap_s=check.left() - 5, optional=True)
     failed = [name for name, s in check.results["sections"].items() if s["status"] == "failed"]
     check.say(f"gpu_check: {'FAILED: ' + ', '.join(failed) if failed else 'all sections ok'} "
               f"in {time.monotonic() - check.start:.0f} s; results in {out}")  # fmt: skip
