@@ -6,12 +6,12 @@ a shared machine hits both sides alike. Models are randomly initialised: speed d
 
 Measured (section → key):
 
-* ``stage1``: :func:`~seg2refine_core.inference.pipeline.segment_slices` over a ``(z, y, x)`` volume, ms per slice, for
+* ``stage1``: :func:`~seg2refine_core.inference.stage1.segment_slices` over a ``(z, y, x)`` volume, ms per slice, for
   the four Table 1 variants at width ``w`` (``unet``, ``ag-unet``, ``ag-att-unet``, ``sfanet``);
   ``sfanet_over_unet`` = t_sfanet / t_unet; FLOPs per slice (``torch.utils.flop_counter``, 2 per MAC, plus the
   FFE transforms' analytic count) and the achieved FLOP/s as a fraction of the large-convolution reference.
 * ``stage1_profile``: shares of the SFANet forward spent in FFE, CBAM and AG (torch profiler ranges).
-* ``stage2``: :func:`~seg2refine_core.inference.pipeline.refine_volume` (Gaussian sliding window), s per volume, for the
+* ``stage2``: :func:`~seg2refine_core.inference.stage2.refine_volume` (Gaussian sliding window), s per volume, for the
   Attention-GAN generator at width ``w`` and a MONAI 3D UNet of about the same parameter count (the paper's
   Table 2 "3D-UNet" peer); FLOPs per window and achieved FLOP/s.
 * ``pipeline``: :func:`~seg2refine_core.inference.pipeline.run_pipeline` (preprocess + both stages), s per volume.
@@ -46,18 +46,10 @@ from torch import nn
 
 from seg2refine_core.devices import autocast_dtype, resolve_device
 from seg2refine_core.errors import Seg2RefineError, one_line
-from seg2refine_core.inference.pipeline import (
-    LoadedModel,
-    count_windows,
-    default_batch_size,
-    default_sw_batch_size,
-    fold_batchnorm,
-    load_stage,
-    refine_volume,
-    run_pipeline,
-    segment_slices,
-    use_channels_last,
-)
+from seg2refine_core.inference.models import LoadedModel, fold_batchnorm, load_stage, use_channels_last
+from seg2refine_core.inference.pipeline import run_pipeline
+from seg2refine_core.inference.stage1 import default_batch_size, segment_slices
+from seg2refine_core.inference.stage2 import count_windows, default_sw_batch_size, refine_volume
 from seg2refine_core.io.checkpoint import save_checkpoint
 from seg2refine_core.progress import ProgressFn
 
@@ -71,9 +63,9 @@ class BenchmarkConfig:
     """What to measure. ``shape`` is the volume ``(z, y, x)``; stage 1 runs on its ``z`` slices of ``y × x``.
 
     width: SFANet and generator width ``w``. batch_size: stage-1 slices per batch (None: what inference uses,
-    :func:`~seg2refine_core.inference.pipeline.default_batch_size`). train_batch: slices per training step. patch_size /
+    :func:`~seg2refine_core.inference.stage1.default_batch_size`). train_batch: slices per training step. patch_size /
     overlap / sw_batch_size: stage-2 sliding window (sw_batch_size None: the device's default,
-    :func:`~seg2refine_core.inference.pipeline.default_sw_batch_size`). sections: subset of
+    :func:`~seg2refine_core.inference.stage2.default_sw_batch_size`). sections: subset of
     :data:`SECTIONS`. compile: also time SFANet's training step through ``torch.compile`` (compile time
     reported apart). threads: ``torch.set_num_threads`` for this run and the memory subprocess (None: torch's
     default). On a CPU shared with other busy processes, fewer threads than cores can be much faster: OpenMP

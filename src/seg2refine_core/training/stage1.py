@@ -52,7 +52,7 @@ from seg2refine_core.data.sampling import BalancedSampler
 from seg2refine_core.devices import autocast_dtype
 from seg2refine_core.errors import CheckpointError, Seg2RefineError
 from seg2refine_core.evaluation.metrics import dice
-from seg2refine_core.inference.pipeline import segment_slices
+from seg2refine_core.inference.stage1 import segment_slices
 from seg2refine_core.io.checkpoint import load_state_strict, read_config, save_checkpoint
 from seg2refine_core.nets.sfanet import VARIANTS, build_sfanet
 from seg2refine_core.progress import ProgressFn, StopFn
