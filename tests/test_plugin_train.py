@@ -104,7 +104,6 @@ def test_stage2_refuses_the_case_its_stage1_model_was_trained_on(viewer_and_widg
 
 def test_stage2_on_the_open_layers(viewer_and_widgets, qtbot, tmp_path):
     viewer, segment, widget = viewer_and_widgets
-    assert _train.stage2_available()
     stage1, _ = tiny_checkpoints(tmp_path)
     widget.stage1_model.add(stage1)
     configure(widget, tmp_path / "run2", stage="stage2", epochs=1)

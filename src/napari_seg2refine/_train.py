@@ -9,25 +9,22 @@ cases stay those of the stage-1 run). The main hyper-parameters, the stage-1 tra
 Resume are exposed; everything else takes the core config's defaults (DataLoader workers are 0 inside napari).
 Stage 2 trains on S from the chosen stage-1 model, which must not have been trained on the same cases (the core
 refuses otherwise). Loss (per step for stage 1, per epoch) and validation Dice are plotted live; when the run
-ends its best checkpoint is registered, so the Segment widget offers it at once. Stage 2 is offered only when
-``seg2refine_core.training.stage2`` exists.
+ends its best checkpoint is registered, so the Segment widget offers it at once. The worker posts typed messages
+(:class:`StepLoss`, :class:`EpochEnded`) that the widget plots.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
-import importlib.util
 import math
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import Qt
-from qtpy.QtGui import QStandardItemModel
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -44,21 +41,29 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._jobs import Job
+from ._jobs import Job, JobStatus
 from ._layer_combo import LayerCombo
 from ._layers import CT, GT, VOLUME_KEY
+from ._model_chooser import DeviceCombo, ModelChooser
 from ._plot import FOREGROUND, LINE_COLOURS, make_canvas, style_axes, style_legend
 from ._registry import registry
-from ._segment import ModelCombo, bundled_weights
 
 FOLDER, LAYERS = "dataset folder", "open layers (CT + ground truth)"
-STAGE2_MODULE = "seg2refine_core.training.stage2"
-TOOLTIP = Qt.ItemDataRole.ToolTipRole
 
 
-def stage2_available() -> bool:
-    """Whether the core offers stage-2 training yet."""
-    return importlib.util.find_spec(STAGE2_MODULE) is not None
+@dataclass(frozen=True)
+class StepLoss:
+    """Worker message: the training loss after optimisation step ``step`` (stage 1)."""
+
+    step: int
+    loss: float
+
+
+@dataclass(frozen=True)
+class EpochEnded:
+    """Worker message: the record of an epoch that has ended (loss, validation Dice, ...; see the core trainers)."""
+
+    record: dict[str, Any]
 
 
 def layers_case_id(image: np.ndarray) -> str:
@@ -88,21 +93,30 @@ def write_layers_case(folder: Path, image: Any, label: Any) -> str:
     return case_id
 
 
-#: per stage: (config class, train function) in its core module, the loss and Dice series of the epoch records,
-#: and the widget defaults (learning rate, batch size, samples per epoch; 0 = all slices).
+#: per stage: the loss and Dice series of the epoch records, and the widget defaults (learning rate, batch size,
+#: samples per epoch; 0 = all slices).
 STAGES: dict[str, dict[str, Any]] = {
     "stage1": {
-        "module": "seg2refine_core.training.stage1", "config": "Stage1TrainConfig", "train": "train_stage1",
         "loss": [("train_loss", "train loss")], "dice": [("val_dice", "val Dice")],
         "defaults": {"lr": 1e-4, "batch": 8, "samples": 0},
     },
     "stage2": {
-        "module": STAGE2_MODULE, "config": "Stage2TrainConfig", "train": "train_stage2",
         "loss": [("g_loss", "G loss"), ("d_loss", "D loss")],
         "dice": [("val_dice_y", "val Dice of Y"), ("val_dice_s", "val Dice of S")],
         "defaults": {"lr": 2e-4, "batch": 2, "samples": 200},
     },
 }
+
+
+def trainer(stage: str) -> tuple[type, Any]:
+    """The core's (config class, train function) of ``stage``, imported on first use (they import torch)."""
+    if stage == "stage1":
+        from seg2refine_core.training.stage1 import Stage1TrainConfig, train_stage1
+
+        return Stage1TrainConfig, train_stage1
+    from seg2refine_core.training.stage2 import Stage2TrainConfig, train_stage2
+
+    return Stage2TrainConfig, train_stage2
 
 
 def train(
@@ -112,15 +126,13 @@ def train(
     """Worker body: build the stage's training config from ``options`` and run its training on ``data``.
 
     ``data`` is a dataset folder, or the (CT, ground truth) layers: then a temporary one-case folder made from
-    them, with no validation or test split. Epoch records are posted as ``("epoch", record)``, stage-1 step
-    losses as ``("step", step, loss)``.
+    them, with no validation or test split. Epoch records are posted as :class:`EpochEnded`, stage-1 step losses as
+    :class:`StepLoss`.
     """
-    spec = STAGES[stage]
-    module = importlib.import_module(spec["module"])
-    config_class, train_fn = getattr(module, spec["config"]), getattr(module, spec["train"])
-    callbacks: dict[str, Any] = {"on_epoch": lambda record: post(("epoch", record))}
+    config_class, train_fn = trainer(stage)
+    callbacks: dict[str, Any] = {"on_epoch": lambda record: post(EpochEnded(record))}
     if stage == "stage1":
-        callbacks["on_step"] = lambda step, loss: post(("step", step, loss))
+        callbacks["on_step"] = lambda step, loss: post(StepLoss(int(step), float(loss)))
 
     def run(folder: Path, split: dict[str, Any]) -> dict:
         return train_fn(config_class(data=folder, **{**options, **split}), progress, should_stop, **callbacks)
@@ -185,18 +197,12 @@ class TrainWidget(QWidget):
         self.stage = QComboBox()
         self.stage.addItem("stage 1 (SFANet)", "stage1")
         self.stage.addItem("stage 2 (Attention-GAN)", "stage2")
-        if not stage2_available():
-            model = self.stage.model()
-            if isinstance(model, QStandardItemModel):
-                model.item(1).setEnabled(False)
-            self.stage.setItemData(1, "not available yet: needs seg2refine_core.training.stage2", TOOLTIP)
-            self.stage.setToolTip("Stage-2 training is not available in this version of seg2refine_core yet")
         self.stage.currentIndexChanged.connect(self._stage_changed)
         self.variant = QComboBox()
         self.variant.addItems(list(VARIANTS))
         self.variant.setCurrentText("sfanet")
         self.variant.setToolTip("stage 1: the Table-1 network variant")
-        self.stage1_model = ModelCombo("stage1")
+        self.stage1_model = ModelChooser("stage1")
         self.stage1_model.setToolTip("stage 2: the stage-1 model whose S the refiner learns to correct")
         self.patch = self._int_spin(32, 512, 64, "stage 2: cubic patch side in voxels (multiple of 16)")
         self.patch.setSingleStep(16)
@@ -210,8 +216,7 @@ class TrainWidget(QWidget):
         self.lr.setToolTip("Adam learning rate (stage 2: for both G and D)")
         self.samples = self._int_spin(0, 10_000_000, 0, "slices (stage 1) or patches (stage 2) per epoch")
         self.samples.setSpecialValueText("all slices")
-        self.device = QComboBox()
-        self.device.addItems(["auto", "cuda", "mps", "cpu"])
+        self.device = DeviceCombo()
         self.compile = QCheckBox("torch.compile")
         self.compile.setToolTip("stage 1: train through torch.compile; minutes to compile, measured slower on CPU, "
                                 "for GPUs; goes on eagerly if compiling fails")
@@ -314,8 +319,7 @@ class TrainWidget(QWidget):
         self.crop.setEnabled(stage == "stage1")
         self.compile.setEnabled(stage == "stage1")
         self._source_changed()
-        config = getattr(importlib.import_module(STAGES[stage]["module"]), STAGES[stage]["config"])
-        fields = config.__dataclass_fields__
+        fields = trainer(stage)[0].__dataclass_fields__
         self.val_fraction.setValue(fields["val_fraction"].default)
         self.val_fraction.setToolTip(
             "share of the cases kept for validation" if stage == "stage1"
@@ -356,7 +360,7 @@ class TrainWidget(QWidget):
             }
         side = int(self.patch.value())
         return {
-            **common, "stage1": Path(self.stage1_model.checkpoint() or bundled_weights("stage1")),
+            **common, "stage1": self.stage1_model.path(),
             "patch_size": (side, side, side), "lr_g": float(self.lr.value()), "lr_d": float(self.lr.value()),
             "patches_per_epoch": int(self.samples.value()),
         }
@@ -387,7 +391,8 @@ class TrainWidget(QWidget):
         self.status.setText("starting…")
         self.job = Job(
             lambda progress, should_stop, post: train(stage, options, data, progress, should_stop, post),
-            f"Train {stage}", on_result=self._finished, on_end=self._ended, on_message=self._message,
+            f"Train {stage}", on_result=self._finished, on_end=self._ended,
+            handlers={StepLoss: self._step, EpochEnded: self._epoch},
         )
 
     def stop(self) -> None:
@@ -396,15 +401,16 @@ class TrainWidget(QWidget):
             self.job.stop()
             self.status.setText("stopping…")
 
-    def _message(self, message: tuple) -> None:
-        if message[0] == "epoch":
-            record = message[1]
-            self.records.append(record)
-            spec = STAGES[self.running_stage]
-            parts = [f"{label} {_fmt(record.get(key))}" for key, label in spec["loss"] + spec["dice"]]
-            self.status.setText(f"epoch {record['epoch']}: " + ", ".join(parts))
-        else:
-            self.steps.append((int(message[1]), float(message[2])))
+    def _epoch(self, message: EpochEnded) -> None:
+        record = message.record
+        self.records.append(record)
+        spec = STAGES[self.running_stage]
+        parts = [f"{label} {_fmt(record.get(key))}" for key, label in spec["loss"] + spec["dice"]]
+        self.status.setText(f"epoch {record['epoch']}: " + ", ".join(parts))
+        self._draw()
+
+    def _step(self, message: StepLoss) -> None:
+        self.steps.append((message.step, message.loss))
         self._draw()
 
     def _draw(self) -> None:
@@ -456,11 +462,11 @@ class TrainWidget(QWidget):
             f"{_fmt(summary.get('best_value'))}\n{item.path}"
         )
 
-    def _ended(self, status: str) -> None:
+    def _ended(self, status: JobStatus) -> None:
         self.start_button.setEnabled(True)
         self.stop_button.setEnabled(False)
-        if status != "done":
-            self.status.setText(status)
+        if status != JobStatus.DONE:
+            self.status.setText(status.value)
 
 
 def _fmt(value: Any) -> str:
