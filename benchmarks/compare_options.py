@@ -1,4 +1,4 @@
-"""A/B timings of the inference options behind the choices in ``seg2refine_core.inference.pipeline``.
+"""A/B timings of the inference options behind the choices in ``seg2refine_core.inference`` (models, stage1, stage2).
 
 Stage 1 (SFANet forward on a batch of slices): contiguous vs channels-last, batch size, BatchNorm folded
 into the convolutions (+ in-place ReLU), ``torch.compile``. Stage 2 (generator on windows): contiguous vs
@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import torch
 
-from seg2refine_core.inference.pipeline import fold_batchnorm
+from seg2refine_core.inference.models import fold_batchnorm
 from seg2refine_core.tools.benchmark import build_generator, build_stage1, time_interleaved
 from seg2refine_core.tools.benchmark.timing import LOW_CPU_SHARE, median
 

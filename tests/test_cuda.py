@@ -25,7 +25,9 @@ import seg2refine_core
 from seg2refine_core import distributed
 from seg2refine_core.cli import main
 from seg2refine_core.devices import autocast_dtype
-from seg2refine_core.inference.pipeline import load_stage, refine_volume, segment_slices, use_channels_last
+from seg2refine_core.inference.models import load_stage, use_channels_last
+from seg2refine_core.inference.stage1 import segment_slices
+from seg2refine_core.inference.stage2 import refine_volume
 from seg2refine_core.io.volume import read_volume
 
 ON_CPU_ENV = "SEG2REFINE_CUDA_TESTS_ON_CPU"

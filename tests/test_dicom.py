@@ -202,5 +202,5 @@ def test_evaluate_reads_a_dicom_ground_truth(tmp_path, hu):
     gt = read_volume(tmp_path / "gt")
     np.testing.assert_array_equal(gt.array, label)
     pred = write_mask(tmp_path / "case.y.nii.gz", label.astype(np.uint8), like=gt)
-    report = evaluate_files([("case", pred, tmp_path / "gt")])
+    report = evaluate_files({"y": [("case", pred, tmp_path / "gt")]})
     assert report["cases"][0]["dice"] == pytest.approx(1.0)

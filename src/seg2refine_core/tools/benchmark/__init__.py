@@ -11,12 +11,12 @@ project's one FLOP counter), :mod:`.subjects` (the models and input timed), :mod
 
 Measured (section → key):
 
-* ``stage1``: :func:`~seg2refine_core.inference.pipeline.segment_slices` over a ``(z, y, x)`` volume, ms per slice, for
+* ``stage1``: :func:`~seg2refine_core.inference.stage1.segment_slices` over a ``(z, y, x)`` volume, ms per slice, for
   the four Table 1 variants at width ``w`` (``unet``, ``ag-unet``, ``ag-att-unet``, ``sfanet``);
   ``sfanet_over_unet`` = t_sfanet / t_unet; FLOPs per slice (:func:`.flops.count_flops`: 2 per MAC, plus the
   FFE transforms' analytic count) and the achieved FLOP/s as a fraction of the large-convolution reference.
 * ``stage1_profile``: shares of the SFANet forward spent in FFE, CBAM and AG (torch profiler ranges).
-* ``stage2``: :func:`~seg2refine_core.inference.pipeline.refine_volume` (Gaussian sliding window), s per volume, for the
+* ``stage2``: :func:`~seg2refine_core.inference.stage2.refine_volume` (Gaussian sliding window), s per volume, for the
   Attention-GAN generator at width ``w`` and a MONAI 3D UNet of about the same parameter count (the paper's
   Table 2 "3D-UNet" peer); FLOPs per window and achieved FLOP/s.
 * ``pipeline``: :func:`~seg2refine_core.inference.pipeline.run_pipeline` (preprocess + both stages), s per volume.

@@ -16,9 +16,9 @@ class BenchmarkConfig:
     """What to measure. ``shape`` is the volume ``(z, y, x)``; stage 1 runs on its ``z`` slices of ``y × x``.
 
     width: SFANet and generator width ``w``. batch_size: stage-1 slices per batch (None: what inference uses,
-    :func:`~seg2refine_core.inference.pipeline.default_batch_size`). train_batch: slices per training step. patch_size /
+    :func:`~seg2refine_core.inference.stage1.default_batch_size`). train_batch: slices per training step. patch_size /
     overlap / sw_batch_size: stage-2 sliding window (sw_batch_size None: the device's default,
-    :func:`~seg2refine_core.inference.pipeline.default_sw_batch_size`). sections: subset of
+    :func:`~seg2refine_core.inference.stage2.default_sw_batch_size`). sections: subset of
     :data:`SECTIONS`. compile: also time SFANet's training step through ``torch.compile`` (compile time
     reported apart). threads: ``torch.set_num_threads`` for this run and the memory subprocess (None: torch's
     default). On a CPU shared with other busy processes, fewer threads than cores can be much faster: OpenMP

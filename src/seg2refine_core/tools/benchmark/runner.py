@@ -9,7 +9,8 @@ import numpy as np
 import torch
 
 from seg2refine_core.devices import resolve_device
-from seg2refine_core.inference.pipeline import default_batch_size, default_sw_batch_size
+from seg2refine_core.inference.stage1 import default_batch_size
+from seg2refine_core.inference.stage2 import default_sw_batch_size
 from seg2refine_core.progress import ProgressFn
 from seg2refine_core.tools.benchmark.config import BenchmarkConfig
 from seg2refine_core.tools.benchmark.memory import pipeline_peak_memory

@@ -13,14 +13,10 @@ from torch import nn
 
 from seg2refine_core.devices import autocast_dtype
 from seg2refine_core.errors import one_line
-from seg2refine_core.inference.pipeline import (
-    count_windows,
-    fold_batchnorm,
-    refine_volume,
-    run_pipeline,
-    segment_slices,
-    use_channels_last,
-)
+from seg2refine_core.inference.models import fold_batchnorm, use_channels_last
+from seg2refine_core.inference.pipeline import run_pipeline
+from seg2refine_core.inference.stage1 import segment_slices
+from seg2refine_core.inference.stage2 import count_windows, refine_volume
 from seg2refine_core.tools.benchmark.config import STAGE1_VARIANTS, BenchmarkConfig
 from seg2refine_core.tools.benchmark.flops import count_flops, n_params
 from seg2refine_core.tools.benchmark.subjects import as_loaded, build_generator, build_stage1, matched_monai_unet3d

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from seg2refine_core.inference.pipeline import LoadedModel
+from seg2refine_core.inference.models import LoadedModel
 from seg2refine_core.tools.benchmark.flops import n_params
 
 
