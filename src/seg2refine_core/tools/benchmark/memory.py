@@ -18,7 +18,8 @@ from typing import Any
 import torch
 
 from seg2refine_core.errors import Seg2RefineError
-from seg2refine_core.inference.pipeline import load_stage, run_pipeline
+from seg2refine_core.inference.models import load_stage
+from seg2refine_core.inference.pipeline import run_pipeline
 from seg2refine_core.io.checkpoint import save_checkpoint
 from seg2refine_core.tools.benchmark.config import BenchmarkConfig
 from seg2refine_core.tools.benchmark.subjects import build_generator, build_stage1, random_ct
