@@ -9,8 +9,9 @@ compared with the label the phantom generator draws natively at the target spaci
 anatomy): Dice, clDice, Betti-0 (the native label has one component per coronary tree) and the lumen volume ratio.
 ``resampler``: ``scipy.ndimage.zoom`` (order 1, grid mode) against ``torch.nn.functional.interpolate`` (trilinear,
 ``align_corners=False``) on 256 x 512 x 512 float32, warm, median of ``--repeats``, interleaved.
-``realsize``: ``to_canonical`` and ``from_canonical`` of a 256 x 512 x 512 volume at 0.5 x 0.4 x 0.4 mm to
-1.0 x 0.7 x 0.7 mm and back, time and peak RSS (``VmHWM``) in a fresh process.
+``realsize``: ``to_canonical`` and ``from_canonical`` of a 256 x 512 x 512 phantom at 0.5 x 0.4 x 0.4 mm (image
+and label) to 1.0 x 0.7 x 0.7 mm and back, time and peak RSS (``VmHWM``, reset before each step) in a fresh
+process; ``from_canonical`` is timed with the ``to_canonical`` before it.
 """
 
 from __future__ import annotations
@@ -132,6 +133,12 @@ def _vmhwm_mb() -> float:
     return float("nan")
 
 
+def _reset_vmhwm() -> None:
+    """Reset the peak-RSS mark (``echo 5 > /proc/self/clear_refs``), so that phantom generation is not counted."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
 def cmd_realsize(args: argparse.Namespace) -> None:
     if not args.child:
         subprocess.run([sys.executable, __file__, "realsize", "--threads", str(args.threads), "--child"], check=True)
@@ -139,24 +146,28 @@ def cmd_realsize(args: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    rng = np.random.default_rng(0)
-    array = rng.normal(0, 100, (256, 512, 512)).astype(np.float32)
-    affine = np.diag([-0.4, -0.4, 0.5, 1.0])
-    volume = Volume.from_array(array, (0.5, 0.4, 0.4), affine)
-    label = Volume.from_array((array > 250).astype(np.uint8), (0.5, 0.4, 0.4), affine)
-    space = CanonicalSpace(TARGET)
-    base = _vmhwm_mb()
     t0 = time.perf_counter()
-    canon, mapping = to_canonical(volume, space)
-    t1 = time.perf_counter()
-    back = from_canonical(canon, mapping)
-    t2 = time.perf_counter()
-    to_canonical(label, space, kind="label")
-    t3 = time.perf_counter()
+    phantom = make_phantom((256, 512, 512), (0.5, 0.4, 0.4), seed=4242)
+    print(f"phantom 256x512x512 made in {time.perf_counter() - t0:.0f} s (peak RSS so far {_vmhwm_mb():.0f} MB)")
+    volume = Volume.from_array(phantom.image, phantom.spacing, phantom.affine)
+    label = Volume.from_array(phantom.label, phantom.spacing, phantom.affine)
+    del phantom
+    space = CanonicalSpace(TARGET)
+    steps = {"to_canonical image": lambda: to_canonical(volume, space)[0],
+             "from_canonical": lambda: from_canonical(*to_canonical(volume, space)),
+             "to_canonical label": lambda: to_canonical(label, space, kind="label")[0]}
+    _, mapping = to_canonical(volume, space)
     print(f"input {volume.shape} at {volume.spacing} mm -> canonical {mapping.shape} at "
-          f"{tuple(round(s, 4) for s in mapping.spacing)} mm; back {back.shape}; torch threads {args.threads}")
-    print(f"to_canonical image {t1 - t0:.2f} s, from_canonical {t2 - t1:.2f} s, to_canonical label {t3 - t2:.2f} s")
-    print(f"peak RSS {_vmhwm_mb():.0f} MB (input and label arrays, libraries: {base:.0f} MB)")
+          f"{tuple(round(s, 4) for s in mapping.spacing)} mm; torch threads {args.threads}")
+    for name, step in steps.items():
+        _reset_vmhwm()
+        base = _vmhwm_mb()
+        t0 = time.perf_counter()
+        result = step()
+        seconds = time.perf_counter() - t0
+        print(f"{name:>20}: {seconds:5.2f} s, peak RSS {_vmhwm_mb():.0f} MB (+{_vmhwm_mb() - base:.0f} MB over the "
+              f"{base:.0f} MB of libraries and the input image and label); result {result.shape} {result.dtype}")
+        del result
 
 
 def main() -> None:

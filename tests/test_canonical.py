@@ -103,10 +103,13 @@ def _sample(shape: tuple[int, int, int], affine: np.ndarray) -> np.ndarray:
     return _smooth_field(ras).reshape(shape).astype(np.float32)
 
 
-# RAS voxel order with anisotropic voxels and an origin off zero; and axes permuted (file x -> S, y -> R, z -> A)
+# RAS voxel order with anisotropic voxels and an origin off zero; axes permuted (file x -> S, y -> R, z -> A); and
+# an oblique LPS acquisition (tilted 0.15 rad about z), mapped to the nearest axes without rotating the voxels
+_C, _S = np.cos(0.15), np.sin(0.15)
 ODD_AFFINES = {
     "RAS": np.array([[1.2, 0, 0, -20.0], [0, 0.9, 0, 13.0], [0, 0, 2.5, -40.0], [0, 0, 0, 1]]),
     "SRA": np.array([[0, -0.8, 0, 25.0], [0, 0, 1.1, -9.0], [1.7, 0, 0, -33.0], [0, 0, 0, 1]]),
+    "oblique": np.array([[-1.1 * _C, -0.9 * _S, 0, 10.0], [1.1 * _S, -0.9 * _C, 0, 5.0], [0, 0, 2.0, 0], [0, 0, 0, 1]]),
 }
 
 
