@@ -25,7 +25,7 @@ target over the field of view. An axis whose voxel count does not change is not 
 reorientation copies voxels exactly. Voxel sizes are read from the affine's column norms (the world geometry).
 
 Interpolation (measured in ``benchmarks/README.md``, "Canonical space"): images and probabilities are trilinear
-(``torch.nn.functional.interpolate``, 3-4x faster than ``scipy.ndimage.zoom`` on 256 x 512 x 512 on this CPU,
+(``torch.nn.functional.interpolate``, 3-5x faster than ``scipy.ndimage.zoom`` on 256 x 512 x 512 on this CPU,
 even in one thread); labels use :func:`resample_label` (trilinear at 0.5 united with the label's centreline drawn
 on the new grid), the rule that kept the phantom's Betti-0 and clDice best.
 
