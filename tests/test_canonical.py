@@ -14,6 +14,7 @@ from seg2refine_core.data.canonical import (
     CanonicalNotice,
     CanonicalSpace,
     canonical_affine,
+    canonical_geometry,
     from_canonical,
     layer_volume,
     resample,
@@ -74,6 +75,12 @@ def test_four_voxel_orders_give_the_same_canonical_arrays_exactly(phantom, store
         assert mapping.shape == SHAPE and mask.dtype == np.uint8 and array.dtype == np.float32
         np.testing.assert_allclose(mapping.affine, phantom.affine, atol=1e-4, err_msg=codes)
         assert mapping.is_identity == (codes == "LPS")
+
+
+def test_geometry_in_canonical_axes_for_the_target_spacing_rule(stored):
+    for codes, (image, _) in stored.items():
+        assert canonical_geometry(image.shape, image.affine) == (SHAPE, pytest.approx(SPACING)), codes
+    assert stored["LSP"][0].spacing == pytest.approx((1.4, 2.0, 1.2))  # the file's own order differs
 
 
 def test_four_voxel_orders_agree_after_resampling(stored):

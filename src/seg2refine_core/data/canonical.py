@@ -166,6 +166,20 @@ def voxel_sizes(affine: np.ndarray) -> Spacing:
     return float(norms[2]), float(norms[1]), float(norms[0])
 
 
+def canonical_geometry(shape: Sequence[int], affine: np.ndarray,
+                       orientation: str = CANONICAL_ORIENTATION) -> tuple[Shape, Spacing]:
+    """Shape (z, y, x) and voxel sizes (sz, sy, sx) mm of an array of ``shape`` (z, y, x) with ``affine`` once
+    reoriented to ``orientation``, before any resampling: what :func:`target_spacing` takes per training case
+    (header only, so no voxels need to be read). A case stored with permuted axes reports its slice spacing as sz."""
+    transform = ornt_transform(io_orientation(np.asarray(affine, dtype=float)), axcodes2ornt(tuple(orientation)))
+    sizes = voxel_sizes(affine)
+    shape_xyz, spacing_xyz = [0, 0, 0], [0.0, 0.0, 0.0]
+    for i in range(3):
+        shape_xyz[int(transform[i, 0])] = int(shape[2 - i])
+        spacing_xyz[int(transform[i, 0])] = sizes[2 - i]
+    return (shape_xyz[2], shape_xyz[1], shape_xyz[0]), (spacing_xyz[2], spacing_xyz[1], spacing_xyz[0])
+
+
 def canonical_affine(shape: Shape, spacing: Spacing, orientation: str = CANONICAL_ORIENTATION) -> np.ndarray:
     """4x4 affine (file-order x, y, z -> RAS mm) of a ``shape`` (z, y, x) array with voxels ``spacing`` (sz, sy, sx)
     in ``orientation``, its first voxel's centre at the origin."""
@@ -381,7 +395,8 @@ def target_spacing(spacings: Sequence[Sequence[float]], shapes: Sequence[Sequenc
        ``target[w]`` becomes the 10th percentile of the cases' spacings along ``w``, but never finer than the
        coarsest other axis (then ``max(other) + 1e-5``).
 
-    spacings: one (sz, sy, sx) per case; shapes: one (z, y, x) per case, same order. Raises
+    spacings: one (sz, sy, sx) per case; shapes: one (z, y, x) per case, same order, both in canonical axis order
+    (:func:`canonical_geometry` gives them from a header's shape and affine). Raises
     :class:`Seg2RefineError` for no cases or a spacing that is not three positive numbers. A ``--target-spacing``
     option overrides this rule in training.
     """
