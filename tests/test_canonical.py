@@ -125,12 +125,15 @@ def test_canonical_grid_samples_the_same_world_and_maps_back(codes):
     affine = ODD_AFFINES[codes]
     shape = (20, 36, 30)
     volume = Volume.from_array(_sample(shape, affine), (1.0, 1.0, 1.0), affine)
+    coarse = CanonicalSpace((1.0, 2.2, 2.4))  # voxel ratios near 2: a half-voxel slip would show (mean error 0.06)
+    array, mapping = to_canonical(volume, coarse)
+    assert nib.aff2axcodes(mapping.affine) == ("L", "P", "S")
+    np.testing.assert_allclose(mapping.spacing, coarse.spacing, rtol=0.05)
+    # the canonical voxels hold the world function at their own centres (the mapping's affine is right)
+    error = np.abs(array - _sample(mapping.shape, mapping.affine))
+    assert error.mean() < 0.015 and error.max() < 0.08
     space = CanonicalSpace((1.8, 1.0, 1.0))
     array, mapping = to_canonical(volume, space)
-    assert nib.aff2axcodes(mapping.affine) == ("L", "P", "S")
-    np.testing.assert_allclose(mapping.spacing, space.spacing, rtol=0.05)
-    # the canonical voxels hold the world function at their own centres (the mapping's affine is right)
-    assert np.abs(array - _sample(mapping.shape, mapping.affine)).max() < 0.05
     back = from_canonical(array, mapping)
     assert back.shape == volume.shape and back.dtype == np.float32
     assert np.abs(back - volume.array).max() < 0.05
@@ -216,8 +219,9 @@ def test_space_round_trips_through_checkpoint_json():
     assert space_from_config(config) == space
     with pytest.raises(CheckpointError, match="stage1.json: invalid 'canonical_space'"):
         CanonicalSpace.from_dict({"spacing": [1.0, -1.0, 1.0]}, source="stage1.json")
-    with pytest.raises(CheckpointError):
-        CanonicalSpace.from_dict({"orientation": "LPS"})
+    for bad in ({"orientation": "LPS"}, [1.0, 0.7, 0.7], {"spacing": ["a", 1, 1]}):
+        with pytest.raises(CheckpointError):
+            CanonicalSpace.from_dict(bad)
 
 
 @pytest.mark.parametrize("codes", ["LLS", "LPX", "SPL", "LP"])

@@ -119,7 +119,7 @@ class CanonicalSpace:
             return None
         try:
             return cls(spacing=tuple(data["spacing"]), orientation=data.get("orientation", CANONICAL_ORIENTATION))
-        except (KeyError, TypeError, Seg2RefineError) as err:
+        except (AttributeError, KeyError, TypeError, ValueError, Seg2RefineError) as err:
             raise CheckpointError(f"{source}: invalid {CONFIG_KEY!r} entry {data!r} ({err})") from None
 
 
@@ -172,12 +172,16 @@ def canonical_geometry(shape: Sequence[int], affine: np.ndarray,
     reoriented to ``orientation``, before any resampling: what :func:`target_spacing` takes per training case
     (header only, so no voxels need to be read). A case stored with permuted axes reports its slice spacing as sz."""
     transform = ornt_transform(io_orientation(np.asarray(affine, dtype=float)), axcodes2ornt(tuple(orientation)))
-    sizes = voxel_sizes(affine)
-    shape_xyz, spacing_xyz = [0, 0, 0], [0.0, 0.0, 0.0]
+    shape_zyx = _to_canonical_axes(transform, [int(n) for n in shape])
+    return shape_zyx, _to_canonical_axes(transform, list(voxel_sizes(affine)))  # type: ignore[return-value]
+
+
+def _to_canonical_axes(transform: np.ndarray, values_zyx: list) -> tuple:
+    """Per-axis values of the input (z, y, x) put in canonical (z, y, x) order (file axis i -> transform[i, 0])."""
+    out_xyz = [values_zyx[0]] * 3
     for i in range(3):
-        shape_xyz[int(transform[i, 0])] = int(shape[2 - i])
-        spacing_xyz[int(transform[i, 0])] = sizes[2 - i]
-    return (shape_xyz[2], shape_xyz[1], shape_xyz[0]), (spacing_xyz[2], spacing_xyz[1], spacing_xyz[0])
+        out_xyz[int(transform[i, 0])] = values_zyx[2 - i]
+    return out_xyz[2], out_xyz[1], out_xyz[0]
 
 
 def canonical_affine(shape: Shape, spacing: Spacing, orientation: str = CANONICAL_ORIENTATION) -> np.ndarray:
@@ -196,8 +200,8 @@ def layer_volume(array: np.ndarray, scale: Sequence[float], affine: np.ndarray |
 
     With the file's ``affine`` (a layer read from a file keeps it) that affine is used. Without one the array is
     taken to be in the canonical orientation (:data:`CANONICAL_ORIENTATION`) with voxels of ``scale``, and a
-    one-line :class:`CanonicalNotice` says so (once per process). Raises :class:`VolumeError` unless ``array`` is
-    3D and ``scale`` three positive numbers.
+    one-line :class:`CanonicalNotice` says so (each distinct notice once per process). Raises :class:`VolumeError`
+    unless ``array`` is 3D and ``scale`` three positive numbers.
     """
     array = np.asarray(array)
     if array.ndim != 3:
@@ -255,11 +259,8 @@ def to_canonical(
     target_xyz = space.spacing[::-1]
     # input file axis i becomes canonical file axis transform[i, 0]: resample it to that axis's target spacing
     new_xyz = [max(1, round(input_shape[2 - i] * in_xyz[i] / target_xyz[int(transform[i, 0])])) for i in range(3)]
-    canon_xyz = [0, 0, 0]
-    for i in range(3):
-        canon_xyz[int(transform[i, 0])] = new_xyz[i]
     resampled_shape: Shape = (new_xyz[2], new_xyz[1], new_xyz[0])
-    shape: Shape = (canon_xyz[2], canon_xyz[1], canon_xyz[0])
+    shape: Shape = _to_canonical_axes(transform, list(resampled_shape))  # type: ignore[assignment]
     scale = np.eye(4)  # resampled voxel index -> input voxel index (edge-aligned)
     for i in range(3):
         ratio = input_shape[2 - i] / new_xyz[i]
