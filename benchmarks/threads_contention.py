@@ -72,21 +72,24 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=32)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--settings", nargs="+", type=int, default=list(range(len(SETTINGS))),
+                        help="indices into the settings table (default: all)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--threads", default="none", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args)
         return
+    chosen = {name: value for i, (name, value) in enumerate(SETTINGS.items()) if i in args.settings}
     spin = f"import time\nend = time.time() + {args.busy_seconds}\nwhile time.time() < end: pass"
     for busy in args.busy:
         spinners = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(busy)]
         try:
             time.sleep(2.0 if busy else 0.0)
             load0 = os.getloadavg()[0]
-            results: dict[str, list[dict]] = {name: [] for name in SETTINGS}
+            results: dict[str, list[dict]] = {name: [] for name in chosen}
             for _ in range(args.rounds):
-                for name, (env_extra, threads) in SETTINGS.items():
+                for name, (env_extra, threads) in chosen.items():
                     results[name].append(run_setting(env_extra, threads, args))
             load1 = os.getloadavg()[0]
         finally:
