@@ -1,4 +1,5 @@
-"""Pairing predictions with ground truth, scoring NIfTI files, reports, and `seg2refine evaluate`."""
+"""Pairing predictions with ground truth (NIfTI files, DICOM label series), scoring them, reports, and
+`seg2refine evaluate`."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from dicom_support import ct_series
 from seg2refine_core.cli import main
 from seg2refine_core.errors import DatasetError, StopRequested, VolumeError
 from seg2refine_core.evaluation.evaluate import (
@@ -243,3 +245,38 @@ def test_cli_scores_s_and_y_side_by_side(tmp_path, capsys):
     assert main(["evaluate", "--pred", str(pred_dir), "--gt", str(gt_dir), "--suffix", "y", "b"]) == 2
     err = capsys.readouterr().err
     assert "<id>.b.<ext>" in err and str(pred_dir) in err and "Traceback" not in err
+
+
+def test_dicom_series_ground_truth_is_found_and_paired(tmp_path, capsys):
+    """Label series stored as DICOM: each folder holding one is a case named after the folder (nested too); a
+    folder of SEG files only is no ground truth; a single series folder pairs with a single prediction file; NIfTI
+    labels beside CT series are the ground truth."""
+    from seg2refine_core.io.volume import read_volume, write_mask
+
+    gt = tmp_path / "gt"
+    ct_series(gt / "c1", box(2, 6).astype(np.int16), spacing=SPACING)
+    ct_series(gt / "site" / "c2", box(2, 6).astype(np.int16), spacing=SPACING)
+    c1 = read_volume(gt / "c1")
+    write_mask(gt / "segs" / "c1.y.seg.dcm", box(2, 6), like=c1)  # a SEG is not an image series
+    pred = tmp_path / "pred"
+    write_mask(pred / "c1.y.nii.gz", box(2, 6), like=c1)
+    write_mask(pred / "c2.y.nii.gz", box(3, 6), like=read_volume(gt / "site" / "c2"))
+    (pairing,) = match_kinds(pred, gt)
+    assert [(i, f.name, g) for i, f, g in pairing.pairs] == [
+        ("c1", "c1.y.nii.gz", gt / "c1"), ("c2", "c2.y.nii.gz", gt / "site" / "c2")]
+    assert pairing.gt_without_pred == [] and pairing.pred_without_gt == []
+    assert main(["evaluate", "--pred", str(pred), "--gt", str(gt), "--json", str(tmp_path / "r.json")]) == 0
+    cases = json.loads((tmp_path / "r.json").read_text())["cases"]
+    assert [c["dice"] for c in cases] == [pytest.approx(1.0), pytest.approx(2 * 3 / 7)]
+    # one series folder and one prediction file are a pair whatever their names; so is a file of the series
+    other = write_mask(tmp_path / "whatever.nii.gz", box(2, 6), like=c1)
+    assert pair_predictions(other, gt / "c1") == [("c1", other, gt / "c1")]
+    any_file = sorted((gt / "c1").iterdir())[3]
+    assert pair_predictions(other, any_file) == [("c1", other, any_file)]
+    # labels win over CT series folders in the same folder
+    mixed = tmp_path / "mixed"
+    ct_series(mixed / "c1", box(2, 6).astype(np.int16) * 500, spacing=SPACING)
+    label = write_mask(mixed / "c1.label.nii.gz", box(2, 6), like=c1)
+    assert pair_predictions(pred, mixed) == [("c1", pred / "c1.y.nii.gz", label)]
+    with pytest.raises(DatasetError, match=r"no ground-truth volumes \(.*\) or DICOM series found"):
+        pair_predictions(pred, gt / "segs")

@@ -1,8 +1,10 @@
 """`seg2refine predict` end to end: outputs with the input's geometry, the baseline path, refusals, progress lines
-in logs, and a cohort sharded over two torchrun processes."""
+in logs, a cohort sharded over two torchrun processes, and DICOM series in (series choice) and out (NIfTI with the
+series' geometry checked with SimpleITK, DICOM SEG read back with highdicom)."""
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,12 +13,18 @@ import numpy as np
 import pytest
 import torch
 
+from dicom_support import ct_series
 from plugin_support import SHAPE, SPACING, tiny_checkpoints, tiny_phantom
 from seg2refine_core.cli import main
 from seg2refine_core.data.phantom import make_phantom, write_phantom_case
 from seg2refine_core.data.preprocess import PreprocessConfig
+from seg2refine_core.inference.predictor import Predictor
 from seg2refine_core.io.checkpoint import save_checkpoint
-from seg2refine_core.io.volume import read_volume
+from seg2refine_core.io.volume import Volume, read_volume
+
+_C, _S = np.cos(0.3), np.sin(0.3)
+#: oblique slices: rows along a rotated x, columns tilted out of the axial plane
+OBLIQUE = (_C, _S, 0.0, -_S * 0.8, _C * 0.8, 0.6)
 
 
 @pytest.fixture(scope="module")
@@ -147,3 +155,168 @@ def test_torchrun_shares_the_cohort_out_across_two_processes(tmp_path):
     for name in names:
         np.testing.assert_array_equal(read_volume(tmp_path / "sharded" / name).array,
                                       read_volume(tmp_path / "single" / name).array)
+
+
+def phantom_series(folder: Path, n_slices: int = SHAPE[0], **options) -> list[Path]:
+    """The tiny phantom's first ``n_slices`` (HU, rounded) as a DICOM CT series in ``folder``."""
+    hu = np.round(tiny_phantom().image[:n_slices]).astype(np.int32)
+    return ct_series(folder, hu, spacing=SPACING, **options)
+
+
+def _sitk_series(sitk, folder: Path):
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
+    return reader.Execute()
+
+
+def test_a_folder_with_a_dicom_series_and_a_nifti_file(case_and_models, tmp_path, capsys):
+    """Both are segmented; the series' masks line up with the series in SimpleITK, point for point and voxel for
+    voxel; the line printed names the series read; re-running on a folder holding earlier outputs takes only the
+    inputs."""
+    sitk = pytest.importorskip("SimpleITK")
+    root, image, (s1, _) = case_and_models
+    cohort = tmp_path / "cohort"
+    phantom_series(cohort / "patient7", orientation=OBLIQUE, series_uid="1.2.3.7")
+    shutil.copy(image, cohort / "n1.nii.gz")
+    out = tmp_path / "out"
+    assert main(["predict", str(cohort), "--stage1", str(s1), "--out", str(out), "--save-prob", "--device", "cpu",
+                 "--threads", "1"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "n1.s.nii.gz", "n1.s_prob.nii.gz", "patient7.s.nii.gz", "patient7.s_prob.nii.gz"]
+    printed = capsys.readouterr().out
+    assert (f"patient7: {cohort / 'patient7'}: read DICOM series 1.2.3.7 (CT #3 'test CT', 16 slices), the series "
+            "with the most slices\n") in printed
+    assert "n1: read" not in printed and "2 of 2 case(s) segmented" in printed
+    np.testing.assert_allclose(read_volume(out / "n1.s.nii.gz").affine, read_volume(image).affine)
+    ct = _sitk_series(sitk, cohort / "patient7")
+    corners = [(i, j, k) for i in (0, SHAPE[2] - 1) for j in (0, SHAPE[1] - 1) for k in (0, SHAPE[0] - 1)]
+    for name in ("patient7.s.nii.gz", "patient7.s_prob.nii.gz"):
+        written = sitk.ReadImage(str(out / name))
+        assert written.GetSize() == ct.GetSize() == (SHAPE[2], SHAPE[1], SHAPE[0])
+        for index in corners:
+            np.testing.assert_allclose(written.TransformIndexToPhysicalPoint(index),
+                                       ct.TransformIndexToPhysicalPoint(index), atol=1e-3)
+    # voxel for voxel: the probabilities are the model's on the CT as ITK reads it
+    itk_ct = Volume.from_array(sitk.GetArrayFromImage(ct).astype(np.float32), ct.GetSpacing()[::-1])
+    expected = Predictor.from_checkpoints(s1, None, device="cpu").predict_volume(itk_ct)
+    for name, array in (("patient7.s_prob.nii.gz", expected.s_prob), ("patient7.s.nii.gz", expected.s_mask)):
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out / name))), array)
+    # outputs written into the series folder itself are not inputs the next time
+    assert main(["predict", str(cohort), "--stage1", str(s1), "--out", str(cohort / "patient7"), "--device", "cpu",
+                 "--threads", "1"]) == 0
+    assert main(["predict", str(cohort), "--stage1", str(s1), "--out", str(cohort / "patient7"), "--device", "cpu",
+                 "--threads", "1", "--overwrite"]) == 0
+    assert "2 of 2 case(s) segmented" in capsys.readouterr().out
+    assert sorted(p.name for p in (cohort / "patient7").glob("*.nii.gz")) == ["n1.s.nii.gz", "patient7.s.nii.gz"]
+
+
+def _two_series_in_one_folder(folder: Path) -> None:
+    """A 16-slice series 1.2.3.100 and an 8-slice one 1.2.3.200 (other origin), their files mixed in ``folder``."""
+    phantom_series(folder / "big", series_uid="1.2.3.100", description="cardiac")
+    phantom_series(folder / "small", 8, series_uid="1.2.3.200", description="low dose", origin=(-100.0, -80.0, -250.0))
+    for part in ("big", "small"):
+        for file in (folder / part).iterdir():
+            file.rename(folder / f"{part}_{file.name}")
+        (folder / part).rmdir()
+
+
+def test_series_option_reads_the_other_series_and_the_line_names_it(case_and_models, tmp_path, capsys):
+    root, image, (s1, _) = case_and_models
+    study = tmp_path / "study"
+    _two_series_in_one_folder(study)
+    args = ["--stage1", str(s1), "--device", "cpu", "--threads", "1"]
+    assert main(["predict", str(study), *args, "--out", str(tmp_path / "default")]) == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"^study: .*study: read DICOM series 1\.2\.3\.100 \(CT #3 'cardiac', 16 slices\), the series "
+                     r"with the most slices; also there: 1\.2\.3\.200 \(CT #3 'low dose', 8 slices\) \(choose one with "
+                     r"--series UID", printed, re.M)
+    assert read_volume(tmp_path / "default" / "study.s.nii.gz").shape == SHAPE
+
+    assert main(["predict", str(study), *args, "--series", "1.2.3.200", "--out", str(tmp_path / "chosen")]) == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"^study: .*study: read DICOM series 1\.2\.3\.200 \(CT #3 'low dose', 8 slices\), the requested "
+                     r"series; also there: 1\.2\.3\.100", printed, re.M)
+    written = read_volume(tmp_path / "chosen" / "study.s.nii.gz")
+    small = read_volume(study, series="1.2.3.200")
+    assert written.shape == (8, *SHAPE[1:]) and small.shape == written.shape
+    np.testing.assert_allclose(written.affine, small.affine, atol=1e-4)
+
+    # a UID no input holds: refused before any work, with the series that are there
+    assert main(["predict", str(study), *args, "--series", "9.9.9", "--out", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert "--series 9.9.9: no DICOM series with this UID in the inputs; the series there are: 1.2.3.100 (CT #3 " in err
+    assert "1.2.3.200 (CT #3 'low dose', 8 slices)" in err and not (tmp_path / "none").exists()
+
+    # series in sibling folders (one folder per series, as PACS exports): --series keeps the folder that holds it
+    nested = tmp_path / "nested"
+    phantom_series(nested / "SE1", series_uid="1.2.3.1")
+    phantom_series(nested / "SE2", 8, series_uid="1.2.3.2")
+    shutil.copy(image, nested / "other.nii.gz")
+    assert main(["predict", str(nested), *args, "--series", "1.2.3.2", "--out", str(tmp_path / "n")]) == 0
+    assert sorted(p.name for p in (tmp_path / "n").iterdir()) == ["SE2.s.nii.gz"]
+    assert "SE2: " in capsys.readouterr().out
+
+
+def test_dicom_seg_output_references_the_source_series(tmp_path, capsys):
+    """``--output-format dicom-seg``: one SEG per mask in the source's study and frame of reference, referencing
+    every source slice, each frame at its slice holding the predicted mask there; probabilities stay NIfTI."""
+    import highdicom as hd
+    import pydicom
+
+    series = tmp_path / "ct"
+    phantom_series(series, orientation=OBLIQUE, series_uid="1.2.3.77")
+    args = ["predict", str(series), "--device", "cpu", "--threads", "1"]  # the bundled weights: a Y with vessels
+    assert main([*args, "--out", str(tmp_path / "seg"), "--output-format", "dicom-seg", "--save-prob"]) == 0
+    assert sorted(p.name for p in (tmp_path / "seg").iterdir()) == [
+        "ct.s.seg.dcm", "ct.s_prob.nii.gz", "ct.y.seg.dcm", "ct.y_prob.nii.gz"]
+    assert "ct.s.seg.dcm, ct.s_prob.nii.gz, ct.y.seg.dcm, ct.y_prob.nii.gz" in capsys.readouterr().out
+    source = read_volume(series)
+    mask = Predictor.from_checkpoints(device="cpu").predict_volume(source).y_mask
+    assert mask.any() and not mask[0].any()  # some slices have no vessel: their frames are left out
+    path = tmp_path / "seg" / "ct.y.seg.dcm"
+    seg = hd.seg.segread(path)
+    assert seg.Modality == "SEG" and seg.StudyInstanceUID == source.header[0].StudyInstanceUID
+    assert seg.FrameOfReferenceUID == source.header[0].FrameOfReferenceUID
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == "1.2.3.77"
+    referenced = {i.ReferencedSOPInstanceUID for i in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+    assert referenced == {ds.SOPInstanceUID for ds in source.header}
+    by_position = {tuple(np.round(ds.ImagePositionPatient, 4)): k for k, ds in enumerate(source.header)}
+    frames = pydicom.dcmread(path).pixel_array.reshape(-1, *mask.shape[1:])
+    assert len(frames) == int(mask.any(axis=(1, 2)).sum())
+    for frame, group in zip(frames, seg.PerFrameFunctionalGroupsSequence, strict=True):
+        k = by_position[tuple(np.round(group.PlanePositionSequence[0].ImagePositionPatient, 4))]
+        np.testing.assert_array_equal(frame, mask[k])
+        assert group.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID == \
+            source.header[k].SOPInstanceUID
+
+
+def test_dicom_refusals_are_one_line_messages(case_and_models, tmp_path, capsys):
+    root, image, (s1, _) = case_and_models
+    args = ["--stage1", str(s1), "--device", "cpu", "--threads", "1"]
+    # a SEG needs a DICOM source: refused before any work
+    assert main(["predict", str(image), *args, "--output-format", "dicom-seg", "--out", str(tmp_path / "o1")]) == 2
+    err = capsys.readouterr().err
+    assert f"{image}: --output-format dicom-seg needs a DICOM series input (a SEG references its source slices) " \
+           "and this is a nifti file; use --output-format nifti" in err
+    assert err.count("\n") == 1 and not (tmp_path / "o1").exists()
+    # a series whose UIDs were blanked cannot be referenced: that case is refused before segmenting, others go on
+    cohort = tmp_path / "cohort"
+    phantom_series(cohort / "blank", study_uid="")
+    phantom_series(cohort / "good", series_uid="1.2.3.5")
+    assert main(["predict", str(cohort), *args, "--output-format", "dicom-seg", "--out", str(tmp_path / "o2")]) == 2
+    captured = capsys.readouterr()
+    assert (f"blank: error: {tmp_path / 'o2' / 'blank.s.seg.dcm'}: cannot reference blank in a DICOM SEG: its "
+            "StudyInstanceUID is blank (anonymised?); write NIfTI instead\n") in captured.out
+    assert sorted(p.name for p in (tmp_path / "o2").iterdir()) == ["good.s.seg.dcm"]
+    assert "error: 1 case(s) failed: blank" in captured.err
+    # a file that is not a volume, and two series folders with one name
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image")
+    assert main(["predict", str(notes), *args, "--out", str(tmp_path / "o3")]) == 2
+    assert f"{notes}: not a volume (.nii.gz, .nii, .nrrd, .mha, .mhd, a DICOM file or a DICOM series folder)" in \
+        capsys.readouterr().err
+    phantom_series(tmp_path / "pacs" / "PA1" / "SE0")
+    phantom_series(tmp_path / "pacs" / "PA2" / "SE0")
+    assert main(["predict", str(tmp_path / "pacs"), *args, "--out", str(tmp_path / "o4")]) == 2
+    assert "several inputs share the case id(s) SE0 (" in capsys.readouterr().err
+    assert not (tmp_path / "o3").exists() and not (tmp_path / "o4").exists()

@@ -1,20 +1,24 @@
 """The core Predictor: bundled weights give the stages' own outputs, the model-space seam, existing S, the baseline
-beside the stages, cohort sharding and bad cases."""
+beside the stages, cohort sharding, bad cases, and input discovery and output names with DICOM series."""
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from dicom_support import ct_series
 from plugin_support import SHAPE, SPACING, tiny_checkpoints, tiny_phantom
 from seg2refine_core.data.phantom import make_phantom, write_phantom_case
 from seg2refine_core.data.preprocess import PreprocessConfig, preprocess
 from seg2refine_core.errors import CheckpointError, Seg2RefineError
+from seg2refine_core.inference.inputs import check_output_format, check_outputs, list_inputs, output_path
 from seg2refine_core.inference.models import load_stage
 from seg2refine_core.inference.predictor import Predictor
 from seg2refine_core.inference.stage1 import default_batch_size, segment_slices
 from seg2refine_core.inference.stage2 import count_windows, predict_baseline3d, refine_volume, window_size
 from seg2refine_core.io.checkpoint import save_checkpoint
-from seg2refine_core.io.volume import Volume
+from seg2refine_core.io.volume import Volume, read_volume, write_mask, write_volume
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -145,3 +149,69 @@ def test_a_case_that_cannot_be_read_is_reported_and_the_others_go_on(tiny, cohor
         "c1.s.nii.gz", "c1.s_prob.nii.gz", "c3.s.nii.gz", "c3.s_prob.nii.gz"]
     assert steps[0].startswith("c1 (1/3): stage 1: slice") and steps[-1].startswith("c3 (3/3): ")
     assert summary.to_dict()["cases"][1]["error"] == summary.failed[0].error
+
+
+def test_input_discovery_takes_each_dicom_series_folder_as_a_case_and_skips_outputs(tmp_path, monkeypatch):
+    hu = np.full((4, 8, 10), 40)
+    root = tmp_path / "cohort"
+    a_files = ct_series(root / "a", hu, series_uid="1.2.3.1")
+    ct_series(root / "p1" / "st" / "se", hu, series_uid="1.2.3.2")  # a nested (PACS) layout: named by its folder
+    write_volume(root / "n.nii.gz", hu.astype(np.int16))
+    write_volume(root / "n.s.nii.gz", hu.astype(np.uint8))  # an earlier output
+    (root / "notes.txt").write_text("not an image")
+    a = read_volume(root / "a")
+    write_mask(root / "out" / "a.y.seg.dcm", np.ones(a.shape, np.uint8), like=a)  # earlier SEG outputs only
+    write_volume(root / "out" / "a.y_prob.nii.gz", np.zeros(a.shape, np.float32))
+    assert list_inputs([root]) == [("n", root / "n.nii.gz"), ("a", root / "a"), ("se", root / "p1" / "st" / "se")]
+    # a DICOM file reads its series and is named by its folder; so is "." inside a series folder
+    assert list_inputs([a_files[2]]) == [("a", a_files[2])]
+    monkeypatch.chdir(root / "a")
+    assert list_inputs(["."]) == [("a", Path("."))]
+    # --series keeps the DICOM cases that hold it
+    assert list_inputs([root], series="1.2.3.2") == [("se", root / "p1" / "st" / "se")]
+    with pytest.raises(Seg2RefineError, match=r"--series 9: no DICOM series with this UID in the inputs; the series "
+                                              r"there are: 1\.2\.3\.1 \(CT #3 'test CT', 4 slices\); 1\.2\.3\.2"):
+        list_inputs([root], series="9")
+    with pytest.raises(Seg2RefineError, match="notes.txt: not a volume"):
+        list_inputs([root / "notes.txt"])
+    with pytest.raises(Seg2RefineError, match=r"share the case id\(s\) a \(.*a, .*IM"):
+        list_inputs([root / "a", a_files[0]])
+
+
+def test_output_names_and_checks_follow_the_output_format(tmp_path):
+    out = tmp_path / "out"
+    names = {fmt: output_path(out, "c", "y", output_format=fmt).name for fmt in ("nifti", "nrrd", "metaimage",
+                                                                                   "dicom-seg")}
+    assert names == {"nifti": "c.y.nii.gz", "nrrd": "c.y.nrrd", "metaimage": "c.y.mha", "dicom-seg": "c.y.seg.dcm"}
+    assert output_path(out, "c", "y", prob=True, output_format="dicom-seg").name == "c.y_prob.nii.gz"
+    series = tmp_path / "c"
+    ct_series(series, np.zeros((3, 4, 4)))
+    cases = [("c", series)]
+    check_output_format(cases, "dicom-seg")
+    with pytest.raises(Seg2RefineError, match="--output-format must be one of nifti, nrrd, metaimage, dicom-seg"):
+        check_output_format(cases, "png")
+    nifti = write_volume(tmp_path / "n.nii.gz", np.zeros((3, 4, 4), np.int16))
+    with pytest.raises(Seg2RefineError, match="n.nii.gz: --output-format dicom-seg needs a DICOM series input"):
+        check_output_format([*cases, ("n", nifti)], "dicom-seg")
+    out.mkdir()
+    (out / "c.y.seg.dcm").write_bytes(b"")
+    check_outputs(cases, out, ["s", "y"], save_prob=True, overwrite=False)  # NIfTI names: nothing in the way
+    with pytest.raises(Seg2RefineError, match=r"c\.y\.seg\.dcm: already exists; pass --overwrite"):
+        check_outputs(cases, out, ["s", "y"], save_prob=False, overwrite=False, output_format="dicom-seg")
+
+
+def test_write_outputs_in_each_format_keeps_the_series_geometry(tiny, tmp_path):
+    """Masks in the asked format on the source's grid, probabilities as NIfTI."""
+    ct_series(tmp_path / "ct", np.round(tiny_phantom().image).astype(np.int32), spacing=SPACING)
+    source = read_volume(tmp_path / "ct")
+    predictor = Predictor.from_checkpoints(tiny[0], None, device="cpu")
+    result = predictor.predict_volume(source)
+    for fmt in ("nifti", "nrrd", "metaimage"):
+        written = predictor.write_outputs("ct", result, source, tmp_path / fmt, save_prob=True, output_format=fmt)
+        assert [p.name for p in written] == [output_path(".", "ct", "s", output_format=fmt).name, "ct.s_prob.nii.gz"]
+        for path in written:
+            back = read_volume(path)
+            np.testing.assert_allclose(back.affine, source.affine, atol=1e-4)
+        np.testing.assert_array_equal(read_volume(written[0]).array, result.s_mask)
+    (seg,) = predictor.write_outputs("ct", result, source, tmp_path / "seg", output_format="dicom-seg")
+    assert seg.name == "ct.s.seg.dcm" and seg.stat().st_size > 0

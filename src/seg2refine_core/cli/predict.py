@@ -11,6 +11,7 @@ from pathlib import Path
 from seg2refine_core.cli import add_threads_option
 from seg2refine_core.devices import DEVICE_CHOICES
 from seg2refine_core.errors import Seg2RefineError
+from seg2refine_core.io.volume import OUTPUT_FORMATS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -18,15 +19,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "predict",
         help="segment CCTA volumes: S (stage 1), Y (stage 2), B (3D baseline)",
         description=(
-            "Segment volumes and every volume in folders (.nii, .nii.gz, .nrrd; ImageCAS '<id>.img.nii.gz' names "
-            "give '<id>'). Writes <id>.s.nii.gz (stage 1), <id>.y.nii.gz (stage 2) and <id>.b.nii.gz (3D "
-            "baseline) with the input's geometry. With neither --stage1 nor --stage2, both stages use the bundled "
-            "demo weights (none when --baseline3d is given); with --stage1 alone, only stage 1 runs; with --stage2 "
-            "alone, stage 1 uses the bundled weights. The models stay loaded across the cohort and only one volume "
-            "is held in memory at a time; a case that cannot be read is reported and the others go on (exit status "
-            "2 at the end). Under `torchrun --nproc_per_node=N -m seg2refine_core.cli predict ...` the cases are "
-            "shared out across the N processes (one GPU each with CUDA) and rank 0 prints the summary. Progress is "
-            "a bar on a terminal and a plain line every 10% or 30 s otherwise."
+            "Segment volumes and every volume in folders (.nii, .nii.gz, .nrrd, .mha, .mhd; ImageCAS "
+            "'<id>.img.nii.gz' names give '<id>') and DICOM CT series (every folder that holds DICOM files is one "
+            "case, named after the folder; a DICOM file given reads its series; the series with the most slices is "
+            "read unless --series names one, and the line printed says which). Writes <id>.s.nii.gz (stage 1), "
+            "<id>.y.nii.gz (stage 2) and <id>.b.nii.gz (3D baseline) with the input's geometry, or another format "
+            "with --output-format (dicom-seg: a DICOM SEG referencing the source series). With neither --stage1 nor "
+            "--stage2, both stages use the bundled demo weights (none when --baseline3d is given); with --stage1 "
+            "alone, only stage 1 runs; with --stage2 alone, stage 1 uses the bundled weights. The models stay loaded "
+            "across the cohort and only one volume is held in memory at a time; a case that cannot be read is "
+            "reported and the others go on (exit status 2 at the end). Under `torchrun --nproc_per_node=N -m "
+            "seg2refine_core.cli predict ...` the cases are shared out across the N processes (one GPU each with "
+            "CUDA) and rank 0 prints the summary. Progress is a bar on a terminal and a plain line every 10% or 30 s "
+            "otherwise."
         ),
     )
     p.add_argument("inputs", type=Path, nargs="+", metavar="IMAGE_OR_DIR")
@@ -35,6 +40,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--baseline3d", metavar="CKPT",
                    help="a 3D UNet baseline checkpoint (train baseline3d) -> <id>.b.nii.gz")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    p.add_argument("--series", metavar="UID",
+                   help="DICOM SeriesInstanceUID to segment (default: the series with the most slices in each DICOM "
+                        "folder); only the DICOM inputs holding it are segmented")
+    p.add_argument("--output-format", choices=list(OUTPUT_FORMATS), default="nifti",
+                   help="masks as nifti (.nii.gz, default), nrrd, metaimage (.mha), or dicom-seg (<id>.<key>.seg.dcm, "
+                        "a DICOM SEG in the source's study, for DICOM inputs with their UIDs); probabilities stay "
+                        "NIfTI")
     p.add_argument("--save-prob", action="store_true", help="also write probabilities <id>.s_prob / .y_prob / .b_prob")
     p.add_argument("--threshold", type=float, default=0.5, help="probability threshold for masks (default 0.5)")
     p.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICE_CHOICES)} (default auto)")
@@ -80,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
         print(where + predictor.describe(), flush=True)
 
         def report(case: CaseRecord) -> None:
+            if case.series is not None:
+                print(f"{where}{case.case_id}: {case.series}", flush=True)
             if case.error is not None:
                 print(f"{where}{case.case_id}: error: {case.error}", flush=True)
             else:
@@ -88,8 +102,8 @@ def run(args: argparse.Namespace) -> int:
 
         with tqdm_progress("predict", unit="step", disable=not info.is_main) as progress:
             summary = predictor.predict_files(
-                args.inputs, args.out, save_prob=args.save_prob, overwrite=args.overwrite, progress=progress,
-                on_case=report,
+                args.inputs, args.out, save_prob=args.save_prob, overwrite=args.overwrite, series=args.series,
+                output_format=args.output_format, progress=progress, on_case=report,
             )
     finally:
         distributed.cleanup()

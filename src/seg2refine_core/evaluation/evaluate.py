@@ -2,9 +2,11 @@
 
 Naming (design section 5; folders are searched recursively, hidden files are ignored):
 
-- Ground truth: ``<id>.label.nii.gz`` (ImageCAS), or plain ``<id>.nii.gz`` / ``<id>.nrrd`` (ASOCA, generic).
+- Ground truth: ``<id>.label.nii.gz`` (ImageCAS), or plain ``<id>.nii.gz`` / ``<id>.nrrd`` (ASOCA, generic), or a
+  DICOM series (a label map stored as DICOM images): every folder that directly holds DICOM files is one case
+  named after the folder (:func:`seg2refine_core.io.volume.case_name`), the series with the most slices read.
   When a ground-truth folder holds any ``*.label.*`` file, only those are ground truth, so an ImageCAS folder
-  with ``<id>.img.nii.gz`` beside ``<id>.label.nii.gz`` works as it is.
+  with ``<id>.img.nii.gz`` beside ``<id>.label.nii.gz`` works as it is (and CT series beside NIfTI labels too).
 - Prediction: the ground truth's name, ``<id>.<ext>``, or ``<id>.<kind>.<ext>`` such as ``<id>.s.nii.gz``
   (stage 1, kind ``s``) or ``<id>.y.nii.gz`` (stage 2, kind ``y``); a plain ``<id>.<ext>`` has the kind ``""``.
   ``<id>.img.*`` files are CT images and never predictions. :func:`match_predictions` pairs one kind
@@ -32,7 +34,16 @@ from seg2refine_core.data.datasets import natural_key
 from seg2refine_core.errors import DatasetError
 from seg2refine_core.evaluation.metrics import evaluate_case
 from seg2refine_core.io.atomic import write_text_atomic
-from seg2refine_core.io.volume import SUPPORTED_SUFFIXES, read_mask, read_volume, strip_suffix
+from seg2refine_core.io.dicom import dicom_folders, is_dicom_file
+from seg2refine_core.io.volume import (
+    DICOM_SEG_SUFFIXES,
+    SUPPORTED_SUFFIXES,
+    case_name,
+    is_volume_path,
+    read_mask,
+    read_volume,
+    strip_suffix,
+)
 from seg2refine_core.progress import ProgressFn, StopFn, check_stop
 
 Pair = tuple[str, Path, Path]
@@ -83,26 +94,36 @@ def _volume_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if _is_volume(p))
 
 
+def _series_folders(root: Path) -> list[Path]:
+    """DICOM series folders at or below ``root``, without those holding only DICOM SEG files (``*.seg.dcm``, as
+    ``seg2refine predict --output-format dicom-seg`` writes): a SEG is not an image series."""
+    return [
+        folder for folder in dicom_folders(root)
+        if any(p.is_file() and not p.name.lower().endswith(DICOM_SEG_SUFFIXES[0]) and is_dicom_file(p)
+               for p in folder.iterdir())
+    ]  # fmt: skip
+
+
 def _tag(stem: str) -> str:
     """The last dotted part of a stem (``1.label`` -> ``label``), or '' when there is none."""
     return stem.rsplit(".", 1)[1] if "." in stem else ""
 
 
 def _gt_id(path: Path) -> str:
-    stem = strip_suffix(path)
+    stem = case_name(path)
     return stem[: -len(_LABEL_TAG) - 1] if _tag(stem) == _LABEL_TAG else stem
 
 
 def _check_exists(path: Path, what: str) -> None:
     if not path.exists():
         raise DatasetError(f"{path}: {what} not found")
-    if path.is_file() and not path.name.lower().endswith(SUPPORTED_SUFFIXES):
-        raise DatasetError(f"{path}: {what} is not a volume file ({', '.join(SUPPORTED_SUFFIXES)})")
+    if path.is_file() and not is_volume_path(path):
+        raise DatasetError(f"{path}: {what} is not a volume file ({', '.join(SUPPORTED_SUFFIXES)} or DICOM)")
 
 
 def _ground_truth(gt_path: Path) -> dict[str, Path]:
-    files = [gt_path] if gt_path.is_file() else _volume_files(gt_path)
-    labels = [p for p in files if _tag(strip_suffix(p)) == _LABEL_TAG]
+    files = [gt_path] if gt_path.is_file() else _volume_files(gt_path) + _series_folders(gt_path)
+    labels = [p for p in files if _tag(case_name(p)) == _LABEL_TAG]
     by_id: dict[str, Path] = {}
     for path in labels or files:
         case_id = _gt_id(path)
@@ -111,7 +132,9 @@ def _ground_truth(gt_path: Path) -> dict[str, Path]:
             raise DatasetError(f"{gt_path}: case '{case_id}' has two ground-truth files: {both}")
         by_id[case_id] = path
     if not by_id:
-        raise DatasetError(f"{gt_path}: no ground-truth volumes ({', '.join(SUPPORTED_SUFFIXES)}) found")
+        raise DatasetError(
+            f"{gt_path}: no ground-truth volumes ({', '.join(SUPPORTED_SUFFIXES)}) or DICOM series found"
+        )
     return by_id
 
 
@@ -143,14 +166,15 @@ class _Scan:
     found: dict[str, dict[str, list[Path]]]  # kind -> case id -> prediction files
     unmatched: list[Path]
     single_file: bool  # the prediction is one file
-    two_files: bool = False  # ... and so is the ground truth: always one pair, whatever the names
+    two_files: bool = False  # ... and the ground truth one volume (a file or one series): one pair, whatever the names
 
 
 def _scan(pred_path: Path, gt_path: Path) -> _Scan:
     _check_exists(gt_path, "ground truth")
     _check_exists(pred_path, "prediction")
     gt_by_id = _ground_truth(gt_path)
-    if pred_path.is_file() and gt_path.is_file():
+    one_gt = gt_path.is_file() or list(gt_by_id.values()) == [gt_path]  # a file, or a folder that is one series
+    if pred_path.is_file() and one_gt:
         ((case_id, gt_file),) = gt_by_id.items()
         found = {_kind(strip_suffix(pred_path), case_id): {case_id: [pred_path]}}
         return _Scan(gt_by_id, found, [], single_file=True, two_files=True)
@@ -195,7 +219,8 @@ def match_predictions(
     """Pair prediction files of one kind with ground-truth files (each argument a file or a folder).
 
     ``suffix``: the kind to keep (see the module doc); None takes any, but then a case must have only one
-    prediction. Two files are always a pair (the case id comes from the ground truth's name). Raises
+    prediction. A prediction file and one ground truth (a file, or a folder that is one DICOM series) are always a
+    pair (the case id comes from the ground truth's name). Raises
     :class:`DatasetError` for a missing path, duplicate ground-truth ids, or a case with several predictions.
     """
     pred_path, gt_path = Path(pred_path), Path(gt_path)
@@ -208,8 +233,8 @@ def match_kinds(
     """One :class:`Pairing` per prediction kind, in ``suffixes``' order (duplicates dropped).
 
     Without ``suffixes``: every kind found in ``pred_path``, probability maps (``<kind>_prob``) left out,
-    plain names first, then ``s``, ``y``, ``b`` and the others by name. Two files are one pair of the kind the
-    prediction's name gives, whatever ``suffixes`` asks for. Raises :class:`DatasetError` as
+    plain names first, then ``s``, ``y``, ``b`` and the others by name. A prediction file and one ground truth are
+    one pair of the kind the prediction's name gives, whatever ``suffixes`` asks for. Raises :class:`DatasetError` as
     :func:`match_predictions` does, and when no prediction of any kind pairs with the ground truth.
     """
     pred_path, gt_path = Path(pred_path), Path(gt_path)

@@ -24,7 +24,13 @@ import torch
 from seg2refine_core import distributed
 from seg2refine_core.devices import resolve_device
 from seg2refine_core.errors import Seg2RefineError
-from seg2refine_core.inference.inputs import check_outputs, list_inputs, output_path
+from seg2refine_core.inference.inputs import (
+    DEFAULT_OUTPUT_FORMAT,
+    check_output_format,
+    check_outputs,
+    list_inputs,
+    output_path,
+)
 from seg2refine_core.inference.models import LoadedModel, load_stage
 from seg2refine_core.inference.pipeline import OUTPUT_KEYS, PipelineResult, run_pipeline, threshold_mask
 from seg2refine_core.io.volume import Volume
@@ -39,7 +45,9 @@ Checkpoint = str | Path | None
 @dataclass
 class CaseRecord:
     """What happened to one input: its ``case_id`` and ``path``, the volume ``shape`` (z, y, x), the files
-    written, seconds spent, the ``rank`` that did it, and the one-line ``error`` when it could not be segmented."""
+    written, seconds spent, the ``rank`` that did it, the one-line ``error`` when it could not be segmented, and for
+    a DICOM input which ``series`` was read and what else its folder holds (one line,
+    :meth:`~seg2refine_core.io.dicom.SeriesChoice.message`)."""
 
     case_id: str
     path: Path
@@ -48,6 +56,7 @@ class CaseRecord:
     seconds: float = 0.0
     rank: int = 0
     error: str | None = None
+    series: str | None = None
 
 
 @dataclass
@@ -70,7 +79,7 @@ class PredictionSummary:
             "cases": [
                 {"case_id": c.case_id, "path": str(c.path), "shape": None if c.shape is None else list(c.shape),
                  "outputs": [str(p) for p in c.outputs], "seconds": round(c.seconds, 3), "rank": c.rank,
-                 "error": c.error}
+                 "error": c.error, "series": c.series}
                 for c in self.cases
             ],
         }
@@ -196,15 +205,26 @@ class Predictor:
         return result
 
     def write_outputs(
-        self, case_id: str, result: PipelineResult, like: Volume, out_dir: str | Path, *, save_prob: bool = False
+        self,
+        case_id: str,
+        result: PipelineResult,
+        like: Volume,
+        out_dir: str | Path,
+        *,
+        save_prob: bool = False,
+        output_format: str = DEFAULT_OUTPUT_FORMAT,
     ) -> list[Path]:
         """Write each mask of ``result`` (and its probabilities with ``save_prob``) as
-        :func:`~.inputs.output_path` names in ``out_dir``, atomically, with ``like``'s header and geometry."""
-        from seg2refine_core.io.volume import write_volume
+        :func:`~.inputs.output_path` names in ``out_dir``, atomically, on ``like``'s grid: masks in
+        ``output_format`` (``nifti``, ``nrrd``, ``metaimage``, or ``dicom-seg`` referencing ``like``'s DICOM series,
+        see :func:`~seg2refine_core.io.volume.write_mask`), probabilities as NIfTI; ``like``'s header and geometry
+        are kept. Raises :class:`~seg2refine_core.errors.VolumeError` for a SEG of a source that cannot be
+        referenced."""
+        from seg2refine_core.io.volume import write_mask, write_volume
 
         written = []
         for key, (mask, prob) in result.outputs().items():
-            written.append(write_volume(output_path(out_dir, case_id, key), mask, like=like))
+            written.append(write_mask(output_path(out_dir, case_id, key, output_format=output_format), mask, like))
             if save_prob and prob is not None:
                 written.append(write_volume(output_path(out_dir, case_id, key, prob=True), prob, like=like))
         return written
@@ -216,6 +236,8 @@ class Predictor:
         *,
         save_prob: bool = False,
         overwrite: bool = False,
+        series: str | None = None,
+        output_format: str = DEFAULT_OUTPUT_FORMAT,
         shard: tuple[int, int] | None = None,
         progress: ProgressFn | None = None,
         should_stop: StopFn | None = None,
@@ -223,23 +245,27 @@ class Predictor:
     ) -> PredictionSummary:
         """Segment every volume in ``inputs`` (files and folders, :func:`~.inputs.list_inputs`) into ``out_dir``.
 
-        Before any work, refuses outputs that exist (without ``overwrite``) or would replace an input. Then each
-        case of this process's shard is read, segmented (:meth:`predict_volume`) and written
-        (:meth:`write_outputs`); only one volume is held at a time. A case that cannot be read is recorded with its
-        one-line error and the others go on. ``shard``: ``(rank, world_size)``, by default this process's place in
-        the ``torchrun`` group (``(0, 1)`` alone); rank ``r`` takes cases ``r::world_size``. ``progress`` counts
-        the steps of the current case (its info starts with the case id), ``on_case(record)`` follows each case
-        this rank finishes. Returns the summary of all ranks (gathered on every rank), cases in input order.
+        Before any work, refuses outputs that exist (without ``overwrite``) or would replace an input, and
+        ``output_format="dicom-seg"`` for an input that is not DICOM. Then each case of this process's shard is read,
+        segmented (:meth:`predict_volume`) and written (:meth:`write_outputs` in ``output_format``); only one volume
+        is held at a time. ``series``: the SeriesInstanceUID to read; only the DICOM inputs holding it are
+        segmented (:func:`~.inputs.list_inputs`). A case that cannot be read or written (for a SEG: a source with
+        blank UIDs, found before segmenting) is recorded with its one-line error and the others go on.
+        ``shard``: ``(rank, world_size)``, by default this process's place in the ``torchrun`` group (``(0, 1)``
+        alone); rank ``r`` takes cases ``r::world_size``. ``progress`` counts the steps of the current case (its info
+        starts with the case id), ``on_case(record)`` follows each case this rank finishes. Returns the summary of
+        all ranks (gathered on every rank), cases in input order.
         """
         t0 = time.perf_counter()
-        cases = self._plan(inputs, out_dir, save_prob, overwrite)
+        cases = self._plan(inputs, out_dir, save_prob, overwrite, series, output_format)
         rank, world_size = shard if shard is not None else distributed.rank_and_world_size()
         mine = cases[rank::world_size]
         records = []
         for index, (case_id, path) in enumerate(mine):
             check_stop(should_stop)
-            records.append(self._predict_case(case_id, path, out_dir, save_prob, rank, f"{case_id} "
-                                              f"({index + 1}/{len(mine)})", progress, should_stop))
+            label = f"{case_id} ({index + 1}/{len(mine)})"
+            records.append(self._predict_case(case_id, path, out_dir, save_prob, series, output_format, rank, label,
+                                              progress, should_stop))
             if on_case is not None:
                 on_case(records[-1])
         order = {case_id: i for i, (case_id, _) in enumerate(cases)}
@@ -248,15 +274,18 @@ class Predictor:
                                  seconds=time.perf_counter() - t0)
 
     def _plan(
-        self, inputs: Iterable[str | Path], out_dir: str | Path, save_prob: bool, overwrite: bool
+        self, inputs: Iterable[str | Path], out_dir: str | Path, save_prob: bool, overwrite: bool,
+        series: str | None, output_format: str,
     ) -> list[tuple[str, Path]]:
         """The cases, after every rank has checked them and the outputs; no rank writes before all have checked
         (a fast rank's first output would otherwise look like an existing file to a slow one). The first problem
         any rank found is raised on all."""
         cases: list[tuple[str, Path]] = []
         try:
-            cases = list_inputs(inputs)
-            check_outputs(cases, out_dir, self.output_keys, save_prob=save_prob, overwrite=overwrite)
+            cases = list_inputs(inputs, series=series)
+            check_output_format(cases, output_format)
+            check_outputs(cases, out_dir, self.output_keys, save_prob=save_prob, overwrite=overwrite,
+                          output_format=output_format)
             problem = None
         except Seg2RefineError as err:
             problem = str(err)
@@ -266,15 +295,19 @@ class Predictor:
         return cases
 
     def _predict_case(
-        self, case_id: str, path: Path, out_dir: str | Path, save_prob: bool, rank: int, label: str,
-        progress: ProgressFn | None, should_stop: StopFn | None,
+        self, case_id: str, path: Path, out_dir: str | Path, save_prob: bool, series: str | None,
+        output_format: str, rank: int, label: str, progress: ProgressFn | None, should_stop: StopFn | None,
     ) -> CaseRecord:
+        from seg2refine_core.io.dicom_seg import check_seg_source
         from seg2refine_core.io.volume import read_volume
 
         t0 = time.perf_counter()
         record = CaseRecord(case_id=case_id, path=path, rank=rank)
         try:
-            volume = read_volume(path)
+            volume = read_volume(path, series=series)  # with a series, every case is DICOM (list_inputs)
+            record.series = None if volume.series is None else volume.series.message()
+            if output_format == "dicom-seg":
+                check_seg_source(volume, output_path(out_dir, case_id, self.output_keys[0], output_format="dicom-seg"))
         except Seg2RefineError as err:
             record.error = str(err)
             return record
@@ -284,6 +317,10 @@ class Predictor:
             progress(done, total, f"{label}: {info}" if info else label)  # type: ignore[misc]
 
         result = self.predict_volume(volume, progress=case_progress if progress else None, should_stop=should_stop)
-        record.outputs = self.write_outputs(case_id, result, volume, out_dir, save_prob=save_prob)
+        try:
+            record.outputs = self.write_outputs(case_id, result, volume, out_dir, save_prob=save_prob,
+                                                output_format=output_format)
+        except Seg2RefineError as err:
+            record.error = str(err)
         record.seconds = time.perf_counter() - t0
         return record

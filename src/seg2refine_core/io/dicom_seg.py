@@ -26,6 +26,22 @@ if TYPE_CHECKING:
 SEGMENT_LABEL = "coronary artery lumen"
 
 
+def check_seg_source(source: Volume, path: str | Path) -> None:
+    """Raise :class:`VolumeError` (naming the SEG ``path``) unless ``source`` is a DICOM series a SEG can reference:
+    read from DICOM, with non-blank Study/Series/SOP Instance, SOP Class and Frame of Reference UIDs. Cheap: lets a
+    caller refuse before segmenting."""
+    if source.fmt != "dicom" or not source.header:
+        kind = source.fmt or "an array"
+        raise VolumeError(f"{path}: a DICOM SEG needs a DICOM source series; {source.name} is {kind}")
+    first = source.header[0]
+    for key in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "FrameOfReferenceUID"):
+        if not str(first.get(key, "") or ""):
+            raise VolumeError(
+                f"{path}: cannot reference {source.name} in a DICOM SEG: its {key} is blank (anonymised?); "
+                "write NIfTI instead"
+            )
+
+
 def write_dicom_seg(
     mask: np.ndarray,
     source: Volume,
@@ -38,26 +54,18 @@ def write_dicom_seg(
 
     ``source`` must be a DICOM series read by :func:`seg2refine_core.io.volume.read_volume` (its ``header`` holds
     the slices' datasets in array z order). Raises :class:`VolumeError` for a non-DICOM source, a shape mismatch, or
-    a source whose UIDs are blank. Returns the path.
+    a source whose UIDs are blank (:func:`check_seg_source`). Returns the path.
     """
     import highdicom as hd
     from pydicom.sr.codedict import codes
     from pydicom.uid import generate_uid
 
     path = Path(path)
-    if source.fmt != "dicom" or not source.header:
-        kind = source.fmt or "an array"
-        raise VolumeError(f"{path}: a DICOM SEG needs a DICOM source series; {source.name} is {kind}")
+    check_seg_source(source, path)
     mask = np.asarray(mask)
     if mask.shape != source.shape:
         raise VolumeError(f"{path}: mask shape {mask.shape} does not match the source {source.name} {source.shape}")
     datasets = list(source.header)
-    for key in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "FrameOfReferenceUID"):
-        if not str(datasets[0].get(key, "") or ""):
-            raise VolumeError(
-                f"{path}: cannot reference {source.name} in a DICOM SEG: its {key} is blank (anonymised?); "
-                "write NIfTI instead"
-            )
     from seg2refine_core import __version__
 
     algorithm = hd.AlgorithmIdentificationSequence(
