@@ -1,10 +1,11 @@
-"""A/B timings of the inference options behind the choices in ``seg2refine_core.inference.pipeline``.
+"""A/B timings of the inference options behind the choices in ``seg2refine_core.inference`` (models, stage1, stage2).
 
 Stage 1 (SFANet forward on a batch of slices): contiguous vs channels-last, batch size, BatchNorm folded
 into the convolutions (+ in-place ReLU), ``torch.compile``. Stage 2 (generator on windows): contiguous vs
 channels-last-3d, windows per batch. Variants are timed interleaved (A, B, A, B, ...), warm, median of
-``--repeats``; both wall and process CPU time are printed. With ``--threads 1`` the CPU time barely depends
-on other processes' load, so it is the fairer number on a shared machine.
+``--repeats``; both wall and process CPU time are printed, and each group's CPU share (a warning when low).
+With ``--threads 1`` the CPU time barely depends on other processes' load, so it is the fairer number on a
+shared machine.
 
     .venv/bin/python benchmarks/compare_options.py --threads 1 --width 16 --size 256 --batch 4
 """
@@ -13,32 +14,27 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import time
 from collections.abc import Callable
 
 import torch
 
-from seg2refine_core.inference.pipeline import fold_batchnorm
-from seg2refine_core.tools.benchmark import build_generator, build_stage1
+from seg2refine_core.inference.models import fold_batchnorm
+from seg2refine_core.tools.benchmark import build_generator, build_stage1, time_interleaved
+from seg2refine_core.tools.benchmark.timing import LOW_CPU_SHARE, median
 
 
 def measure(cases: dict[str, Callable[[], object]], repeats: int) -> None:
-    """Print warm medians of wall and CPU time for each case, timed interleaved."""
-    for fn in cases.values():
-        fn()
-    wall: dict[str, list[float]] = {k: [] for k in cases}
-    cpu: dict[str, list[float]] = {k: [] for k in cases}
-    for _ in range(repeats):
-        for name, fn in cases.items():
-            w0, c0 = time.perf_counter(), time.process_time()
-            fn()
-            wall[name].append(time.perf_counter() - w0)
-            cpu[name].append(time.process_time() - c0)
-    base = statistics.median(cpu[next(iter(cases))])
+    """Print warm medians of wall and CPU time for each case, timed interleaved, and the CPU share of the run."""
+    timings = time_interleaved(cases, repeats, torch.device("cpu"))
+    base = median(timings.cpu[next(iter(cases))])
     for name in cases:
-        w, c = statistics.median(wall[name]), statistics.median(cpu[name])
+        w, c = median(timings.wall[name]), median(timings.cpu[name])
         print(f"  {name:<34} wall {w * 1e3:9.1f} ms   cpu {c * 1e3:9.1f} ms   cpu vs first {c / base:5.2f}")
+    share = timings.cpu_share()
+    print(f"  CPU share {share:.2f} (process CPU / wall / threads)")
+    if share < LOW_CPU_SHARE:
+        print("  WARNING: other processes took the cores: the wall times are inflated (up to ~10x); compare CPU times")
 
 
 def main() -> None:

@@ -30,9 +30,10 @@ from qtpy.QtWidgets import QApplication
 
 from napari_seg2refine._compare import CompareWidget
 from napari_seg2refine._layers import CT, GT, Y_VS_GT, S, Y, image_kwargs, labels_kwargs
-from napari_seg2refine._segment import SegmentWidget, bundled_weights
+from napari_seg2refine._segment import SegmentWidget
 from napari_seg2refine._slice_dice import SliceDiceWidget
 from napari_seg2refine._train import LAYERS, TrainWidget
+from seg2refine_core.inference.roles import BUNDLED
 from seg2refine_core.io.volume import Volume
 
 OUT = Path(__file__).resolve().parent / "screenshots"
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
 
     show_only(docks, "train")
     chosen = {
-        stage: given or (str(bundled_weights(stage)) if bundled_weights(stage).is_file() else None)
+        stage: given or (str(BUNDLED[stage]) if BUNDLED[stage].is_file() else None)
         for stage, given in (("stage1", args.stage1), ("stage2", args.stage2))
     }
     need_models = not all(chosen.values())

@@ -8,11 +8,22 @@ import torch
 from torch import nn
 
 from seg2refine_core.cli import main
+from seg2refine_core.cli.benchmark import SECTION_NAMES
+from seg2refine_core.cli.models import model_table
 from seg2refine_core.errors import Seg2RefineError
-from seg2refine_core.tools.benchmark import BenchmarkConfig, count_flops, format_table, paired_ratio
+from seg2refine_core.tools.benchmark import (
+    SECTIONS,
+    BenchmarkConfig,
+    build_generator,
+    build_stage1,
+    count_flops,
+    format_table,
+    low_cpu_share_warning,
+    paired_ratio,
+)
 
 EXPECTED = {
-    "reference": ["large_conv_gflops", "large_conv_cpu_gflops"],
+    "reference": ["large_conv_gflops", "large_conv_cpu_gflops", "cpu_share"],
     "stage1": [
         "sfanet_ms_per_slice", "unet_ms_per_slice", "ag_unet_ms_per_slice", "ag_att_unet_ms_per_slice",
         "sfanet_over_unet", "ag_unet_over_unet", "ag_att_unet_over_unet", "sfanet_over_unet_cpu",
@@ -28,7 +39,7 @@ EXPECTED = {
     ],
     "pipeline": ["s_per_volume", "stage1_s", "stage2_s"],
     "training": ["sfanet_slices_per_s", "unet_slices_per_s", "sfanet_over_unet_step"],
-    "memory": ["peak_rss_mb", "before_rss_mb", "s_per_volume"],
+    "memory": ["peak_rss_mb", "before_rss_mb", "s_per_volume", "cpu_share"],
 }
 
 
@@ -46,11 +57,49 @@ def test_quick_benchmark_end_to_end(tmp_path, capsys):
     assert report["memory"]["peak_rss_mb"] >= report["memory"]["before_rss_mb"]
     printed = capsys.readouterr().out
     assert "SFANet / UNet" in printed and "peak host RSS" in printed
+    shares = next(line for line in printed.splitlines() if line.startswith("CPU share"))
+    assert all(f"{section} " in shares for section in ("reference", "stage1", "stage2", "training", "memory"))
 
 
-def test_count_flops_is_two_per_mac():
+def test_count_flops_is_two_per_mac_and_leaves_the_model_alone():
     conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
-    assert count_flops(conv, torch.rand(2, 3, 10, 12)) == 2 * 2 * 10 * 12 * 8 * 3 * 9
+    before = conv.weight.detach().clone()
+    flops = count_flops(conv, (2, 3, 10, 12))
+    assert flops.counted == flops.total == 2 * 2 * 10 * 12 * 8 * 3 * 9 and flops.fft == 0
+    assert conv.weight.device.type == "cpu" and torch.equal(conv.weight, before)
+
+
+def test_one_flop_counter_for_models_and_benchmark():
+    """`seg2refine models` and the benchmark count the same FLOPs; FFE's FFTs are added for SFANet only."""
+    rows = {row["variant"]: row for row in model_table(8, (64, 96))}
+    for variant in ("unet", "sfanet"):
+        flops = count_flops(build_stage1(variant, 8, (64, 96)), (1, 1, 64, 96))
+        assert rows[variant]["gflops"] * 1e9 == pytest.approx(flops.counted)
+        assert rows[variant]["fft_gflops"] * 1e9 == pytest.approx(flops.fft)
+    assert rows["unet"]["fft_gflops"] == 0 < rows["sfanet"]["fft_gflops"]
+    assert rows["unet"]["gflops"] < rows["sfanet"]["gflops"]  # the attention paths add matrix work
+    generator = count_flops(build_generator(4), (1, 2, 32, 32, 32))
+    assert generator.counted > 0 and generator.fft == 0
+
+
+def test_cpu_share_warning_only_for_a_loaded_cpu():
+    meta = {"date": "d", "device": "cpu", "cpu": "c", "torch_threads": 2, "cpu_count": 2, "load_before": [7.1],
+            "load_after": [6.9], "torch": "t", "config": {"width": 4, "shape": [1, 2, 3], "repeats": 1,
+                                                          "batch_size": 1, "train_batch": 1, "patch_size": [32] * 3}}
+    loaded = {"meta": meta, "reference": {"large_conv_gflops": 9.0, "cpu_share": 0.97},
+              "stage1": {"sfanet_ms_per_slice": 5.0, "cpu_share": 0.41}}
+    warning = low_cpu_share_warning(loaded)
+    assert "0.41 in stage1" in warning and "[7.1]" in warning
+    table = format_table(loaded)
+    assert "reference 0.97, stage1 0.41" in table and table.endswith(warning)
+    idle = {**loaded, "stage1": {"sfanet_ms_per_slice": 5.0, "cpu_share": 0.95}}
+    assert low_cpu_share_warning(idle) is None and "WARNING" not in format_table(idle)
+    gpu = {**loaded, "meta": {**meta, "device": "cuda", "gpu": "H200"}}  # the host waits for the GPU: no warning
+    assert low_cpu_share_warning(gpu) is None and "not a load sign" in format_table(gpu)
+
+
+def test_cli_sections_match_the_benchmark():
+    assert SECTION_NAMES == SECTIONS
 
 
 def test_paired_ratio_and_options():

@@ -224,3 +224,25 @@ def test_holdout_split_is_deterministic_and_disjoint():
         holdout_split(_cases(2), 0.1, 0.1)
     with pytest.raises(DatasetError, match="val_fraction"):
         holdout_split(cases, 1.0, 0.0)
+
+
+def test_generic_images_may_be_dicom_series_folders(tmp_path):
+    from dicom_support import ct_series
+    from seg2refine_core.io.volume import read_mask, read_volume, write_volume
+
+    hu = np.zeros((4, 32, 32), np.int16)
+    hu[1:3, 10:20, 10:20] = 400
+    ct_series(tmp_path / "images" / "patient7" / "DICOM" / "SE1", hu)  # PACS exports nest folders
+    (tmp_path / "images" / "case8.mha").write_bytes(b"")
+    (tmp_path / "images" / "notes").mkdir()
+    (tmp_path / "images" / "notes" / "readme.txt").write_text("not DICOM")
+    (tmp_path / "labels").mkdir()
+    ct = read_volume(tmp_path / "images" / "patient7")
+    write_volume(tmp_path / "labels" / "patient7.nii.gz", (ct.array > 0).astype(np.uint8), like=ct)
+    cases = discover_cases(tmp_path)
+    assert [(c.case_id, c.image.name, c.label and c.label.name) for c in cases] == [
+        ("case8", "case8.mha", None),
+        ("patient7", "patient7", "patient7.nii.gz"),
+    ]
+    image = read_volume(cases[1].image)
+    np.testing.assert_array_equal(read_mask(cases[1].label, like=image), (hu > 0).astype(np.uint8))

@@ -14,6 +14,7 @@ from seg2refine_core.cli import main
 from seg2refine_core.errors import DatasetError, StopRequested, VolumeError
 from seg2refine_core.evaluation.evaluate import (
     evaluate_files,
+    match_kinds,
     match_predictions,
     pair_predictions,
     write_report,
@@ -74,7 +75,7 @@ def test_pairing_plain_names_same_folder_files_and_suffix(tmp_path):
     touch(pred / "Normal_1.s.nii.gz")
     touch(pred / "Normal_1.y.nii.gz")
     touch(pred / "Normal_2.nii.gz")
-    with pytest.raises(DatasetError, match="Normal_1.*several predictions.*--suffix"):
+    with pytest.raises(DatasetError, match="Normal_1.*several predictions.*kind with --suffix"):
         pair_predictions(pred, gt)
     assert [p[1].name for p in pair_predictions(pred, gt, suffix="y")] == ["Normal_1.y.nii.gz"]
 
@@ -116,14 +117,15 @@ def test_evaluate_files_report_and_mean(tmp_path):
     write_nifti(gt_dir / "2.label.nii.gz", box(2, 6))
     write_nifti(pred_dir / "2.y.nii.gz", np.zeros(SHAPE, np.uint8))  # empty prediction: HD undefined
     calls = []
-    report = evaluate_files(pair_predictions(pred_dir, gt_dir), progress=lambda d, t, i: calls.append((d, t)))
+    pairs = {"y": pair_predictions(pred_dir, gt_dir)}
+    report = evaluate_files(pairs, progress=lambda d, t, i: calls.append((d, t)))
     assert calls[0] == (0, 2) and calls[-1] == (2, 2)
     one, two = report["cases"]
-    assert one["id"] == "1" and one["dice"] == pytest.approx(2 * 3 / 7)
+    assert one["id"] == "1" and one["kind"] == "y" and one["dice"] == pytest.approx(2 * 3 / 7)
     assert one["hd_mm"] == pytest.approx(2.0)
     assert two["hd_mm"] is None and two["dice"] == 0.0 and two["b0_pred"] == 0
-    mean = report["mean"]
-    assert mean["n_cases"] == 2
+    (mean,) = report["mean"]
+    assert mean["kind"] == "y" and mean["n_cases"] == 2
     assert mean["dice"] == pytest.approx((2 * 3 / 7) / 2)
     assert mean["hd_mm"] == pytest.approx(2.0)  # the undefined HD is left out
     assert "slice_dice" not in mean
@@ -132,20 +134,20 @@ def test_evaluate_files_report_and_mean(tmp_path):
     write_report(report, json_path=json_path, csv_path=csv_path)
     assert json.loads(json_path.read_text())["cases"][1]["hd95_mm"] is None
     rows = list(csv.DictReader(csv_path.open()))
-    assert [r["id"] for r in rows] == ["1", "2"]
+    assert [(r["id"], r["kind"]) for r in rows] == [("1", "y"), ("2", "y")]
     assert float(rows[0]["hd_mm"]) == pytest.approx(2.0) and rows[1]["hd_mm"] == ""
     assert "slice_dice" not in rows[0]
     assert sorted(p.name for p in json_path.parent.iterdir()) == ["report.csv", "report.json"]
 
     with pytest.raises(StopRequested):
-        evaluate_files(pair_predictions(pred_dir, gt_dir), should_stop=lambda: True)
+        evaluate_files(pairs, should_stop=lambda: True)
 
 
 def test_geometry_mismatch_is_a_volume_error(tmp_path):
     gt = write_nifti(tmp_path / "1.label.nii.gz", box(2, 6))
     pred = write_nifti(tmp_path / "p" / "1.y.nii.gz", box(2, 6), spacing=(1.0, 0.5, 0.5))
     with pytest.raises(VolumeError, match="spacing"):
-        evaluate_files(pair_predictions(pred, gt))
+        evaluate_files({"y": pair_predictions(pred, gt)})
 
 
 def test_cli_end_to_end(tmp_path, capsys):
@@ -158,6 +160,7 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert main([*argv, "--csv", str(csv_path)]) == 0
     captured = capsys.readouterr()
     assert "mean (1)" in captured.out and "dice" in captured.out and "hd95_mm" in captured.out
+    assert captured.out.splitlines()[2].split()[:2] == ["1", "s"]
     assert "2" in captured.err and "no prediction" in captured.err
     report = json.loads(json_path.read_text())
     (case,) = report["cases"]
@@ -168,8 +171,8 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert case["hd_mm"] == pytest.approx(4.0)
     assert case["b0_pred"] == case["b0_gt"] == 1 and case["betti0_error"] == 0
     assert case["slice_dice"][0] is None and case["slice_dice"][1] == 0.0 and case["slice_dice"][3] == 1.0
-    assert report["mean"]["dice"] == pytest.approx(0.5)
-    assert csv_path.read_text().splitlines()[0].startswith("id,dice,hd_mm,hd95_mm")
+    assert report["kinds"] == ["s"] and report["mean"][0]["dice"] == pytest.approx(0.5)
+    assert csv_path.read_text().splitlines()[0].startswith("id,kind,dice,hd_mm,hd95_mm")
 
 
 def test_cli_missing_gt_folder_exits_2(tmp_path, capsys):
@@ -178,3 +181,65 @@ def test_cli_missing_gt_folder_exits_2(tmp_path, capsys):
     assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(missing)]) == 2
     err = capsys.readouterr().err
     assert str(missing) in err and "Traceback" not in err
+
+
+def test_match_kinds_finds_every_kind_and_keeps_the_order_asked(tmp_path):
+    gt = tmp_path / "gt"
+    for i in (1, 2):
+        touch(gt / f"{i}.label.nii.gz")
+    pred = tmp_path / "pred"
+    for name in ("1.y.nii.gz", "1.s.nii.gz", "1.s_prob.nii.gz", "1.nii.gz", "2.y.nii.gz", "2.b.nii.gz"):
+        touch(pred / name)
+    found = match_kinds(pred, gt)
+    # plain <id>.<ext> first, then s, y, b; probability maps are not masks and are left out by default
+    assert [p.suffix for p in found] == ["", "s", "y", "b"]
+    by_kind = {p.suffix: p for p in found}
+    assert [(i, f.name) for i, f, _ in by_kind["y"].pairs] == [("1", "1.y.nii.gz"), ("2", "2.y.nii.gz")]
+    assert by_kind["s"].gt_without_pred == ["2"] and by_kind[""].pairs[0][1].name == "1.nii.gz"
+    assert [p.suffix for p in match_kinds(pred, gt, ["y", "s", "y"])] == ["y", "s"]
+    assert [f.name for _, f, _ in match_kinds(pred, gt, ["s_prob"])[0].pairs] == ["1.s_prob.nii.gz"]
+    (missing,) = match_kinds(pred, gt, ["q"])
+    with pytest.raises(DatasetError, match=r"no prediction named <id>\.q\.<ext> pairs"):
+        missing.checked()
+    # two files are one pair whatever the suffixes ask for; the kind comes from the prediction's name
+    (two,) = match_kinds(pred / "2.b.nii.gz", gt / "1.label.nii.gz", ["s", "y"])
+    assert two.suffix == "" and two.pairs == [("1", pred / "2.b.nii.gz", gt / "1.label.nii.gz")]
+    only_probs = tmp_path / "probs"
+    touch(only_probs / "1.y_prob.nii.gz")
+    with pytest.raises(DatasetError, match="no prediction pairs"):
+        match_kinds(only_probs, gt)
+
+
+def test_cli_scores_s_and_y_side_by_side(tmp_path, capsys):
+    gt_dir, pred_dir = tmp_path / "gt", tmp_path / "pred"
+    for case in ("1", "2"):
+        write_nifti(gt_dir / f"{case}.label.nii.gz", box(2, 6))
+        write_nifti(pred_dir / f"{case}.y.nii.gz", box(2, 6))  # Y exact: Dice 1
+    write_nifti(pred_dir / "1.s.nii.gz", box(3, 6))  # S one slice short: Dice 6/7
+    write_nifti(pred_dir / "1.s_prob.nii.gz", box(3, 6))
+    json_path, csv_path = tmp_path / "r.json", tmp_path / "r.csv"
+    argv = ["evaluate", "--pred", str(pred_dir), "--gt", str(gt_dir), "--json", str(json_path), "--csv", str(csv_path)]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert lines[0].split()[:3] == ["case", "kind", "dice"]
+    # each case's kinds on adjacent rows, then each kind's mean
+    rows = [line.split()[:3] for line in lines[2:5]]
+    assert rows == [["1", "s", "0.8571"], ["1", "y", "1.0000"], ["2", "y", "1.0000"]]
+    assert [line.split()[:4] for line in lines[6:8]] == [["mean", "(1)", "s", "0.8571"], ["mean", "(2)", "y", "1.0000"]]
+    assert "(kind s)" in captured.err and "no prediction" in captured.err
+    report = json.loads(json_path.read_text())
+    assert report["kinds"] == ["s", "y"]
+    assert [(c["id"], c["kind"]) for c in report["cases"]] == [("1", "s"), ("1", "y"), ("2", "y")]
+    assert [(m["kind"], m["n_cases"]) for m in report["mean"]] == [("s", 1), ("y", 2)]
+    assert report["mean"][0]["dice"] == pytest.approx(6 / 7) and report["mean"][1]["dice"] == 1.0
+    rows = list(csv.DictReader(csv_path.open()))
+    assert [(r["id"], r["kind"], float(r["dice"])) for r in rows] == [
+        ("1", "s", pytest.approx(6 / 7)), ("1", "y", 1.0), ("2", "y", 1.0)]
+
+    # --suffix takes several kinds, in the order given; a kind that pairs with nothing is a clear error
+    assert main(["evaluate", "--pred", str(pred_dir), "--gt", str(gt_dir), "--suffix", "y", "s"]) == 0
+    assert [line.split()[1] for line in capsys.readouterr().out.splitlines()[2:5]] == ["y", "s", "y"]
+    assert main(["evaluate", "--pred", str(pred_dir), "--gt", str(gt_dir), "--suffix", "y", "b"]) == 2
+    err = capsys.readouterr().err
+    assert "<id>.b.<ext>" in err and str(pred_dir) in err and "Traceback" not in err

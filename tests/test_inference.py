@@ -4,15 +4,11 @@ import numpy as np
 import pytest
 from torch import nn
 
-from seg2refine_core.cli.predict import list_inputs, resolve_stages
+from seg2refine_core.cli.predict import resolve_stages
 from seg2refine_core.errors import Seg2RefineError, StopRequested
-from seg2refine_core.inference.pipeline import (
-    count_windows,
-    default_batch_size,
-    default_sw_batch_size,
-    refine_volume,
-    segment_slices,
-)
+from seg2refine_core.inference.inputs import list_inputs
+from seg2refine_core.inference.stage1 import default_batch_size, segment_slices
+from seg2refine_core.inference.stage2 import count_windows, default_sw_batch_size, refine_volume
 
 
 class SliceLogit(nn.Module):
@@ -79,10 +75,11 @@ def test_stop_flag_interrupts_sliding_window():
 
 
 def test_resolve_stages_rules():
-    assert resolve_stages(None, None) == ("", "")  # both bundled
+    assert resolve_stages(None, None) == ("bundled", "bundled")  # both bundled
+    assert resolve_stages(None, None, "b3d.safetensors") == (None, None)  # the baseline alone
     assert resolve_stages("a.safetensors", None) == ("a.safetensors", None)  # stage 1 only
-    assert resolve_stages(None, "b.safetensors") == ("", "b.safetensors")
-    assert resolve_stages("bundled", "bundled") == ("", "")
+    assert resolve_stages(None, "b.safetensors") == ("bundled", "b.safetensors")
+    assert resolve_stages("bundled", "bundled", "b3d.safetensors") == ("bundled", "bundled")
 
 
 def test_list_inputs(tmp_path):
@@ -99,7 +96,6 @@ def test_list_inputs(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(Seg2RefineError, match="no .nii"):
         list_inputs([tmp_path / "empty"])
-
 
 
 def test_refine_volume_equals_monai_on_the_stacked_input():
@@ -125,7 +121,7 @@ def test_fold_batchnorm_keeps_outputs_and_leaves_the_model_alone():
     import torch
     from monai.networks.nets.basic_unet import TwoConv
 
-    from seg2refine_core.inference.pipeline import fold_batchnorm
+    from seg2refine_core.inference.models import fold_batchnorm
 
     torch.manual_seed(0)
     model = nn.Sequential(TwoConv(2, 3, 8, act="relu", norm="batch", bias=False), nn.Conv2d(8, 4, 1),

@@ -72,3 +72,73 @@ def test_difference_against_ground_truth_and_against_s(make_napari_viewer, qtbot
     widget.diff_button.click()
     assert wait_for_job(qtbot, widget) == "done"
     assert len(viewer.layers) == n_layers
+
+
+def test_choosers_start_empty_and_buttons_say_what_is_missing(make_napari_viewer, monkeypatch):
+    from napari_seg2refine import _compare
+
+    shown: list[str] = []
+    monkeypatch.setattr(_compare, "show_error", shown.append)
+    viewer = make_napari_viewer()
+    ct = add_phantom(viewer)  # CT and ground truth, no S or Y yet
+    widget = CompareWidget(viewer)
+    # the ground truth is not offered as S or Y: those choosers start empty and say so
+    for combo in (widget.s_combo, widget.y_combo):
+        assert combo.layer() is None and combo.currentIndex() == -1
+        assert combo.placeholderText() == "(choose a labels layer)" and GT in combo.names()
+    assert widget.gt_combo.layer() is viewer.layers[GT]
+    assert not widget.diff_button.isEnabled() and widget.diff_button.text() == "Difference layer (no Y)"
+    assert Y in widget.diff_button.toolTip()
+    widget.difference()  # called anyway: a message, no layer of the ground truth against itself
+    assert "Choose a Y layer" in shown[-1] and Y_VS_GT not in viewer.layers
+    assert widget.grid_button.isEnabled()  # the CT under the ground truth is a valid view
+
+    # S and Y appear (Segment's names): the choosers take them, the buttons are ready
+    add_masks(viewer, ct)
+    assert widget.s_combo.layer() is viewer.layers[S] and widget.y_combo.layer() is viewer.layers[Y]
+    assert widget.diff_button.isEnabled() and widget.diff_button.text() == "Difference layer"
+
+    # a user's choice of the ground truth as Y is refused, saying why
+    widget.y_combo.select(GT)
+    assert not widget.diff_button.isEnabled()
+    assert widget.diff_button.text() == "Difference layer (Y is the ground truth)"
+    assert "same layer" in widget.diff_button.toolTip()
+    widget.gt_combo.select("(none)")
+    widget.y_combo.select(S)
+    assert widget.diff_button.text() == "Difference layer (Y is S)"
+    widget.y_combo.select(Y)
+    assert widget.diff_button.isEnabled()
+
+    # no mask, then no CT: Side by side says which
+    for name in (S, Y, GT):
+        viewer.layers.remove(name)
+    assert widget.grid_button.text() == "Side by side (no mask)" and not widget.grid_button.isEnabled()
+    assert widget.s_combo.placeholderText() == "(no labels layer)"
+    viewer.layers.remove(CT)
+    assert widget.grid_button.text() == "Side by side (no CT)"
+
+
+def test_layer_combo_takes_only_layers_that_fit_its_role(make_napari_viewer):
+    from napari.layers import Image, Labels
+
+    from napari_seg2refine._layer_combo import LayerCombo
+
+    viewer = make_napari_viewer()
+    image = np.zeros((2, 4, 4), np.float32)
+    mask = np.zeros((2, 4, 4), np.uint8)
+    viewer.add_image(image, name="patient 7")
+    viewer.add_labels(mask, name="my mask")
+    ct_combo = LayerCombo(viewer, Image, preferred=CT)
+    s_combo = LayerCombo(viewer, Labels, preferred=S)
+    assert ct_combo.layer().name == "patient 7"  # any image may be the CT
+    assert s_combo.layer() is None  # a mask of unknown role is listed, not chosen
+    first = viewer.add_labels(mask, name=S)
+    second = viewer.add_labels(mask, name=S)  # napari names it "S (stage 1) [1]"
+    assert s_combo.layer() is first
+    viewer.layers.remove(first)
+    assert s_combo.layer() is second and second.name.startswith(f"{S} ")
+    s_combo.select("my mask")
+    viewer.add_labels(mask, name=S)
+    assert s_combo.layer().name == "my mask"  # the user's choice stays
+    strict = LayerCombo(viewer, Image, preferred=CT, fallback=False)
+    assert strict.layer() is None

@@ -117,3 +117,46 @@ def test_plugin_modules_do_not_import_torch():
         + "assert 'torch' not in sys.modules, 'torch imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_reader_claims_dicom_folders_and_files_and_metaimage(tmp_path):
+    from dicom_support import ct_series
+
+    files = ct_series(tmp_path / "series", np.zeros((3, 32, 32), np.int16))
+    (tmp_path / "empty").mkdir()
+    assert napari_get_reader(str(tmp_path / "series")) is read_files
+    assert napari_get_reader(str(files[0])) is read_files  # no suffix, recognised by its DICM preamble
+    assert napari_get_reader(str(tmp_path / "a.mha")) is read_files
+    assert napari_get_reader(str(tmp_path / "empty")) is None
+
+
+def test_dicom_folder_opens_the_largest_series_and_says_so(tmp_path, plugin_discovered, monkeypatch):
+    from napari.plugins.io import read_data_with_plugins
+    from napari.utils import notifications
+
+    from dicom_support import ct_series
+
+    said = []
+    monkeypatch.setattr(notifications, "show_info", said.append)
+    phantom = tiny_phantom()
+    hu = np.clip(phantom.image, -1024, 3000).astype(np.int16)
+    ct_series(tmp_path / "study" / "a", hu, spacing=phantom.spacing, series_uid="1.2.3.1")
+    ct_series(tmp_path / "study" / "b", hu[:5], spacing=phantom.spacing, series_uid="1.2.3.2")
+    layers, _ = read_data_with_plugins([str(tmp_path / "study")], plugin="napari-seg2refine")
+    ((data, meta, kind),) = layers
+    assert (kind, meta["name"], data.shape) == ("image", CT, hu.shape)
+    np.testing.assert_array_equal(data, hu)
+    assert tuple(meta["scale"]) == pytest.approx(phantom.spacing)
+    assert len(said) == 1 and "1.2.3.1" in said[0] and "also there: 1.2.3.2" in said[0]
+    assert meta["metadata"]["seg2refine_dicom_series"] == said[0]
+    # a mask painted on it saves with the series' world geometry, in every writable format
+    from napari.layers import Labels
+
+    mask = (data > 150).astype(np.uint8)
+    layer = Labels(mask, scale=meta["scale"], metadata=meta["metadata"])
+    source = meta["metadata"][VOLUME_KEY]
+    for name in ("m.nii.gz", "m.nrrd", "m.mha", "m.mhd"):
+        (path,) = write_labels(str(tmp_path / name), layer.data, {"metadata": layer.metadata, "scale": layer.scale})
+        saved = read_volume(path)
+        np.testing.assert_allclose(saved.affine, source.affine, atol=1e-6)
+        np.testing.assert_array_equal(saved.array, mask)

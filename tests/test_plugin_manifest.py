@@ -44,7 +44,8 @@ def test_napari_loads_the_root_manifest_for_the_plugin():
     assert widgets == {"Segment", "Compare S and Y", "Slice-wise Dice", "Train"}
     assert [s.display_name for s in loaded.contributions.sample_data] == ["Synthetic CCTA phantom"]
     reader = loaded.contributions.readers[0]
-    assert set(reader.filename_patterns) == {"*.nii", "*.nii.gz", "*.nrrd"}
+    assert set(reader.filename_patterns) == {"*.nii", "*.nii.gz", "*.nrrd", "*.mha", "*.mhd", "*.dcm", "*.ima"}
+    assert reader.accepts_directories  # DICOM series folders
     writer = loaded.contributions.writers[0]
     assert [str(t) for t in writer.layer_types] == ["labels"] and ".nii.gz" in writer.filename_extensions
 

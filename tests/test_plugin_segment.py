@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
+
 import numpy as np
 import pytest
 from qtpy.QtCore import Qt
 
-from napari_seg2refine import _jobs, _segment
+from napari_seg2refine import _jobs, _model_chooser, _segment
 from napari_seg2refine._layers import VOLUME_KEY, S, Y
 from napari_seg2refine._registry import registry
 from plugin_support import add_phantom, tiny_checkpoints, wait_for_job
-from seg2refine_core.inference.pipeline import count_windows
+from seg2refine_core.inference.stage2 import count_windows
 
 pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("one_thread")]
 
@@ -37,7 +40,7 @@ def make_widget(make_napari_viewer, checkpoints, monkeypatch):
     viewer.window.add_dock_widget(widget)
     s1, s2 = checkpoints
     # stage 1 through the file dialog, stage 2 as the Train widget would register it
-    monkeypatch.setattr(_segment.QFileDialog, "getOpenFileName", lambda *a, **k: (str(s1), ""))
+    monkeypatch.setattr(_model_chooser.QFileDialog, "getOpenFileName", lambda *a, **k: (str(s1), ""))
     widget.models["stage1"].browse.click()
     registry.add("stage2", s2.with_suffix(".json"), "tiny generator")
     widget.device.setCurrentText("cpu")
@@ -70,6 +73,12 @@ def test_segment_both_stages_then_rerun_replaces_layers(make_napari_viewer, qtbo
         assert layer.metadata[VOLUME_KEY] is ct.metadata[VOLUME_KEY]
     assert widget.run_button.isEnabled() and not widget.stop_button.isEnabled()
     assert "stage1" in widget.status.text() and "stage2" in widget.status.text()
+    # the widget runs the core Predictor: the same masks as a script gets from the same volume
+    from seg2refine_core.inference.predictor import Predictor
+
+    expected = Predictor.from_checkpoints(s1, s2, device="cpu").predict_volume(_segment.layer_volume(ct))
+    np.testing.assert_array_equal(s_layer.data, expected.s_mask)
+    np.testing.assert_array_equal(y_layer.data, expected.y_mask)
 
     # stage 2 alone re-uses the S layer and replaces Y's data in place
     widget.mode.setCurrentText("stage 2")
@@ -113,3 +122,50 @@ def test_clear_errors(make_napari_viewer, qtbot, checkpoints, monkeypatch, error
     assert wait_for_job(qtbot, widget) == "failed"
     assert "attention-gan-3d checkpoint cannot be used for stage1" in errors[-1]
     assert S not in viewer.layers and widget.run_button.isEnabled()
+
+
+def test_choosers_are_built_from_the_core_lists(qtbot, checkpoints):
+    from seg2refine_core.devices import DEVICE_CHOICES
+    from seg2refine_core.inference.roles import BUNDLED
+
+    stage1 = _model_chooser.ModelChooser("stage1")
+    baseline = _model_chooser.ModelChooser("baseline3d")
+    qtbot.addWidget(stage1)
+    qtbot.addWidget(baseline)
+    assert stage1.combo.count() == 1 and stage1.combo.itemText(0) == "bundled demo weights"
+    assert stage1.checkpoint() is None and stage1.path() == BUNDLED["stage1"]
+    assert baseline.combo.count() == 0  # the core bundles no baseline weights
+    registry.add("baseline3d", checkpoints[0], "a baseline")
+    assert baseline.combo.currentText() == "a baseline" and baseline.checkpoint() == str(checkpoints[0].resolve())
+    assert stage1.combo.count() == 1  # registered for another role: not offered here
+    devices = _model_chooser.DeviceCombo()
+    qtbot.addWidget(devices)
+    label = devices.resolved_label()
+    assert [devices.itemText(i) for i in range(devices.count())] == list(DEVICE_CHOICES)
+    devices.setCurrentText("cpu")
+    assert label.text() == "→ cpu"
+
+
+@dataclass(frozen=True)
+class Note:
+    text: str
+
+
+def test_job_routes_typed_messages_to_their_handlers(qtbot, caplog):
+    received: list = []
+
+    def work(progress, should_stop, post):
+        progress(1, 3, "first")
+        post(Note("hello"))
+        post(("an", "untyped", "tuple"))
+        progress(3, 3, "")
+        return 42
+
+    with caplog.at_level(logging.ERROR, logger=_jobs.__name__):
+        job = _jobs.Job(work, "Test", on_result=received.append, on_end=received.append,
+                        handlers={Note: received.append})
+        qtbot.waitUntil(lambda: job.ended, timeout=10_000)
+    assert received == [Note("hello"), 42, _jobs.JobStatus.DONE]
+    assert job.status == "done" and str(job.status) == "done"
+    assert (job.pbar.total, job.pbar.n) == (3, 3)
+    assert "Test: no handler for the worker message" in caplog.text and "untyped" in caplog.text

@@ -24,7 +24,9 @@ def test_slice_dice_chart_summary_and_slice_link(make_napari_viewer, qtbot):
     viewer.window.add_dock_widget(widget)
 
     widget.compute_button.click()
+    assert not widget.compute_button.isEnabled()  # while it runs
     assert wait_for_job(qtbot, widget) == "done"
+    assert widget.compute_button.isEnabled()
     lines = {line.get_label().split()[0]: line for line in widget.ax.get_lines() if line is not widget.cursor}
     assert set(lines) == {"S", "Y"}
     expected = slice_dice(s, gt)
@@ -59,3 +61,33 @@ def test_slice_dice_chart_summary_and_slice_link(make_napari_viewer, qtbot):
     assert list(widget.cursor.get_xdata()) == [target, target]
     world_z = viewer.dims.point[0]
     assert world_z == pytest.approx(target * ct.scale[0])
+
+
+def test_ground_truth_chooser_starts_empty_and_compute_says_what_is_missing(make_napari_viewer):
+    from napari_seg2refine._layers import GT, S, Y, labels_kwargs
+    from plugin_support import tiny_phantom
+    from seg2refine_core.io.volume import Volume
+
+    viewer = make_napari_viewer()
+    ct = add_phantom(viewer, with_gt=False)
+    add_masks(viewer, ct)  # S and Y, no ground truth
+    widget = SliceDiceWidget(viewer)
+    # Y is not offered as the ground truth: the chooser starts empty, Compute says what is missing
+    assert widget.gt_combo.layer() is None and widget.gt_combo.currentIndex() == -1
+    assert widget.gt_combo.placeholderText() == "(choose a labels layer)"
+    assert not widget.compute_button.isEnabled() and widget.compute_button.text() == "Compute (no ground truth)"
+    assert "ground-truth layer" in widget.compute_button.toolTip()
+
+    phantom = tiny_phantom()
+    volume = Volume.from_array(phantom.image, phantom.spacing, phantom.affine)
+    viewer.add_labels(phantom.label, **labels_kwargs(volume, GT))
+    assert widget.gt_combo.layer() is viewer.layers[GT]
+    assert widget.compute_button.isEnabled() and widget.compute_button.text() == "Compute"
+
+    # S and Y of "(none)", or the ground truth itself, leave nothing to score
+    widget.s_combo.select("(none)")
+    widget.y_combo.select(GT)
+    assert not widget.compute_button.isEnabled() and widget.compute_button.text() == "Compute (no S or Y)"
+    widget.y_combo.select(Y)
+    assert widget.compute_button.isEnabled()
+    assert S in widget.s_combo.names()

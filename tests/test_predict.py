@@ -1,12 +1,19 @@
-"""`seg2refine predict` end to end: outputs with the input's geometry, the baseline path, refusals."""
+"""`seg2refine predict` end to end: outputs with the input's geometry, the baseline path, refusals, progress lines
+in logs, and a cohort sharded over two torchrun processes."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from plugin_support import tiny_checkpoints, tiny_phantom
+from plugin_support import SHAPE, SPACING, tiny_checkpoints, tiny_phantom
 from seg2refine_core.cli import main
-from seg2refine_core.data.phantom import write_phantom_case
+from seg2refine_core.data.phantom import make_phantom, write_phantom_case
 from seg2refine_core.data.preprocess import PreprocessConfig
 from seg2refine_core.io.checkpoint import save_checkpoint
 from seg2refine_core.io.volume import read_volume
@@ -32,7 +39,10 @@ def test_both_stages_write_masks_and_probabilities_with_source_geometry(case_and
     s_mask, s_prob = read_volume(out / "7.s.nii.gz").array, read_volume(out / "7.s_prob.nii.gz").array
     assert set(np.unique(s_mask)) <= {0.0, 1.0}
     np.testing.assert_array_equal(s_mask, (s_prob >= 0.5).astype(np.float32))
-    assert "7:" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "7:" in captured.out and "1 of 1 case(s) segmented" in captured.out
+    # stderr is not a terminal here: progress comes as plain lines, the last at 100 %
+    assert "\r" not in captured.err and re.search(r"^predict: 100% \d+/\d+ step \| 7 \(1/1\)", captured.err, re.M)
     # a second run refuses to replace the outputs unless asked
     assert main(["predict", str(image), "--stage1", str(s1), "--out", str(out), "--device", "cpu"]) == 2
     assert "already exists; pass --overwrite" in capsys.readouterr().err
@@ -52,6 +62,11 @@ def test_stage1_only_and_the_3d_baseline(case_and_models, tmp_path):
         "input": {"patch_size": [16, 32, 32], "channels": ["xprime"]}})
     assert main(["predict", str(image), "--baseline3d", str(ckpt), "--out", str(out), "--device", "cpu"]) == 0
     assert read_volume(out / "7.b.nii.gz").shape == read_volume(image).shape
+    assert sorted(p.name for p in out.iterdir()) == ["7.b.nii.gz", "7.s.nii.gz"]
+    # the baseline beside stage 1 in one run
+    assert main(["predict", str(image), "--stage1", str(s1), "--baseline3d", str(ckpt), "--out", str(tmp_path / "both"),
+                 "--device", "cpu"]) == 0
+    assert sorted(p.name for p in (tmp_path / "both").iterdir()) == ["7.b.nii.gz", "7.s.nii.gz"]
 
 
 def test_refusals_are_one_line_messages(case_and_models, tmp_path, capsys):
@@ -69,6 +84,13 @@ def test_refusals_are_one_line_messages(case_and_models, tmp_path, capsys):
                  "--overwrite"]) == 0
     assert image.read_bytes() == before
     assert sorted(p.name for p in (root / "data").iterdir()) == ["7.img.nii.gz", "7.label.nii.gz", "7.s.nii.gz"]
+    # a file that cannot be read is named, the other inputs are still segmented, and the exit status says so
+    bad = tmp_path / "broken.nii.gz"
+    bad.write_bytes(b"\x1f\x8b broken")
+    assert main(["predict", str(bad), str(image), "--stage1", str(s1), "--out", str(tmp_path / "o3")]) == 2
+    captured = capsys.readouterr()
+    assert f"broken: error: {bad}:" in captured.out and "1 of 2 case(s) segmented" in captured.out
+    assert "error: 1 case(s) failed: broken" in captured.err and (tmp_path / "o3" / "7.s.nii.gz").is_file()
 
 
 def test_threads_option_sets_torch_threads_and_refuses_zero(case_and_models, tmp_path, capsys, monkeypatch):
@@ -95,3 +117,33 @@ def test_options_out_of_range_are_refused_before_any_work(case_and_models, tmp_p
     out = tmp_path / "o"
     assert main(["predict", str(image), "--stage1", str(s1), "--stage2", str(s2), "--out", str(out), *option]) == 2
     assert message in capsys.readouterr().err and not out.exists()
+
+
+def test_torchrun_shares_the_cohort_out_across_two_processes(tmp_path):
+    """``torchrun --nproc_per_node=2 -m seg2refine_core.cli predict``: rank r segments cases r, r + 2, ...; no
+    case is lost or done twice, the outputs equal a single process's, and rank 0 alone prints the summary and
+    the progress lines."""
+    data = tmp_path / "data"
+    for i in range(5):
+        write_phantom_case(make_phantom(shape=SHAPE, spacing=SPACING, seed=40 + i), data, f"c{i}")
+    s1, s2 = tiny_checkpoints(tmp_path)
+    args = [str(data), "--stage1", str(s1), "--stage2", str(s2), "--device", "cpu", "--threads", "1"]
+    assert main(["predict", *args, "--out", str(tmp_path / "single")]) == 0
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root / "src")}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "seg2refine_core.cli", "predict", *args, "--out", str(tmp_path / "sharded")]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    by_rank = re.findall(r"^\[rank (\d)/2\] (c\d): \(16, 48, 48\) in", done.stdout, re.M)
+    assert sorted(case for _, case in by_rank) == [f"c{i}" for i in range(5)]
+    assert {case: int(rank) for rank, case in by_rank} == {f"c{i}": i % 2 for i in range(5)}
+    assert done.stdout.count("case(s) segmented") == 1 and "5 of 5 case(s) segmented" in done.stdout
+    assert "on 2 ranks" in done.stdout
+    progress_cases = set(re.findall(r"^predict: .*\| (c\d) \(", done.stderr, re.M))
+    assert progress_cases == {"c0", "c2", "c4"}  # rank 0's own cases only
+    names = sorted(p.name for p in (tmp_path / "single").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "sharded").iterdir()) and len(names) == 10
+    for name in names:
+        np.testing.assert_array_equal(read_volume(tmp_path / "sharded" / name).array,
+                                      read_volume(tmp_path / "single" / name).array)

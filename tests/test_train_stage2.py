@@ -23,12 +23,12 @@ from seg2refine_core.data.cache import CacheIndex
 from seg2refine_core.data.datasets import discover_cases, holdout_split
 from seg2refine_core.data.preprocess import PreprocessConfig
 from seg2refine_core.errors import CheckpointError, DatasetError
-from seg2refine_core.inference.pipeline import load_stage, refine_volume
+from seg2refine_core.inference.models import load_stage
+from seg2refine_core.inference.stage2 import predict_baseline3d, refine_volume
 from seg2refine_core.io.checkpoint import build_model, load_checkpoint, save_checkpoint
 from seg2refine_core.io.volume import write_volume
 from seg2refine_core.nets.sfanet import build_sfanet
 from seg2refine_core.training import stage2
-from seg2refine_core.training.baseline3d import predict_baseline3d
 from seg2refine_core.training.runlog import load_resume_state, read_metrics, resume_path, save_resume_state
 
 SHAPE = (32, 64, 64)

@@ -7,6 +7,9 @@ layer order and visibility.
 
 Difference: ``compare.difference_map`` of Y against the ground truth (layer "Y vs ground truth") or, without
 one, against S ("Y vs S"): TP light green, FP blue, FN brown (the paper's Fig. 6 colours).
+
+The S and Y choosers start empty until an S or Y layer exists (they never offer the ground truth as S or Y by
+themselves); a button whose inputs are missing is disabled and says what is missing, its tooltip how to get it.
 """
 
 from __future__ import annotations
@@ -19,12 +22,15 @@ from napari.utils.notifications import show_error
 from qtpy.QtWidgets import QFormLayout, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from ._jobs import Job
-from ._layer_combo import LayerCombo
+from ._layer_combo import LayerCombo, show_missing
 from ._layers import CT, DIFFERENCE_COLOURS, GT, Y_VS_GT, Y_VS_S, S, Y, difference_colormap, put_labels
+from ._scroll import scroll_page
 
 TILE_COPY = "CT under {}"
 COPY_KEY = "seg2refine_grid_copy"
 GRID_SPACING = 0.03  # gap between tiles, as a fraction of a tile
+GRID_TIP = "Grid view: CT under S | CT under Y (| CT under ground truth)"
+DIFF_TIP = "Y against the ground truth (or against S without one): TP / FP / FN"
 
 
 def grid_of(viewer: Any) -> Any:
@@ -54,13 +60,11 @@ class CompareWidget(QWidget):
         self.y_combo = LayerCombo(napari_viewer, Labels, preferred=Y)
         self.gt_combo = LayerCombo(napari_viewer, Labels, preferred=GT, optional=True)
         self.grid_button = QPushButton("Side by side")
-        self.grid_button.setToolTip("Grid view: CT under S | CT under Y (| CT under ground truth)")
         self.grid_button.clicked.connect(self.side_by_side)
         self.overlay_button = QPushButton("Overlay")
         self.overlay_button.setToolTip("Back to one view with all layers overlaid")
         self.overlay_button.clicked.connect(self.overlay)
         self.diff_button = QPushButton("Difference layer")
-        self.diff_button.setToolTip("Y against the ground truth (or against S without one): TP / FP / FN")
         self.diff_button.clicked.connect(self.difference)
         self.legend = QLabel(legend_html())
         self.status = QLabel("")
@@ -74,22 +78,52 @@ class CompareWidget(QWidget):
         views = QHBoxLayout()
         views.addWidget(self.grid_button)
         views.addWidget(self.overlay_button)
-        layout = QVBoxLayout(self)
+        layout = QVBoxLayout(scroll_page(self))
         layout.addLayout(form)
         layout.addLayout(views)
         layout.addWidget(self.diff_button)
         layout.addWidget(self.legend)
         layout.addWidget(self.status)
         layout.addStretch(1)
+        for combo in (self.ct_combo, self.s_combo, self.y_combo, self.gt_combo):
+            combo.changed.connect(self._update_buttons)
+        self._update_buttons()
+
+    def _masks(self) -> list[Any]:
+        masks = [m for m in (self.s_combo.layer(), self.y_combo.layer(), self.gt_combo.layer()) if m is not None]
+        return list(dict.fromkeys(masks))
+
+    def side_by_side_missing(self) -> tuple[str, str] | None:
+        """What "Side by side" lacks: (short, sentence), or None when it can run."""
+        if self.ct_combo.layer() is None:
+            return "no CT", "Open or choose a CT image layer"
+        if not self._masks():
+            return "no mask", f"Choose an S, Y or ground-truth layer (run Segment to make '{S}' and '{Y}')"
+        return None
+
+    def difference_missing(self) -> tuple[str, str] | None:
+        """What "Difference layer" lacks: (short, sentence), or None when it can run."""
+        y, gt, s = self.y_combo.layer(), self.gt_combo.layer(), self.s_combo.layer()
+        if y is None:
+            return "no Y", f"Choose a Y layer (run Segment to make '{Y}')"
+        if gt is None and s is None:
+            return "no ground truth or S", "Choose a ground-truth layer, or an S layer to compare Y with"
+        ref, ref_name = (gt, "the ground truth") if gt is not None else (s, "S")
+        if ref is y:
+            return f"Y is {ref_name}", f"Y and {ref_name} are the same layer '{y.name}': choose another"
+        return None
+
+    def _update_buttons(self) -> None:
+        show_missing(self.grid_button, "Side by side", self.side_by_side_missing(), GRID_TIP)
+        show_missing(self.diff_button, "Difference layer", self.difference_missing(), DIFF_TIP)
 
     def side_by_side(self) -> None:
         """Grid mode with one tile per mask, each tile the CT under that mask."""
-        ct = self.ct_combo.layer()
-        masks = [m for m in (self.s_combo.layer(), self.y_combo.layer(), self.gt_combo.layer()) if m is not None]
-        masks = list(dict.fromkeys(masks))
-        if ct is None or not masks:
-            show_error("Compare: side by side needs a CT image layer and at least one mask layer")
+        missing = self.side_by_side_missing()
+        if missing is not None:
+            show_error(f"Compare: {missing[1]}")
             return
+        ct, masks = self.ct_combo.layer(), self._masks()
         if self._saved is not None:
             self.overlay()
         layers = self.viewer.layers
@@ -134,11 +168,12 @@ class CompareWidget(QWidget):
 
     def difference(self) -> None:
         """Add or update the difference layer of Y against the ground truth (or S)."""
+        missing = self.difference_missing()
+        if missing is not None:
+            show_error(f"Compare: {missing[1]}")
+            return
         y, gt, s = self.y_combo.layer(), self.gt_combo.layer(), self.s_combo.layer()
         ref = gt if gt is not None else s
-        if y is None or ref is None or ref is y:
-            show_error("Compare: the difference needs a Y layer and a ground truth or S layer")
-            return
         if y.data.shape != ref.data.shape:
             show_error(f"Compare: '{y.name}' {y.data.shape} and '{ref.name}' {ref.data.shape} differ in shape")
             return

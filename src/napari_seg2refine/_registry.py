@@ -12,42 +12,42 @@ from pathlib import Path
 
 from psygnal import Signal
 
-STAGES = ("stage1", "stage2")
+from seg2refine_core.inference.roles import ROLE_TITLES
 
 
 @dataclass(frozen=True)
 class RegisteredCheckpoint:
-    """A checkpoint for ``stage`` ('stage1' or 'stage2') at ``path`` (the ``.safetensors`` file), shown as
-    ``label``."""
+    """A checkpoint for the model role ``role`` ('stage1', 'stage2' or 'baseline3d') at ``path`` (the
+    ``.safetensors`` file), shown as ``label``."""
 
-    stage: str
+    role: str
     path: Path
     label: str
 
 
 class CheckpointRegistry:
-    """An ordered, duplicate-free list of checkpoints per stage; emits ``changed`` after every addition."""
+    """An ordered, duplicate-free list of checkpoints per role; emits ``changed`` after every addition."""
 
     changed = Signal()
 
     def __init__(self) -> None:
         self._items: list[RegisteredCheckpoint] = []
 
-    def add(self, stage: str, path: str | Path, label: str | None = None) -> RegisteredCheckpoint:
-        """Register ``path`` (the ``.safetensors`` or ``.json`` file, or the stem) for ``stage``; registering it
+    def add(self, role: str, path: str | Path, label: str | None = None) -> RegisteredCheckpoint:
+        """Register ``path`` (the ``.safetensors`` or ``.json`` file, or the stem) for ``role``; registering it
         again moves it to the end with the new label. Emits ``changed``."""
-        if stage not in STAGES:
-            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        if role not in ROLE_TITLES:
+            raise ValueError(f"role must be one of {', '.join(ROLE_TITLES)}, got {role!r}")
         path = Path(path).resolve()
         path = path.with_suffix(".safetensors") if path.suffix in (".json", "") else path
-        item = RegisteredCheckpoint(stage, path, label or f"{path.parent.name}/{path.name}")
-        self._items = [i for i in self._items if (i.stage, i.path) != (stage, path)] + [item]
+        item = RegisteredCheckpoint(role, path, label or f"{path.parent.name}/{path.name}")
+        self._items = [i for i in self._items if (i.role, i.path) != (role, path)] + [item]
         self.changed.emit()
         return item
 
-    def items(self, stage: str) -> list[RegisteredCheckpoint]:
-        """The checkpoints registered for ``stage``, oldest first."""
-        return [i for i in self._items if i.stage == stage]
+    def items(self, role: str) -> list[RegisteredCheckpoint]:
+        """The checkpoints registered for ``role``, oldest first."""
+        return [i for i in self._items if i.role == role]
 
     def clear(self) -> None:
         """Forget every registered checkpoint and emit ``changed``."""

@@ -1,110 +1,46 @@
-"""Segment widget: run stage 1 (S) and/or stage 2 (Y) on a CT layer with ``inference.run_pipeline``.
+"""Segment widget: run stage 1 (S) and/or stage 2 (Y) on a CT layer with the core's
+:class:`~seg2refine_core.inference.predictor.Predictor`.
 
 Models: the bundled demo weights, a checkpoint picked from disk, or any checkpoint registered in this session
-(e.g. by the Train widget). The work runs in a thread worker with a napari progress bar and a Stop button;
-results become the labels layers "S (stage 1)" and "Y (refined)" on the CT's grid (re-running replaces them).
+(e.g. by the Train widget), chosen with :class:`._model_chooser.ModelChooser`. The work runs in a thread worker with a
+napari progress bar and a Stop button; results become the labels layers "S (stage 1)" and "Y (refined)" on the CT's
+grid (re-running replaces them).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error
-from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
-    QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QLabel,
     QPushButton,
     QSpinBox,
-    QToolButton,
     QVBoxLayout,
     QWidget,
 )
 
-import seg2refine_core
+from seg2refine_core.io.volume import Volume
 
-from ._jobs import Job
+from ._jobs import Job, JobStatus
 from ._layer_combo import LayerCombo
-from ._layers import CT, S, Y, put_labels
-from ._registry import registry
+from ._layers import CT, VOLUME_KEY, S, Y, put_labels
+from ._model_chooser import DeviceCombo, ModelChooser
+from ._scroll import scroll_page
 
-DEVICES = ("auto", "cuda", "mps", "cpu")
 MODES = {"stage 1 + stage 2": ("stage1", "stage2"), "stage 1": ("stage1",), "stage 2": ("stage2",)}
-STAGE_TITLES = {"stage1": "Stage 1 (SFANet)", "stage2": "Stage 2 (Attention-GAN)"}
-
-
-def bundled_weights(stage: str) -> Path:
-    """Where the demo weights for ``stage`` live inside the installed core package."""
-    return Path(seg2refine_core.__file__).parent / "weights" / f"{stage}.safetensors"
-
-
-class ModelCombo(QWidget):
-    """Checkpoint chooser for one stage: bundled demo weights, registered checkpoints and a file picker."""
-
-    def __init__(self, stage: str, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.stage = stage
-        self.combo = QComboBox()
-        self.combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-        self.combo.setMinimumContentsLength(18)
-        self.browse = QToolButton()
-        self.browse.setText("…")
-        self.browse.setToolTip(f"Choose a {STAGE_TITLES[stage]} checkpoint (.safetensors with its .json)")
-        self.browse.clicked.connect(self.pick_file)
-        row = QHBoxLayout(self)
-        row.setContentsMargins(0, 0, 0, 0)
-        row.addWidget(self.combo, 1)
-        row.addWidget(self.browse)
-        registry.changed.connect(self.refresh)
-        self.destroyed.connect(lambda *_: registry.changed.disconnect(self.refresh, missing_ok=True))
-        self.refresh()
-
-    def refresh(self) -> None:
-        """Rebuild the entries; a newly registered checkpoint becomes the selection."""
-        previous = {self.combo.itemData(i) for i in range(self.combo.count())}
-        current = self.combo.currentData()
-        self.combo.clear()
-        missing = "" if bundled_weights(self.stage).is_file() else " (not built)"
-        self.combo.addItem(f"bundled demo weights{missing}", None)
-        for item in registry.items(self.stage):
-            self.combo.addItem(item.label, str(item.path))
-            self.combo.setItemData(self.combo.count() - 1, str(item.path), Qt.ItemDataRole.ToolTipRole)
-        new = [self.combo.itemData(i) for i in range(self.combo.count()) if self.combo.itemData(i) not in previous]
-        choice = new[-1] if new else current
-        index = self.combo.findData(choice)
-        self.combo.setCurrentIndex(max(index, 0))
-
-    def pick_file(self) -> None:
-        """Ask for a checkpoint file and select it."""
-        path, _ = QFileDialog.getOpenFileName(
-            self, f"{STAGE_TITLES[self.stage]} checkpoint", "", "Seg2Refine checkpoints (*.safetensors *.json)"
-        )
-        if path:
-            self.add(path)
-
-    def add(self, path: str | Path) -> None:
-        """Register ``path`` (``.json`` or ``.safetensors``) for this stage and select it."""
-        item = registry.add(self.stage, path)
-        self.combo.setCurrentIndex(self.combo.findData(str(item.path)))
-
-    def checkpoint(self) -> str | None:
-        """The chosen checkpoint path; None means the bundled demo weights."""
-        return self.combo.currentData()
 
 
 def segment(
-    image: np.ndarray,
-    spacing: tuple[float, float, float],
-    stage1: str | None,
-    stage2: str | None,
-    stages: tuple[str, ...],
+    volume: Volume,
+    checkpoints: dict[str, str | None],
     device: str,
     threshold: float,
     batch_size: int | None,
@@ -112,17 +48,24 @@ def segment(
     progress: Any,
     should_stop: Any,
 ) -> Any:
-    """Worker body: load the chosen stages (None path = bundled) and run the pipeline on ``image`` (z, y, x) HU."""
-    from seg2refine_core.devices import resolve_device
-    from seg2refine_core.inference.pipeline import load_stage, run_pipeline
+    """Worker body: a Predictor with the chosen ``checkpoints`` (role → path, None = bundled) segments ``volume``."""
+    from seg2refine_core.inference.predictor import BUNDLED_CHOICE, Predictor
 
-    dev = resolve_device(device)
-    model1 = load_stage("stage1", stage1, dev) if "stage1" in stages else None
-    model2 = load_stage("stage2", stage2, dev) if "stage2" in stages else None
-    return run_pipeline(
-        image, spacing, model1, model2, s_mask=s_mask, threshold=threshold, batch_size=batch_size, device=dev,
-        progress=progress, should_stop=should_stop,
+    choices = {role: BUNDLED_CHOICE if path is None else path for role, path in checkpoints.items()}
+    predictor = Predictor.from_checkpoints(
+        choices.get("stage1"), choices.get("stage2"), device=device, threshold=threshold, batch_size=batch_size
     )
+    return predictor.predict_volume(volume, s_mask=s_mask, progress=progress, should_stop=should_stop)
+
+
+def layer_volume(layer: Image) -> Volume:
+    """The CT layer as a core :class:`Volume`: its voxels (float32 HU) with the source file's geometry when the
+    reader recorded it, otherwise with the layer's scale as spacing (mm)."""
+    data = np.asarray(layer.data, dtype=np.float32)
+    source = layer.metadata.get(VOLUME_KEY)
+    if isinstance(source, Volume) and source.shape == data.shape:
+        return replace(source, array=data)
+    return Volume.from_array(data, tuple(float(s) for s in layer.scale))
 
 
 class SegmentWidget(QWidget):
@@ -133,13 +76,11 @@ class SegmentWidget(QWidget):
         self.viewer = napari_viewer
         self.job: Job | None = None
         self.image_combo = LayerCombo(napari_viewer, Image, preferred=CT)
-        self.models = {stage: ModelCombo(stage) for stage in ("stage1", "stage2")}
+        self.models = {role: ModelChooser(role) for role in ("stage1", "stage2")}
         self.mode = QComboBox()
         self.mode.addItems(list(MODES))
-        self.device = QComboBox()
-        self.device.addItems(list(DEVICES))
-        self.device_label = QLabel()
-        self.device.currentTextChanged.connect(self._show_device)
+        self.device = DeviceCombo()
+        self.device_label = self.device.resolved_label()
         self.threshold = QDoubleSpinBox()
         self.threshold.setRange(0.01, 0.99)
         self.threshold.setSingleStep(0.05)
@@ -171,21 +112,11 @@ class SegmentWidget(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.stop_button)
-        layout = QVBoxLayout(self)
+        layout = QVBoxLayout(scroll_page(self))
         layout.addLayout(form)
         layout.addLayout(buttons)
         layout.addWidget(self.status)
         layout.addStretch(1)
-        self._show_device(self.device.currentText())
-
-    def _show_device(self, name: str) -> None:
-        from seg2refine_core.devices import resolve_device
-        from seg2refine_core.errors import Seg2RefineError
-
-        try:
-            self.device_label.setText(f"→ {resolve_device(name)}")
-        except Seg2RefineError:
-            self.device_label.setText("→ not available")
 
     def run(self) -> None:
         """Start the chosen stages on the chosen CT layer."""
@@ -208,8 +139,7 @@ class SegmentWidget(QWidget):
         self.stop_button.setEnabled(True)
         self.status.setText("running…")
         args = (
-            np.asarray(layer.data, dtype=np.float32), tuple(float(s) for s in layer.scale),
-            self.models["stage1"].checkpoint(), self.models["stage2"].checkpoint(), stages,
+            layer_volume(layer), {role: self.models[role].checkpoint() for role in stages},
             self.device.currentText(), float(self.threshold.value()), int(self.batch.value()) or None, s_mask,
         )
         self.job = Job(
@@ -229,8 +159,8 @@ class SegmentWidget(QWidget):
         timings = ", ".join(f"{k} {v:.1f} s" for k, v in result.timings_s.items())
         self.status.setText(f"done: {timings}")
 
-    def _ended(self, status: str) -> None:
+    def _ended(self, status: JobStatus) -> None:
         self.run_button.setEnabled(True)
         self.stop_button.setEnabled(False)
-        if status != "done":
-            self.status.setText(status)
+        if status != JobStatus.DONE:
+            self.status.setText(status.value)

@@ -3,7 +3,9 @@
 The chart plots each axial slice's Dice (``metrics.slice_dice``; slices where both masks are empty are
 undefined and left out). A vertical line follows the viewer's current z slice; clicking the chart moves the
 viewer there. Below it a summary gives Dice, HD95 (mm, with the ground-truth layer's spacing) and B0 of each
-mask, computed with ``compare.mask_summary`` in a thread worker.
+mask, computed with ``compare.mask_summary`` in a thread worker. The ground-truth chooser starts empty until a
+ground-truth layer exists (it never offers S or Y as the ground truth by itself); Compute is disabled, saying what
+is missing, until there is a ground truth and an S or Y layer other than it.
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ from napari.utils.notifications import show_error
 from qtpy.QtWidgets import QFormLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from ._jobs import Job
-from ._layer_combo import LayerCombo
+from ._layer_combo import LayerCombo, show_missing
 from ._layers import GT, S, Y
 from ._plot import FOREGROUND, LINE_COLOURS, make_canvas, style_axes, style_legend
+from ._scroll import scroll_page
+
+COMPUTE_TIP = "Dice per axial slice of S and Y against the ground truth, and Dice, HD95, B0 of each"
 
 
 def summarize(masks: dict[str, np.ndarray], gt: np.ndarray, spacing: tuple[float, ...]) -> dict[str, dict]:
@@ -54,6 +59,7 @@ class SliceDiceWidget(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self.job: Job | None = None
+        self._busy = False
         self.summaries: dict[str, dict] = {}
         self._gt_layer: Any = None
         self.s_combo = LayerCombo(napari_viewer, Labels, preferred=S, optional=True)
@@ -71,13 +77,39 @@ class SliceDiceWidget(QWidget):
         form.addRow("S", self.s_combo)
         form.addRow("Y", self.y_combo)
         form.addRow("Ground truth", self.gt_combo)
-        layout = QVBoxLayout(self)
+        layout = QVBoxLayout(scroll_page(self))
         layout.addLayout(form)
         layout.addWidget(self.compute_button)
         layout.addWidget(self.canvas, 1)
         layout.addWidget(self.summary)
         self._draw_empty()
         napari_viewer.dims.events.current_step.connect(self._follow_slice)
+        for combo in (self.s_combo, self.y_combo, self.gt_combo):
+            combo.changed.connect(self._update_button)
+        self._update_button()
+
+    def _masks(self) -> dict[str, Any]:
+        gt = self.gt_combo.layer()
+        masks = {key: combo.layer() for key, combo in (("S", self.s_combo), ("Y", self.y_combo))}
+        return {key: layer for key, layer in masks.items() if layer is not None and layer is not gt}
+
+    def missing(self) -> tuple[str, str] | None:
+        """What Compute lacks: (short, sentence), or None when it can run."""
+        gt = self.gt_combo.layer()
+        if gt is None:
+            return "no ground truth", f"Choose a ground-truth layer (a '{GT}' layer opens with an ImageCAS label)"
+        if not self._masks():
+            return "no S or Y", f"Choose an S or Y layer other than '{gt.name}' (run Segment to make '{S}', '{Y}')"
+        return None
+
+    def _update_button(self) -> None:
+        show_missing(self.compute_button, "Compute", self.missing(), COMPUTE_TIP)
+        if self._busy:
+            self.compute_button.setEnabled(False)
+
+    def _ended(self, status: str) -> None:
+        self._busy = False
+        self._update_button()
 
     def _draw_empty(self) -> None:
         self.ax.set_xlabel("axial slice z")
@@ -88,12 +120,11 @@ class SliceDiceWidget(QWidget):
 
     def compute(self) -> None:
         """Compute the per-slice Dice and the summary of S and Y against the ground truth."""
-        gt = self.gt_combo.layer()
-        masks = {key: combo.layer() for key, combo in (("S", self.s_combo), ("Y", self.y_combo))}
-        masks = {key: layer for key, layer in masks.items() if layer is not None and layer is not gt}
-        if gt is None or not masks:
-            show_error("Slice-wise Dice: choose a ground-truth layer and an S or Y layer")
+        missing = self.missing()
+        if missing is not None:
+            show_error(f"Slice-wise Dice: {missing[1]}")
             return
+        gt, masks = self.gt_combo.layer(), self._masks()
         wrong = [layer.name for layer in masks.values() if layer.data.shape != gt.data.shape]
         if wrong:
             show_error(f"Slice-wise Dice: {', '.join(wrong)} differ(s) in shape from '{gt.name}' {gt.data.shape}")
@@ -101,10 +132,11 @@ class SliceDiceWidget(QWidget):
         self._gt_layer = gt
         arrays = {key: np.asarray(layer.data) for key, layer in masks.items()}
         ref, spacing = np.asarray(gt.data), tuple(float(s) for s in gt.scale)
+        self._busy = True
         self.compute_button.setEnabled(False)
         self.job = Job(
             lambda progress, should_stop: summarize(arrays, ref, spacing),
-            "Slice-wise Dice", on_result=self._show, on_end=lambda _: self.compute_button.setEnabled(True),
+            "Slice-wise Dice", on_result=self._show, on_end=self._ended,
         )
 
     def _show(self, summaries: dict[str, dict]) -> None:

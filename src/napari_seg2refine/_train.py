@@ -13,6 +13,7 @@ ends its best checkpoint is registered, so the Segment widget offers it at once.
 
 Every value the widget starts with, and the tooltip of each hyper-parameter, comes from the stage's config dataclass
 (:mod:`seg2refine_core.training.configs`), as the command line's options do, so the two cannot drift apart.
+The worker posts typed messages (:class:`StepLoss`, :class:`EpochEnded`) that the widget plots.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import math
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,14 +48,30 @@ from seg2refine_core.training.configs import Stage1TrainConfig, Stage2TrainConfi
 from seg2refine_core.training.demo_weights import DemoWeightsConfig
 from seg2refine_core.training.options import option_default, option_help, option_spec
 
-from ._jobs import Job
+from ._jobs import Job, JobStatus
 from ._layer_combo import LayerCombo
 from ._layers import CT, GT, VOLUME_KEY
+from ._model_chooser import DeviceCombo, ModelChooser
 from ._plot import FOREGROUND, LINE_COLOURS, make_canvas, style_axes, style_legend
 from ._registry import registry
-from ._segment import ModelCombo, bundled_weights
+from ._scroll import scroll_page
 
 FOLDER, LAYERS = "dataset folder", "open layers (CT + ground truth)"
+
+
+@dataclass(frozen=True)
+class StepLoss:
+    """Worker message: the training loss after optimisation step ``step`` (stage 1)."""
+
+    step: int
+    loss: float
+
+
+@dataclass(frozen=True)
+class EpochEnded:
+    """Worker message: the record of an epoch that has ended (loss, validation Dice, ...; see the core trainers)."""
+
+    record: dict[str, Any]
 
 
 def layers_case_id(image: np.ndarray) -> str:
@@ -124,18 +142,18 @@ def train(
     """Worker body: build the stage's training config from ``options`` and run its training on ``data``.
 
     ``data`` is a dataset folder, or the (CT, ground truth) layers: then a temporary one-case folder made from
-    them, with no validation or test split. Epoch records are posted as ``("epoch", record)``, stage-1 step
-    losses as ``("step", step, loss)``.
+    them, with no validation or test split. Epoch records are posted as :class:`EpochEnded`, stage-1 step losses as
+    :class:`StepLoss`.
     """
     from seg2refine_core.training.stage1 import Stage1Trainer
     from seg2refine_core.training.stage2 import Stage2Trainer
 
     trainer_class = {"stage1": Stage1Trainer, "stage2": Stage2Trainer}[stage]
-    on_step = (lambda step, loss: post(("step", step, loss))) if stage == "stage1" else None
+    on_step = (lambda step, loss: post(StepLoss(int(step), float(loss)))) if stage == "stage1" else None
 
     def run(folder: Path, split: dict[str, Any]) -> dict:
         config = trainer_class.config_class(data=folder, **{**options, **split})
-        return trainer_class(config, progress, should_stop, lambda record: post(("epoch", record)), on_step).run()
+        return trainer_class(config, progress, should_stop, lambda record: post(EpochEnded(record)), on_step).run()
 
     if not isinstance(data, tuple):
         return run(Path(data), {})
@@ -201,7 +219,7 @@ class TrainWidget(QWidget):
         self.variant.addItems(list(option_spec(Stage1TrainConfig, "variant").choices))
         self.variant.setCurrentText(option_default(Stage1TrainConfig, "variant"))
         self.variant.setToolTip("stage 1: " + option_help(Stage1TrainConfig, "variant"))
-        self.stage1_model = ModelCombo("stage1")
+        self.stage1_model = ModelChooser("stage1")
         self.stage1_model.setToolTip("stage 2: the stage-1 model whose S the refiner learns to correct")
         self.patch = self._int_spin(32, 512)
         self.patch.setValue(option_default(Stage2TrainConfig, "patch_size")[0])
@@ -219,8 +237,7 @@ class TrainWidget(QWidget):
         self.samples.setSpecialValueText("all slices")
         self.augment = QComboBox()
         self.augment.addItems(list(option_spec(Stage1TrainConfig, "augment").choices))
-        self.device = QComboBox()
-        self.device.addItems(["auto", "cuda", "mps", "cpu"])
+        self.device = DeviceCombo()
         self.compile = QCheckBox("torch.compile")
         self.compile.setChecked(option_default(Stage1TrainConfig, "compile"))
         self.compile.setToolTip("stage 1: " + option_help(Stage1TrainConfig, "compile"))
@@ -270,7 +287,7 @@ class TrainWidget(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.start_button)
         buttons.addWidget(self.stop_button)
-        layout = QVBoxLayout(self)
+        layout = QVBoxLayout(scroll_page(self))
         layout.addLayout(form)
         layout.addLayout(buttons)
         layout.addWidget(self.canvas, 1)
@@ -365,7 +382,7 @@ class TrainWidget(QWidget):
             }
         side = int(self.patch.value())
         return {
-            **common, "stage1": Path(self.stage1_model.checkpoint() or bundled_weights("stage1")),
+            **common, "stage1": self.stage1_model.path(),
             "patch_size": (side, side, side), **dict.fromkeys(STAGES["stage2"]["lr"], float(self.lr.value())),
             "patches_per_epoch": int(self.samples.value()),
         }
@@ -396,7 +413,8 @@ class TrainWidget(QWidget):
         self.status.setText("starting…")
         self.job = Job(
             lambda progress, should_stop, post: train(stage, options, data, progress, should_stop, post),
-            f"Train {stage}", on_result=self._finished, on_end=self._ended, on_message=self._message,
+            f"Train {stage}", on_result=self._finished, on_end=self._ended,
+            handlers={StepLoss: self._step, EpochEnded: self._epoch},
         )
 
     def stop(self) -> None:
@@ -405,15 +423,16 @@ class TrainWidget(QWidget):
             self.job.stop()
             self.status.setText("stopping…")
 
-    def _message(self, message: tuple) -> None:
-        if message[0] == "epoch":
-            record = message[1]
-            self.records.append(record)
-            spec = STAGES[self.running_stage]
-            parts = [f"{label} {_fmt(record.get(key))}" for key, label in spec["loss"] + spec["dice"]]
-            self.status.setText(f"epoch {record['epoch']}: " + ", ".join(parts))
-        else:
-            self.steps.append((int(message[1]), float(message[2])))
+    def _epoch(self, message: EpochEnded) -> None:
+        record = message.record
+        self.records.append(record)
+        spec = STAGES[self.running_stage]
+        parts = [f"{label} {_fmt(record.get(key))}" for key, label in spec["loss"] + spec["dice"]]
+        self.status.setText(f"epoch {record['epoch']}: " + ", ".join(parts))
+        self._draw()
+
+    def _step(self, message: StepLoss) -> None:
+        self.steps.append((message.step, message.loss))
         self._draw()
 
     def _draw(self) -> None:
@@ -465,11 +484,11 @@ class TrainWidget(QWidget):
             f"{_fmt(summary.get('best_value'))}\n{item.path}"
         )
 
-    def _ended(self, status: str) -> None:
+    def _ended(self, status: JobStatus) -> None:
         self.start_button.setEnabled(True)
         self.stop_button.setEnabled(False)
-        if status != "done":
-            self.status.setText(status)
+        if status != JobStatus.DONE:
+            self.status.setText(status.value)
 
 
 def _fmt(value: Any) -> str:

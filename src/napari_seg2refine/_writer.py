@@ -1,4 +1,5 @@
-"""Writer for labels layers: NIfTI (``.nii.gz``, ``.nii``) or NRRD (``.nrrd``) with the source geometry.
+"""Writer for labels layers: NIfTI (``.nii.gz``, ``.nii``), NRRD (``.nrrd``) or MetaImage (``.mha``, ``.mhd`` with
+``.raw``), with the source geometry (for a DICOM source: the series' world geometry).
 
 A layer made by this plugin carries its source :class:`Volume` geometry in ``metadata``; the mask is then
 written with that file's header and affine exactly (``write_volume(..., like=...)``). Any other labels layer is

@@ -1,4 +1,4 @@
-"""Multi-process training with ``torchrun`` + DistributedDataParallel; a no-op in a single plain process.
+"""Multi-process training and prediction with ``torchrun``; a no-op in a single plain process.
 
 ``torchrun --nproc_per_node=N ...`` sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` (and the rendezvous address);
 :func:`init_distributed` reads them and joins the process group: NCCL when the ranks train on CUDA GPUs (one GPU
@@ -90,6 +90,13 @@ def is_main() -> bool:
     return not _active() or dist.get_rank() == 0
 
 
+def rank_and_world_size() -> tuple[int, int]:
+    """``(rank, world_size)`` of this process in the joined process group; ``(0, 1)`` in a single process."""
+    if not _active():
+        return 0, 1
+    return dist.get_rank(), dist.get_world_size()
+
+
 def barrier() -> None:
     """Wait for every rank (no-op in a single process)."""
     if _active():
@@ -116,6 +123,15 @@ def broadcast_object(obj: Any = None, src: int = 0) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=src, device=_collective_device() if dist.get_backend() == "nccl" else None)
     return box[0]
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (any picklable object), in rank order, on every rank (``[obj]`` in a single process)."""
+    if not _active():
+        return [obj]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
 
 
 def all_reduce_sum(values: list[float]) -> list[float]:

@@ -8,7 +8,7 @@ from pathlib import Path
 from seg2refine_core.cli import add_threads_option
 from seg2refine_core.devices import DEVICE_CHOICES
 
-SECTION_NAMES = ("stage1", "stage2", "pipeline", "training", "memory")
+SECTION_NAMES = ("stage1", "stage2", "pipeline", "training", "memory")  # tools.benchmark.SECTIONS, without torch
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,8 +20,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "AG-UNet, AG-Att-UNet and SFANet at the same width; stage 2 (s/volume, sliding window) for the "
             "Attention-GAN generator and a MONAI 3D UNet of similar size; the whole pipeline (s/volume); "
             "stage-1 training (slices/s); the pipeline's peak memory in a fresh process; achieved FLOP/s over "
-            "the FLOP/s of one large convolution on the same device. Prints a table; --json writes all numbers. "
-            "See benchmarks/README.md for how to read them."
+            "the FLOP/s of one large convolution on the same device. Prints a table, with each section's CPU share "
+            "(process CPU time / wall / threads) and a warning when other processes took the cores; --json writes "
+            "all numbers. See benchmarks/README.md for how to read them."
         ),
     )
     p.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICE_CHOICES)} (default auto)")

@@ -22,7 +22,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", type=Path, default=Path("demo_output"), help="output folder (default demo_output)")
     p.add_argument("--seed", type=int, default=DEMO_SEED, help=f"phantom seed (default {DEMO_SEED})")
-    p.add_argument("--shape", type=int, nargs=3, default=(96, 128, 128), metavar=("Z", "Y", "X"))
+    p.add_argument("--shape", type=int, nargs=3, default=(96, 128, 128), metavar=("Z", "Y", "X"),
+                   help="phantom size in voxels: axial slices, rows, columns, at 1.0 x 0.7 x 0.7 mm "
+                   "(default 96 128 128)")
     p.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICE_CHOICES)} (default auto)")
     p.add_argument("--stage1", metavar="CKPT", help="stage-1 checkpoint instead of the bundled weights")
     p.add_argument("--stage2", metavar="CKPT", help="stage-2 checkpoint instead of the bundled weights")

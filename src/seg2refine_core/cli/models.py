@@ -46,37 +46,21 @@ def run(args: argparse.Namespace) -> int:
 
 
 def model_table(width: int, size: tuple[int, int]) -> list[dict]:
-    """One dict per variant: ``variant``, ``params``, ``gflops`` (counted) and ``fft_gflops`` (estimated).
+    """One dict per variant: ``variant``, ``params``, ``gflops`` (counted) and ``fft_gflops`` (estimated), from the
+    benchmark's FLOP counter (:func:`~seg2refine_core.tools.benchmark.flops.count_flops`).
 
     The models are built and run on the ``meta`` device: shapes only, no memory or compute.
     """
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
-    from seg2refine_core.nets.frequency import FrequencyFeatureEnhancement
     from seg2refine_core.nets.sfanet import VARIANTS, build_sfanet
+    from seg2refine_core.tools.benchmark.flops import count_flops, n_params
 
     rows = []
     for name in VARIANTS:
         with torch.device("meta"):
             model = build_sfanet(name, width, input_size=size).eval()
-            x = torch.empty(1, 1, *size)
-        params = sum(p.numel() for p in model.parameters())
-        fft_flops = 0.0
-        hooks = []
-
-        def count_fft(module: torch.nn.Module, inputs: tuple, _out: torch.Tensor) -> None:
-            nonlocal fft_flops
-            fft_flops += inputs[0].shape[0] * module.fft_flops(tuple(inputs[0].shape[-2:]))
-
-        for module in model.modules():
-            if isinstance(module, FrequencyFeatureEnhancement):
-                hooks.append(module.register_forward_hook(count_fft))
-        counter = FlopCounterMode(display=False)
-        with counter, torch.no_grad():
-            model(x)
-        for hook in hooks:
-            hook.remove()
-        gflops = counter.get_total_flops() / 1e9
-        rows.append({"variant": name, "params": params, "gflops": gflops, "fft_gflops": fft_flops / 1e9})
+        flops = count_flops(model, (1, 1, *size))
+        rows.append({"variant": name, "params": n_params(model), "gflops": flops.counted / 1e9,
+                     "fft_gflops": flops.fft / 1e9})
     return rows

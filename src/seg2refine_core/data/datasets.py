@@ -9,8 +9,9 @@ Layouts (``discover_cases(root, layout=...)``; ``"auto"`` picks the single one t
   The synthetic phantom writes this naming too.
 - ``asoca``: ``{Normal,Diseased}/CTCA/<id>.nrrd`` + ``{Normal,Diseased}/Annotations/<id>.nrrd``
   (case ids ``Normal_<i>``, ``Diseased_<i>``).
-- ``generic``: ``images/`` + ``labels/`` (``labels/`` optional) paired by file stem;
-  ``.nii.gz``, ``.nii``, ``.nrrd``.
+- ``generic``: ``images/`` + ``labels/`` (``labels/`` optional) paired by file stem; ``.nii.gz``, ``.nii``,
+  ``.nrrd``, ``.mha``, ``.mhd`` files, and in ``images/`` also DICOM series, one sub-folder per case (the case id
+  is the folder's name; a label for it is ``labels/<folder name>.nii.gz`` or any other volume file of that stem).
 
 Images without a label are kept with ``label=None`` (test sets); callers that need labels check.
 A label without an image is an error. Cases are sorted naturally (``2`` before ``10``).
@@ -31,10 +32,12 @@ from pathlib import Path
 import numpy as np
 
 from seg2refine_core.errors import DatasetError
+from seg2refine_core.io.dicom import is_dicom_file
+from seg2refine_core.io.volume import SUPPORTED_SUFFIXES
 
 LAYOUTS = ("auto", "imagecas", "asoca", "generic")
 SPLIT_KEYS = ("train", "val", "test")
-VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd")
+VOLUME_SUFFIXES = SUPPORTED_SUFFIXES
 ASOCA_GROUPS = ("Normal", "Diseased")
 
 _IMAGECAS_RE = re.compile(r"^(?P<id>.+)\.(?P<kind>img|label)\.nii(\.gz)?$")
@@ -61,7 +64,8 @@ def natural_key(text: str) -> tuple:
 
 
 def strip_volume_suffix(name: str) -> str | None:
-    """File name without its volume suffix (``.nii.gz``, ``.nii``, ``.nrrd``, any case), else None."""
+    """File name without its volume suffix (``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha``, ``.mhd``, any case), else
+    None."""
     lower = name.lower()
     for suffix in VOLUME_SUFFIXES:
         if lower.endswith(suffix) and len(name) > len(suffix):
@@ -161,14 +165,24 @@ def _read_imagecas(root: Path) -> list[Case]:
     return _pair(root, images, labels)
 
 
-def _volumes_in(root: Path, folder: Path) -> dict[str, Path]:
+def _volumes_in(root: Path, folder: Path, dicom: bool = False) -> dict[str, Path]:
+    """Volume files in ``folder`` by stem; with ``dicom``, also sub-folders holding a DICOM series, by name."""
     found: dict[str, Path] = {}
     if folder.is_dir():
         for path in sorted(folder.iterdir()):
+            if path.name.startswith("."):
+                continue
             stem = strip_volume_suffix(path.name)
-            if path.is_file() and stem is not None and not path.name.startswith("."):
+            if path.is_file() and stem is not None:
                 _add_unique(root, found, stem, path)
+            elif dicom and path.is_dir() and _holds_dicom(path):
+                _add_unique(root, found, path.name, path)
     return found
+
+
+def _holds_dicom(folder: Path) -> bool:
+    """True when a DICOM file lies in ``folder`` or below (the first one found ends the look)."""
+    return any(p.is_file() and is_dicom_file(p) for p in folder.rglob("*") if not p.name.startswith("."))
 
 
 def _read_asoca(root: Path) -> list[Case]:
@@ -183,7 +197,7 @@ def _read_asoca(root: Path) -> list[Case]:
 
 
 def _read_generic(root: Path) -> list[Case]:
-    return _pair(root, _volumes_in(root, root / "images"), _volumes_in(root, root / "labels"))
+    return _pair(root, _volumes_in(root, root / "images", dicom=True), _volumes_in(root, root / "labels"))
 
 
 _DETECTORS = {"imagecas": _is_imagecas, "asoca": _is_asoca, "generic": _is_generic}

@@ -34,31 +34,30 @@ def run_demo(
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
 ) -> dict[str, Any]:
-    """Run the demo and return the metrics written to ``metrics.json``."""
+    """Run the demo and return the metrics written to ``metrics.json``.
+
+    A phantom of ``shape`` (z, y, x) voxels and ``spacing`` (sz, sy, sx) mm (the phantom's default when None) from
+    ``seed``, segmented by a :class:`~seg2refine_core.inference.predictor.Predictor` with the checkpoints
+    ``stage1``/``stage2`` (None: the bundled demo weights) on ``device``.
+    """
     from seg2refine_core.data.phantom import make_phantom, preview_png, write_phantom_case
-    from seg2refine_core.devices import resolve_device
     from seg2refine_core.evaluation.figures import plot_overlay, plot_slice_dice
     from seg2refine_core.evaluation.metrics import evaluate_case
     from seg2refine_core.evaluation.threshold_oracle import best_threshold
-    from seg2refine_core.inference.pipeline import load_stage, run_pipeline
-    from seg2refine_core.io.volume import read_volume, write_volume
+    from seg2refine_core.inference.predictor import BUNDLED_CHOICE, Predictor
+    from seg2refine_core.io.volume import read_volume
 
     out = Path(out_dir)
-    dev = resolve_device(device)
     t0 = time.perf_counter()
+    predictor = Predictor.from_checkpoints(stage1 or BUNDLED_CHOICE, stage2 or BUNDLED_CHOICE, device=device)
     phantom = make_phantom(shape=shape, seed=seed, **({"spacing": spacing} if spacing else {}))
     image_path, label_path = write_phantom_case(phantom, out, CASE_ID)
     preview_png(phantom, out / f"{CASE_ID}.preview.png")
     volume = read_volume(image_path)
-    s1 = load_stage("stage1", stage1, dev)
-    s2 = load_stage("stage2", stage2, dev)
     t_pipe = time.perf_counter()
-    result = run_pipeline(
-        volume.array, volume.spacing, s1, s2, device=dev, progress=progress, should_stop=should_stop
-    )
+    result = predictor.predict_volume(volume, progress=progress, should_stop=should_stop)
     pipeline_s = time.perf_counter() - t_pipe
-    write_volume(out / f"{CASE_ID}.s.nii.gz", result.s_mask, like=volume)
-    write_volume(out / f"{CASE_ID}.y.nii.gz", result.y_mask, like=volume)
+    predictor.write_outputs(CASE_ID, result, volume, out)
 
     gt = phantom.label
     threshold_hu, _ = best_threshold(volume.array, gt)
@@ -78,8 +77,8 @@ def run_demo(
     )
     summary = {
         "phantom": {"seed": seed, "shape": list(shape), "spacing_mm": list(volume.spacing)},
-        "weights": {"stage1": str(s1.path), "stage2": str(s2.path)},
-        "device": str(dev),
+        "weights": {"stage1": str(predictor.stage1.path), "stage2": str(predictor.stage2.path)},
+        "device": str(predictor.device),
         "threshold_hu": threshold_hu,
         "seconds": {"pipeline": round(pipeline_s, 2), **{k: round(v, 2) for k, v in result.timings_s.items()},
                     "total": round(time.perf_counter() - t0, 2)},

@@ -19,10 +19,10 @@ Seg2RefineNet (design §7; the paper compares against 3D U-Nets).
   ``augment`` preset (:mod:`seg2refine_core.data.augment`; ``none``: rotation ≤ 15° and noise on X', the recipe
   before the presets), ``monai.losses.DiceCELoss`` on the logits (sigmoid), Adam (lr 1e-4, weight decay 1e-5 as
   stage 1), mixed precision and channels_last_3d on CUDA only, DistributedDataParallel under ``torchrun``.
-- **Validation** after each epoch on whole volumes with :func:`predict_baseline3d` (MONAI sliding window, Gaussian
-  blending), mean Dice and Betti-0 error at threshold 0.5. ``best`` keeps the highest mean validation Dice (the
-  lowest training loss without validation cases), ``last`` the latest state; ``resume`` continues exactly, even
-  mid-epoch, from ``last`` + ``last.resume.pt``.
+- **Validation** after each epoch on whole volumes with :func:`~seg2refine_core.inference.stage2.predict_baseline3d`
+  (MONAI sliding window, Gaussian blending, the same path as stage 2), mean Dice and Betti-0 error at threshold
+  0.5. ``best`` keeps the highest mean validation Dice (the lowest training loss without validation cases), ``last``
+  the latest state; ``resume`` continues exactly, even mid-epoch, from ``last`` + ``last.resume.pt``.
 
 The run itself (folder, resume, seeding, DDP, stop, progress, log, checkpoints) is the shared loop of
 :mod:`seg2refine_core.training.loop`; :class:`Baseline3dTrainer` supplies the network, the patches, one step and
@@ -32,7 +32,6 @@ the validation. The options are :class:`~seg2refine_core.training.configs.Baseli
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -45,7 +44,8 @@ from seg2refine_core.data.augment import augment_preset
 from seg2refine_core.data.patches import PatchConfig, PatchDataset, patch_loader, patch_sources
 from seg2refine_core.data.sampling import BalancedSampler
 from seg2refine_core.evaluation.metrics import betti0_error, dice
-from seg2refine_core.inference.pipeline import refine_volume, use_channels_last
+from seg2refine_core.inference.models import use_channels_last
+from seg2refine_core.inference.stage2 import predict_baseline3d
 from seg2refine_core.io.checkpoint import build_model, load_state_strict
 from seg2refine_core.nets.attention_gan import OUTPUT_PRIOR
 from seg2refine_core.progress import ProgressFn, StopFn
@@ -59,25 +59,6 @@ THRESHOLD = 0.5
 PANELS = {"loss": ["train_loss"], "validation": ["val_dice"], "validation Betti-0 error": ["val_b0_error"]}
 
 
-@torch.inference_mode()
-def predict_baseline3d(
-    model: nn.Module,
-    xprime: np.ndarray,
-    *,
-    patch_size: Sequence[int] = (64, 64, 64),
-    overlap: float = 0.25,
-    sw_batch_size: int = 1,
-    device: torch.device | str = "cpu",
-    progress: ProgressFn | None = None,
-    should_stop: StopFn | None = None,
-) -> np.ndarray:
-    """Vessel probabilities (z, y, x) float32 of a one-channel 3D model on X' (z, y, x) in [0, 1].
-
-    :func:`~seg2refine_core.inference.pipeline.refine_volume` without an S channel: MONAI sliding windows of
-    ``patch_size`` with Gaussian blending, windows on ``device``. Autocast on CUDA.
-    """
-    return refine_volume(model, xprime, None, patch_size=patch_size, overlap=overlap, sw_batch_size=sw_batch_size,
-                         device=device, progress=progress, should_stop=should_stop)
 
 
 def start_at_vessel_prior(model: nn.Module, prior: float = OUTPUT_PRIOR) -> None:

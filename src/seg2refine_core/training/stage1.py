@@ -53,7 +53,7 @@ from seg2refine_core.data.preprocess import PreprocessConfig
 from seg2refine_core.data.sampling import BalancedSampler
 from seg2refine_core.errors import one_line
 from seg2refine_core.evaluation.metrics import dice
-from seg2refine_core.inference.pipeline import segment_slices
+from seg2refine_core.inference.stage1 import segment_slices
 from seg2refine_core.io.checkpoint import load_state_strict
 from seg2refine_core.nets.sfanet import build_sfanet
 from seg2refine_core.progress import ProgressFn, StopFn

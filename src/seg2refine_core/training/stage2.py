@@ -18,11 +18,11 @@ What one run does:
 - **Inputs.** The CT comes from the memmap cache of HU (:mod:`seg2refine_core.data.cache`); X' is made from it with
   the stage-1 checkpoint's preprocessing (stage 2 must see the same X'), per patch on the fly and for whole volumes
   when S is made and when validating. S is made once per pool case with
-  :func:`~seg2refine_core.inference.pipeline.segment_slices` and thresholded at 0.5 into a uint8 mask, stored beside the
+  :func:`~seg2refine_core.inference.stage1.segment_slices` and thresholded at 0.5 into a uint8 mask, stored beside the
   HU cache under ``stage1-s/<fingerprint>/`` (fingerprint = SHA-256 of the stage-1 weights, model config and
   preprocessing): another stage-1 model gets its own folder, a rebuilt HU file is noticed by its size and mtime.
-  G's input is ``concat(X', S)`` with S the float {0, 1} mask, exactly what :func:`~.pipeline.refine_volume` gets
-  at inference time.
+  G's input is ``concat(X', S)`` with S the float {0, 1} mask, exactly what
+  :func:`~seg2refine_core.inference.stage2.refine_volume` gets at inference time.
 - **Patches.** :mod:`seg2refine_core.data.patches` (vessel-centred and random patches, seeded per patch and sharded
   across ranks), augmented by the ``augment`` preset (:mod:`seg2refine_core.data.augment`): intensity on the HU of
   the patch (CT only), spatial transforms on X', S and T together, random masking of S; ``none`` is the recipe
@@ -33,7 +33,7 @@ What one run does:
   topology term) updates G, with D frozen. Y is the sigmoid probability map. Adam (betas 0.5, 0.999), constant
   learning rates (pix2pix/Vox2Vox). Mixed precision and channels_last_3d on CUDA only.
 - **Each epoch** logs D and G losses and G's components, then segments every validation volume whole with the
-  Gaussian-blended sliding window (:func:`~.pipeline.refine_volume`) and logs the mean Dice of Y
+  Gaussian-blended sliding window (:func:`~seg2refine_core.inference.stage2.refine_volume`) and logs the mean Dice of Y
   and of S against T and their Betti-0 errors (``metrics.jsonl``, ``curves.png``). ``best`` keeps the highest
   validation Dice of Y (the lowest G loss without validation cases), ``last`` the latest state; both hold G
   only. D's weights, both optimizers, the loss scalers, counters and RNG states go to ``last.resume.pt``, so
@@ -66,7 +66,9 @@ from seg2refine_core.data.patches import PatchConfig, PatchDataset, patch_loader
 from seg2refine_core.data.sampling import BalancedSampler
 from seg2refine_core.errors import CheckpointError, DatasetError, Seg2RefineError
 from seg2refine_core.evaluation.metrics import betti0_error, dice
-from seg2refine_core.inference.pipeline import LoadedModel, load_stage, refine_volume, segment_slices, use_channels_last
+from seg2refine_core.inference.models import LoadedModel, load_stage, use_channels_last
+from seg2refine_core.inference.stage1 import segment_slices
+from seg2refine_core.inference.stage2 import refine_volume
 from seg2refine_core.io.atomic import atomic_path, write_text_atomic
 from seg2refine_core.io.checkpoint import checkpoint_paths, load_state_strict, read_config
 from seg2refine_core.nets.attention_gan import AttentionGenerator3d, PatchDiscriminator3d
