@@ -4,17 +4,20 @@
 # 11 phantoms), "Y with ΔB0" = runs/demo-weights/stage2 (G w=16 trained on S of the 7 phantoms stage 1 never saw).
 # Trains the same G without ΔB0 and with the soft-clDice term, and MONAI's 3D UNet on the stage-1 training cases
 # (same patches, epochs and lr as G: 2e-4; its output starts at the generator's 1% vessel prior).
-# All are evaluated on 5 held-out phantoms (seeds 300-304). Usage: bash experiments/stage2.sh  (env: OUT, EPOCHS)
+# All are evaluated on 5 held-out phantoms (seeds 300-304). Augmentation: the 'none' preset (the paper's recipe), as
+# the demo weights were trained and the README's numbers were made. Usage: bash experiments/stage2.sh
+# (env: OUT, EPOCHS, AUGMENT)
 set -euo pipefail
 S2R=${S2R:-.venv/bin/seg2refine}
 DW=${DW:-runs/demo-weights}
 OUT=${OUT:-runs/stage2}
 EPOCHS=${EPOCHS:-40}
+AUGMENT=${AUGMENT:-none}
 mkdir -p "$OUT/eval"
 start=$(date +%s)
 [ -f "$OUT/test/5.label.nii.gz" ] || $S2R phantom --out "$OUT/test" --count 5 --seed 300
 common=(--data "$DW/phantoms" --stage1 "$DW/stage1/best.safetensors" --width 16 --epochs "$EPOCHS"
-        --patches-per-epoch 32 --batch-size 2 --num-workers 1 --seed 0)
+        --patches-per-epoch 32 --batch-size 2 --num-workers 1 --seed 0 --augment "$AUGMENT")
 run() {  # name, command...
   local name=$1; shift
   if [ ! -f "$OUT/$name/best.safetensors" ]; then
@@ -24,7 +27,8 @@ run() {  # name, command...
 run y_no_b0 $S2R train stage2 "${common[@]}" --out "$OUT/y_no_b0" --no-delta-b0
 run y_cldice $S2R train stage2 "${common[@]}" --out "$OUT/y_cldice" --topology cldice
 run baseline3d $S2R train baseline3d --data "$DW/phantoms" --out "$OUT/baseline3d" --width 16 --epochs "$EPOCHS" \
-  --patches-per-epoch 32 --batch-size 2 --num-workers 1 --seed 0 --val-fraction 0.4 --test-fraction 0 --lr 2e-4
+  --patches-per-epoch 32 --batch-size 2 --num-workers 1 --seed 0 --val-fraction 0.4 --test-fraction 0 --lr 2e-4 \
+  --augment "$AUGMENT"
 S1="$DW/stage1/best.safetensors"
 $S2R predict "$OUT/test" --stage1 "$S1" --stage2 "$DW/stage2/best.safetensors" --out "$OUT/pred_y" --overwrite
 $S2R predict "$OUT/test" --stage1 "$S1" --stage2 "$OUT/y_no_b0/best.safetensors" --out "$OUT/pred_y_no_b0" --overwrite

@@ -167,6 +167,7 @@ def test_stage1_from_a_folder_with_a_split_table_fold_crop_and_compile(viewer_an
     compiled = []
     monkeypatch.setattr(torch, "compile", lambda module: compiled.append(module) or module)  # stands for it
     widget.compile.setChecked(True)
+    widget.augment.setCurrentText("none")
     widget.start_button.click()
     assert wait_for_job(qtbot, widget, TIMEOUT) == "done"
     summary = widget.summary
@@ -174,7 +175,7 @@ def test_stage1_from_a_folder_with_a_split_table_fold_crop_and_compile(viewer_an
     assert summary["compiled"] and len(compiled) == 1
     stored = json.loads((tmp_path / "run" / "last.json").read_text())["training"]
     assert stored["cases"] == {"train": ["1"], "val": ["2"]} and stored["config"]["fold"] == 2
-    assert stored["config"]["compile"] is True
+    assert stored["config"]["compile"] is True and stored["config"]["augment"] == "none"
     # the open layers ignore the folder's split options; stage 2 has no test share or crop of its own
     widget.stage.setCurrentIndex(widget.stage.findData("stage2"))
     assert not widget.test_fraction.isEnabled() and not widget.crop.isEnabled() and not widget.compile.isEnabled()
@@ -184,6 +185,7 @@ def test_stage1_from_a_folder_with_a_split_table_fold_crop_and_compile(viewer_an
 
 
 def test_defaults_and_tooltips_come_from_the_stage_configs(viewer_and_widgets):
+    from seg2refine_core.data.augment import PRESETS
     from seg2refine_core.training.configs import Stage1TrainConfig, Stage2TrainConfig
     from seg2refine_core.training.demo_weights import DemoWeightsConfig
     from seg2refine_core.training.options import option_default, option_help
@@ -198,6 +200,10 @@ def test_defaults_and_tooltips_come_from_the_stage_configs(viewer_and_widgets):
             if box is not widget.lr:
                 assert option_help(config, name) in box.toolTip()
         assert widget.samples.value() == (option_default(config, samples) or 0)
+        assert widget.augment.currentText() == option_default(config, "augment") == "default"
+        assert widget.augment.toolTip() == option_help(config, "augment")
+        assert widget.options()["augment"] == "default"
+    assert tuple(widget.augment.itemText(i) for i in range(widget.augment.count())) == PRESETS
     assert widget.patch.value() == option_default(Stage2TrainConfig, "patch_size")[0]
     assert widget.options()["lr_g"] == widget.options()["lr_d"] == option_default(Stage2TrainConfig, "lr_d")
     widget.stage.setCurrentIndex(widget.stage.findData("stage1"))

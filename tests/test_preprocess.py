@@ -8,7 +8,9 @@ from seg2refine_core.data.preprocess import (
     hu_window,
     preprocess,
     preprocess_slice,
+    unsharp_context,
     unsharp_mask,
+    xprime_box,
 )
 from seg2refine_core.errors import Seg2RefineError, StopRequested, VolumeError
 
@@ -147,3 +149,58 @@ def test_config_round_trip_and_validation():
         PreprocessConfig.from_dict({"unsharp_amount": "much"})
     with pytest.raises(Seg2RefineError, match="radius_units"):
         PreprocessConfig(radius_units="pixels")
+
+
+@pytest.mark.parametrize("config", [PreprocessConfig(), PreprocessConfig(unsharp_radius=2.3),
+                                    PreprocessConfig(unsharp_radius=0.8, radius_units="mm"),
+                                    PreprocessConfig(unsharp_amount=0.0)])
+def test_xprime_box_equals_whole_volume_preprocess_cropped(config):
+    rng = np.random.default_rng(4)
+    hu = rng.normal(150, 300, size=(9, 40, 50)).astype(np.int16)
+    spacing = (2.0, 0.6, 0.4)
+    whole = preprocess(hu, spacing, config)
+    boxes = [((2, 10, 12), (4, 20, 25)),  # inside: the box alone would see wrong neighbours without context
+             ((0, 0, 0), (9, 40, 50)),  # the whole volume: mirrored edges as the filter's own mode
+             ((6, 33, 41), (3, 7, 9)),  # touching the far corner
+             ((-2, -5, 30), (5, 12, 30))]  # partly outside: X' is 0 there
+    for start, size in boxes:
+        box = xprime_box(hu, start, size, spacing, config)
+        expected = np.zeros(size, np.float32)
+        lo = [max(a, 0) for a in start]
+        hi = [min(a + n, dim) for a, n, dim in zip(start, size, hu.shape, strict=True)]
+        expected[tuple(slice(b - a, c - a) for a, b, c in zip(start, lo, hi, strict=True))] = whole[
+            tuple(slice(b, c) for b, c in zip(lo, hi, strict=True))]
+        assert box.dtype == np.float32 and box.shape == size
+        np.testing.assert_allclose(box, expected, atol=1e-6, err_msg=f"box {start} {size}")
+    cropped = preprocess(np.ascontiguousarray(hu[2:6, 10:30, 12:37]), spacing, config)
+    if unsharp_context(config, spacing) != (0, 0):  # filtering the cut-out alone differs at its borders
+        assert not np.allclose(cropped, whole[2:6, 10:30, 12:37], atol=1e-3)
+
+
+def test_unsharp_context_is_the_kernel_reach():
+    assert unsharp_context(PreprocessConfig()) == (4, 4)
+    assert unsharp_context(PreprocessConfig(unsharp_radius=2.3)) == (9, 9)
+    assert unsharp_context(PreprocessConfig(unsharp_radius=1.0, radius_units="mm"), (3.0, 0.5, 0.25)) == (8, 16)
+    assert unsharp_context(PreprocessConfig(unsharp_amount=0.0)) == (0, 0)
+    # one voxel less context than the reach changes the result at the box border
+    hu = np.random.default_rng(5).normal(150, 300, size=(2, 30, 30)).astype(np.float32)
+    whole = preprocess(hu)
+    short = preprocess(np.ascontiguousarray(hu[:, 5:25, 5:25]))
+    assert not np.allclose(short[:, 0], whole[:, 5, 5:25], atol=1e-4)
+
+
+def test_xprime_box_runs_the_hu_transform_on_the_box_with_its_context():
+    hu = np.random.default_rng(6).normal(150, 300, size=(8, 30, 30)).astype(np.int16)
+    seen = []
+
+    def add_100(region):
+        seen.append(region.shape)
+        return region + 100.0
+
+    box = xprime_box(hu, (2, 5, 6), (3, 10, 12), hu_transform=add_100, hu_context=(1, 2, 3))
+    assert seen == [(3 + 2, 10 + 2 * (2 + 4), 12 + 2 * (3 + 4))]  # its context plus the unsharp mask's
+    np.testing.assert_allclose(box, preprocess(hu.astype(np.float32) + 100.0)[2:5, 5:15, 6:18], atol=1e-6)
+    with pytest.raises(Seg2RefineError, match="shape"):
+        xprime_box(hu, (0, 0, 0), (2, 8, 8), hu_transform=lambda r: r[1:])
+    with pytest.raises(VolumeError, match="xprime_box"):
+        xprime_box(hu[0], (0, 0), (4, 4))

@@ -79,13 +79,29 @@ def test_given_options_reach_the_config_with_its_types():
     assert config.threads == 1
     args = cli.build_parser().parse_args(
         ["train", "stage2", "--data", "d", "--stage1", "s", "--out", "o", "--lambda", "3", "--no-delta-b0",
-         "--patch", "32", "32", "48", "--topology", "cldice", "--no-augment", "--test-fraction", "0.3"])
+         "--patch", "32", "32", "48", "--topology", "cldice", "--augment", "off", "--test-fraction", "0.3"])
     config = config_from_args(args, Stage2TrainConfig)
     assert (config.lam, config.delta_b0, config.patch_size, config.topology) == (3.0, False, (32, 32, 48), "cldice")
-    assert config.augment is False and config.test_fraction == 0.3 and config.split_seed is None
+    assert config.augment == "off" and config.test_fraction == 0.3 and config.split_seed is None
     demo = config_from_args(cli.build_parser().parse_args(["train", "demo", "--out", "w", "--cases", "4",
                                                            "--shape", "32", "64", "64"]), DemoWeightsConfig)
     assert demo.n_cases == 4 and demo.shape == (32, 64, 64) and demo.stage1_lr == 1e-3
+    assert demo.augment == "none"  # the bundled weights' recipe
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_augment_offers_the_presets_and_new_runs_use_default(name):
+    from seg2refine_core.data.augment import PRESETS
+
+    config_class, needed = COMMANDS[name]
+    spec = next(spec for spec in option_specs(config_class) if spec.name == "augment")
+    assert spec.choices == PRESETS and spec.flag == "--augment"
+    assert spec.default == ("none" if config_class is DemoWeightsConfig else "default")
+    for preset in PRESETS:
+        args = cli.build_parser().parse_args(["train", name, *needed, "--augment", preset])
+        assert config_from_args(args, config_class).augment == preset
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["train", name, *needed, "--augment", "heavy"])
 
 
 def test_required_options_are_named(tmp_path, capsys):
@@ -108,19 +124,38 @@ def test_json_form_round_trips_and_reads_older_runs(tmp_path):
     assert Stage1TrainConfig.from_dict({**stored, "removed_option": 1}) == config
     stage2 = Stage2TrainConfig(data=tmp_path, stage1=tmp_path / "s1", out=tmp_path / "o", patch_size=(32, 32, 32))
     assert Stage2TrainConfig.from_dict(json.loads(json.dumps(stage2.to_dict()))) == stage2
-    # the bundled weights record the options of runs made before the options were generated
+    # the bundled weights record the options of runs made before the options were generated and before the
+    # augmentation presets: stage 1 stored no augment (it always flipped and rotated), stage 2 augment: true; both
+    # were the recipe the 'none' preset keeps
     for name, config_class in (("stage1", Stage1TrainConfig), ("stage2", Stage2TrainConfig)):
         old = json.loads((WEIGHTS / f"{name}.json").read_text())["training"]["config"]
-        assert "threads" not in old
+        assert "threads" not in old and old.get("augment", True) is True
         again = config_class.from_dict(old).to_dict()
-        assert {k: again[k] for k in old} == old and again["threads"] is None
+        assert {k: again[k] for k in old if k != "augment"} == {k: v for k, v in old.items() if k != "augment"}
+        assert again["threads"] is None and again["augment"] == "none"
+
+
+@pytest.mark.parametrize("config_class", [Stage1TrainConfig, Stage2TrainConfig, Baseline3dTrainConfig])
+def test_older_runs_augment_switch_reads_as_a_preset(config_class, tmp_path):
+    required = {"data": tmp_path, "out": tmp_path / "o"}
+    if config_class is Stage2TrainConfig:
+        required["stage1"] = tmp_path / "s1"
+    stored = json.loads(json.dumps(config_class(**required).to_dict()))
+    assert stored["augment"] == "default"
+    # augment: true was today's 'none' recipe, false 'off'; a run stored before the option existed used 'none'
+    for old, now in ((True, "none"), (False, "off"), ("none", "none"), ("off", "off"), ("default", "default")):
+        assert config_class.from_dict({**stored, "augment": old}).augment == now
+    assert config_class.from_dict({k: v for k, v in stored.items() if k != "augment"}).augment == "none"
+    with pytest.raises(Seg2RefineError, match="--augment 'heavy': expected one of default, none, off"):
+        config_class(**required, augment="heavy").check()
 
 
 def test_run_defining_options_are_the_ones_resume_has_always_refused():
-    split = {"split", "fold", "val_fraction", "test_fraction", "split_seed", "layout", "seed", "batch_size"}
+    split = {"split", "fold", "val_fraction", "test_fraction", "split_seed", "layout", "seed", "batch_size",
+             "augment"}
     assert set(Stage1TrainConfig.run_defining()) == split | {
         "variant", "width", "lr", "weight_decay", "samples_per_epoch", "positive_fraction", "crop", "preprocess"}
-    patches = {"patch_size", "patches_per_epoch", "vessel_fraction", "augment"}
+    patches = {"patch_size", "patches_per_epoch", "vessel_fraction"}
     assert set(Stage2TrainConfig.run_defining()) == split | patches | {
         "width", "disc_width", "lam", "delta_b0", "topology", "topology_weight", "lr_g", "lr_d"}
     assert set(Baseline3dTrainConfig.run_defining()) == split | patches | {

@@ -14,11 +14,14 @@ from torch import nn
 
 from ddp_worker import run_ranks
 from seg2refine_core.cli import main
+from seg2refine_core.data.augment import augment_preset
 from seg2refine_core.data.cache import build_cache
 from seg2refine_core.data.datasets import discover_cases
 from seg2refine_core.data.phantom import make_phantom
+from seg2refine_core.data.preprocess import PreprocessConfig, preprocess
 from seg2refine_core.io.checkpoint import load_checkpoint
 from seg2refine_core.io.volume import write_volume
+from seg2refine_core.training.runlog import load_resume_state, resume_path, save_resume_state
 from seg2refine_core.training.stage1 import SliceDataset, Stage1TrainConfig, cosine_decay, default_crop, train_stage1
 
 # 4 phantoms: hold-out 1 val, 1 test, 2 train; 2 epochs of 8 slices in batches of 4 = 4 steps.
@@ -54,11 +57,25 @@ def cli_args(data: Path, out: Path, cache_dir: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def straight_run(data, cache_dir, tmp_path_factory) -> Path:
-    """Two epochs in one go, through the command line."""
-    out = tmp_path_factory.mktemp("runs") / "straight"
-    assert main(cli_args(data, out, cache_dir)) == 0
-    return out
+def straight_runs(data, cache_dir, tmp_path_factory):
+    """``straight(preset)``: two epochs in one go with that augmentation preset, through the command line (made once
+    per preset; ``default`` without ``--augment``, the default of a new run)."""
+    runs: dict[str, Path] = {}
+
+    def straight(preset: str) -> Path:
+        if preset not in runs:
+            out = tmp_path_factory.mktemp("runs") / f"straight-{preset}"
+            chosen = [] if preset == "default" else ["--augment", preset]
+            assert main(cli_args(data, out, cache_dir) + chosen) == 0
+            runs[preset] = out
+        return runs[preset]
+
+    return straight
+
+
+@pytest.fixture(scope="module")
+def straight_run(straight_runs) -> Path:
+    return straight_runs("default")
 
 
 def weights(run: Path, name: str = "last") -> dict[str, torch.Tensor]:
@@ -80,6 +97,8 @@ def test_cli_run_writes_loadable_checkpoints_metrics_and_curves(straight_run, ca
         training = config["training"]
         assert len(training["cases"]["train"]) == 2 and len(training["cases"]["val"]) == 1
         assert training["seed"] == 0 and training["torch_version"] == torch.__version__
+        assert training["config"]["augment"] == "default"
+        assert training["augmentation"] == augment_preset("default", ndim=2).to_dict()
         with torch.no_grad():
             assert model(torch.rand(1, 1, 64, 64)).shape == (1, 1, 64, 64)
     assert json.loads((straight_run / "last.json").read_text())["training"]["epochs_done"] == 2
@@ -99,27 +118,53 @@ def test_existing_run_is_not_overwritten(straight_run, data, cache_dir, capsys):
     assert (straight_run / "last.safetensors").stat().st_mtime_ns == before
 
 
-def test_resume_after_one_epoch_matches_a_straight_run(straight_run, data, cache_dir, tmp_path):
+@pytest.mark.parametrize("preset", ["default", "none"])
+def test_resume_after_one_epoch_matches_a_straight_run(straight_runs, preset, data, cache_dir, tmp_path):
     out = tmp_path / "resumed"
     records = []
-    first = train_stage1(config_for(data, out, cache_dir, epochs=1), on_epoch=records.append)
+    first = train_stage1(config_for(data, out, cache_dir, epochs=1, augment=preset), on_epoch=records.append)
     assert first["epochs_done"] == 1 and not first["stopped"] and [r["epoch"] for r in records] == [1]
     assert main(["train", "stage1", "--out", str(out), "--resume", "--epochs", "2"]) == 0
-    assert_same_weights(weights(out), weights(straight_run))
+    assert_same_weights(weights(out), weights(straight_runs(preset)))
     assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 
 
-def test_stop_saves_last_and_resumes_mid_epoch_exactly(straight_run, data, cache_dir, tmp_path):
-    out = tmp_path / "stopped"
-    steps = []
-    summary = train_stage1(
-        config_for(data, out, cache_dir), should_stop=lambda: len(steps) >= 3, on_step=lambda s, loss: steps.append(s)
-    )
+def stop_after_three_steps(data: Path, out: Path, cache_dir: Path, preset: str) -> list[int]:
+    """Start a run and stop it after 3 steps (mid-epoch 2); the steps seen."""
+    steps: list[int] = []
+    summary = train_stage1(config_for(data, out, cache_dir, augment=preset), should_stop=lambda: len(steps) >= 3,
+                           on_step=lambda s, loss: steps.append(s))
     assert summary["stopped"] and summary["epochs_done"] == 1 and steps == [1, 2, 3]
     assert json.loads((out / "last.json").read_text())["training"]["step_in_epoch"] == 1
-    resumed = train_stage1(config_for(data, out, cache_dir, resume=True), on_step=lambda s, loss: steps.append(s))
+    return steps
+
+
+@pytest.mark.parametrize("preset", ["default", "none"])
+def test_stop_saves_last_and_resumes_mid_epoch_exactly(straight_runs, preset, data, cache_dir, tmp_path):
+    out = tmp_path / "stopped"
+    steps = stop_after_three_steps(data, out, cache_dir, preset)
+    resumed = train_stage1(config_for(data, out, cache_dir, resume=True, augment=preset),
+                           on_step=lambda s, loss: steps.append(s))
     assert not resumed["stopped"] and resumed["epochs_done"] == 2 and steps == [1, 2, 3, 4]
-    assert_same_weights(weights(out), weights(straight_run))
+    assert_same_weights(weights(out), weights(straight_runs(preset)))
+
+
+def test_a_run_stored_before_the_presets_resumes_with_none(straight_runs, data, cache_dir, tmp_path, capsys):
+    """Stage-1 runs stored no augment option (they always flipped and rotated: the 'none' preset)."""
+    out = tmp_path / "older"
+    stop_after_three_steps(data, out, cache_dir, "none")
+    last = json.loads((out / "last.json").read_text())
+    del last["training"]["config"]["augment"]
+    (out / "last.json").write_text(json.dumps(last))
+    state = load_resume_state(resume_path(out / "last"))
+    del state["config"]["augment"]
+    save_resume_state(resume_path(out / "last"), state)
+    assert main(["train", "stage1", "--out", str(out), "--resume", "--augment", "default"]) == 2
+    assert "resume with --augment 'default', but the run used 'none'" in capsys.readouterr().err
+    assert main(["train", "stage1", "--out", str(out), "--resume"]) == 0
+    assert_same_weights(weights(out), weights(straight_runs("none")))
+    default, none = weights(straight_runs("default")), weights(straight_runs("none"))
+    assert any(not torch.equal(default[k], none[k]) for k in default)  # the preset reaches the samples
 
 
 def test_resume_refuses_a_changed_run_option(straight_run, data, cache_dir):
@@ -131,15 +176,24 @@ def test_resume_refuses_a_changed_run_option(straight_run, data, cache_dir):
 
 def test_slice_dataset_crops_and_augments_deterministically(data, cache_dir):
     index = build_cache(discover_cases(data), cache_dir)
-    dataset = SliceDataset(index, (48, 32))
+    config = PreprocessConfig()
+    dataset = SliceDataset(index, (48, 32), augment=augment_preset("default", ndim=2), preprocess=config)
     assert len(dataset) == 4 * 16
     sample = dataset[(20, 7)]
     assert sample["image"].shape == sample["label"].shape == (1, 48, 32)
     assert torch.equal(sample["image"], dataset[(20, 7)]["image"])
+    assert not torch.equal(sample["image"], dataset[(20, 8)]["image"])  # another seed, another draw
     assert set(np.unique(sample["label"].numpy())) <= {0.0, 1.0}
+    assert 0.0 <= float(sample["image"].min()) and float(sample["image"].max()) <= 1.0
     assert dataset.locate(20) == (1, 4)
-    padded = SliceDataset(index, (80, 64), augment=False)[3]
+    # without augmentation a slice is that slice of the whole volume's X', zero-padded to the crop
+    plain = SliceDataset(index, (80, 64), augment=augment_preset("off", ndim=2), preprocess=config)
+    padded = plain[3]
     assert padded["image"].shape == (1, 80, 64) and float(padded["image"][0, :8].abs().max()) == 0.0
+    case_id = index.case_ids[0]
+    xprime = preprocess(np.asarray(index.hu(case_id)), index[case_id].spacing, config)
+    np.testing.assert_allclose(padded["image"][0, 8:72].numpy(), xprime[3], atol=1e-6)
+    assert torch.equal(padded["label"][0, 8:72], torch.from_numpy(np.asarray(index.label(case_id)[3], np.float32)))
     assert default_crop([(16, 64, 64), (10, 64, 64)]) == (64, 64)
     assert default_crop([(16, 70, 64), (10, 100, 50)]) == (64, 48)
     assert cosine_decay(4)(0) == 1.0 and cosine_decay(4)(4) == pytest.approx(0.01)

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 from ddp_worker import run_ranks
 from seg2refine_core.cli import main
+from seg2refine_core.data.augment import augment_preset
 from seg2refine_core.data.cache import CacheIndex
 from seg2refine_core.data.datasets import discover_cases, holdout_split
 from seg2refine_core.data.preprocess import PreprocessConfig
@@ -28,7 +29,7 @@ from seg2refine_core.io.checkpoint import build_model, load_checkpoint, save_che
 from seg2refine_core.io.volume import write_volume
 from seg2refine_core.nets.sfanet import build_sfanet
 from seg2refine_core.training import stage2
-from seg2refine_core.training.runlog import load_resume_state, read_metrics
+from seg2refine_core.training.runlog import load_resume_state, read_metrics, resume_path, save_resume_state
 
 SHAPE = (32, 64, 64)
 # 6 cases; stage 1's hold-out (val 0.34, test 0.17, seed 0): 3 train, 2 val, 1 test. The stage-2 pool is stage 1's
@@ -105,11 +106,25 @@ def cli_args(data: Path, stage1: Path, out: Path, cache_dir: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def straight_run(data, stage1_ckpt, cache_dir, tmp_path_factory) -> Path:
-    """Two epochs in one go, through the command line."""
-    out = tmp_path_factory.mktemp("runs") / "straight"
-    assert main(cli_args(data, stage1_ckpt, out, cache_dir)) == 0
-    return out
+def straight_runs(data, stage1_ckpt, cache_dir, tmp_path_factory):
+    """``straight(preset)``: two epochs in one go with that augmentation preset, through the command line (made once
+    per preset; ``default`` without ``--augment``, the default of a new run)."""
+    runs: dict[str, Path] = {}
+
+    def straight(preset: str) -> Path:
+        if preset not in runs:
+            out = tmp_path_factory.mktemp("runs") / f"straight-{preset}"
+            chosen = [] if preset == "default" else ["--augment", preset]
+            assert main(cli_args(data, stage1_ckpt, out, cache_dir) + chosen) == 0
+            runs[preset] = out
+        return runs[preset]
+
+    return straight
+
+
+@pytest.fixture(scope="module")
+def straight_run(straight_runs) -> Path:
+    return straight_runs("default")
 
 
 def assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -131,6 +146,9 @@ def test_cli_run_writes_loadable_generator_metrics_and_curves(straight_run, data
     assert training["cases"]["test"] == ids["test"]
     assert training["stage1"]["sha256"] == stage2.checkpoint_fingerprint(stage1_ckpt)
     assert training["lambda"] == 5.0 and training["delta_b0"] is True and training["topology"] is None
+    assert training["config"]["augment"] == "default"
+    assert training["augmentation"] == augment_preset("default", ndim=3).to_dict()
+    assert training["patches"] == {"patch_size": list(PATCH), "vessel_fraction": 0.7, "s_share": 0.25, "jitter": 0.5}
     records = read_metrics(straight_run)
     assert [r["epoch"] for r in records] == [1, 2]
     for key in ("d_loss", "g_loss", "g_adv", "g_dice", "g_delta_b0", "val_dice_y", "val_dice_s", "val_b0_error_y",
@@ -144,7 +162,7 @@ def test_cli_run_writes_loadable_generator_metrics_and_curves(straight_run, data
     val_id = training["cases"]["val"][0]
     s_path, _ = stage2.build_s_cache(cache, [val_id], load_stage("stage1", stage1_ckpt, torch.device("cpu")),
                                      training["stage1"]["sha256"])[val_id]
-    y = refine_volume(loaded.model, cache.image(val_id), np.load(s_path), patch_size=PATCH)
+    y = refine_volume(loaded.model, cache.xprime(val_id, loaded.preprocess_config), np.load(s_path), patch_size=PATCH)
     assert y.shape == SHAPE and 0.0 <= y.min() and y.max() <= 1.0
 
 
@@ -156,18 +174,29 @@ def test_existing_run_is_not_overwritten_and_resume_refuses_changes(straight_run
     assert "resume with --lambda 3.0, but the run used 5.0" in capsys.readouterr().err
 
 
-def test_stop_mid_epoch_then_resume_matches_straight_run(straight_run, data, stage1_ckpt, cache_dir, tmp_path):
+@pytest.mark.parametrize("preset", ["default", "none"])
+def test_stop_mid_epoch_then_resume_matches_straight_run(straight_runs, preset, data, stage1_ckpt, cache_dir,
+                                                         tmp_path):
     out = tmp_path / "stopped"
     seen = []  # progress infos; stop right after the first step of epoch 2
 
     def progress(done, total, info):
         seen.append(info)
 
-    summary = stage2.train_stage2(config_for(data, stage1_ckpt, out, cache_dir), progress=progress,
+    summary = stage2.train_stage2(config_for(data, stage1_ckpt, out, cache_dir, augment=preset), progress=progress,
                                   should_stop=lambda: bool(seen) and seen[-1].startswith("epoch 2/2 D"))
     assert summary["stopped"] and summary["epochs_done"] == 1
     assert load_checkpoint(out / "last")[1]["training"]["step_in_epoch"] == 1
+    if preset == "none":  # stored as runs before the presets stored it (augment: true, today's 'none')
+        last = json.loads((out / "last.json").read_text())
+        last["training"]["config"]["augment"] = True
+        (out / "last.json").write_text(json.dumps(last))
+        state = load_resume_state(resume_path(out / "last"))
+        state["config"]["augment"] = True
+        save_resume_state(resume_path(out / "last"), state)
     assert main(["train", "stage2", "--out", str(out), "--resume"]) == 0
+    assert load_checkpoint(out / "last")[1]["training"]["config"]["augment"] == preset
+    straight_run = straight_runs(preset)
     assert_same_state(load_file(str(out / "last.safetensors")), load_file(str(straight_run / "last.safetensors")))
     ours, theirs = (load_resume_state(run / "last.resume.pt") for run in (out, straight_run))
     assert_same_state(ours["discriminator"], theirs["discriminator"])
@@ -228,10 +257,10 @@ def test_s_cache_is_reused_and_keyed_by_the_stage1_model(straight_run, stage1_ck
     other_path, _ = stage2.build_s_cache(cache, [case_id], load_stage("stage1", other, torch.device("cpu")),
                                          other_fp)[case_id]
     assert other_path.parent.name == other_fp[:16] and path.is_file()
-    # a rebuilt X' (new mtime) makes S stale
-    os.utime(cache[case_id].image_path, ns=(mtime + 10**9, mtime + 10**9))
+    # a rebuilt HU file (new mtime) makes S stale
+    os.utime(cache[case_id].hu_path, ns=(mtime + 10**9, mtime + 10**9))
     assert not stage2._s_entry_fresh(json.loads(path.with_name(f"{path.name[:-4]}.json").read_text()),
-                                     path.parent, cache[case_id].image_path, fingerprint)
+                                     path.parent, cache[case_id].hu_path, fingerprint)
 
 
 def test_ddp_ranks_end_with_identical_generators(data, stage1_ckpt, cache_dir, tmp_path):
@@ -255,10 +284,32 @@ def test_baseline3d_trains_one_epoch_end_to_end(data, cache_dir, tmp_path):
     assert config["architecture"] == "monai-unet-3d" and config["model"]["in_channels"] == 1
     ids = stage1_ids(data)
     assert config["training"]["cases"] == {"train": ids["train"], "val": ids["val"]}  # stage 1's cases
+    assert config["training"]["config"]["augment"] == "default"
+    assert config["training"]["augmentation"] == augment_preset("default", ndim=3).to_dict()
     record = read_metrics(out)[0]
     assert isinstance(record["train_loss"], float) and isinstance(record["val_dice"], float)
-    prob = predict_baseline3d(model, CacheIndex.load(cache_dir).image(ids["val"][0]), patch_size=PATCH)
+    prob = predict_baseline3d(model, CacheIndex.load(cache_dir).xprime(ids["val"][0]), patch_size=PATCH)
     assert prob.shape == SHAPE and prob.dtype == np.float32 and 0.0 <= prob.min() and prob.max() <= 1.0
+
+
+@pytest.mark.parametrize("preset", ["default", "none"])
+def test_baseline3d_stopped_mid_epoch_resumes_exactly(preset, data, cache_dir, tmp_path):
+    from seg2refine_core.training.baseline3d import Baseline3dTrainConfig, train_baseline3d
+
+    def config(out: Path, **changes) -> Baseline3dTrainConfig:
+        return Baseline3dTrainConfig(data=data, out=out, cache_dir=cache_dir, width=4, patch_size=PATCH, epochs=2,
+                                     batch_size=1, patches_per_epoch=2, num_workers=0, device="cpu",
+                                     val_fraction=0.34, test_fraction=0.17, augment=preset, **changes)
+
+    train_baseline3d(config(tmp_path / "straight"))
+    steps: list[int] = []
+    stopped = train_baseline3d(config(tmp_path / "stopped"), should_stop=lambda: len(steps) >= 3,
+                               on_step=lambda step, loss: steps.append(step))
+    assert stopped["stopped"] and steps == [1, 2, 3]
+    train_baseline3d(config(tmp_path / "stopped", resume=True))
+    assert_same_state(load_file(str(tmp_path / "stopped" / "last.safetensors")),
+                      load_file(str(tmp_path / "straight" / "last.safetensors")))
+    assert read_metrics(tmp_path / "stopped")[1]["train_loss"] == read_metrics(tmp_path / "straight")[1]["train_loss"]
 
 
 def test_baseline3d_starts_near_the_generators_vessel_prior():

@@ -5,10 +5,10 @@ dataset (written to a temporary ImageCAS-style folder for the run, the case name
 with a single case there is no validation, so "best" is the lowest training loss). A folder is split by the
 official table (ImageCAS ``.xlsx`` / ``.csv`` and a fold) or, without one, by a seeded hold-out with the
 validation and test shares set here (stage 2: the validation share of the stage-1 model's unseen cases; its test
-cases stay those of the stage-1 run). The main hyper-parameters, the stage-1 training crop, the output folder and
-Resume are exposed; everything else takes the core config's defaults (DataLoader workers are 0 inside napari).
-Stage 2 trains on S from the chosen stage-1 model, which must not have been trained on the same cases (the core
-refuses otherwise). Loss (per step for stage 1, per epoch) and validation Dice are plotted live; when the run
+cases stay those of the stage-1 run). The main hyper-parameters, the augmentation preset, the stage-1 training crop,
+the output folder and Resume are exposed; everything else takes the core config's defaults (DataLoader workers are 0
+inside napari). Stage 2 trains on S from the chosen stage-1 model, which must not have been trained on the same cases
+(the core refuses otherwise). Loss (per step for stage 1, per epoch) and validation Dice are plotted live; when the run
 ends its best checkpoint is registered, so the Segment widget offers it at once.
 
 Every value the widget starts with, and the tooltip of each hyper-parameter, comes from the stage's config dataclass
@@ -235,6 +235,8 @@ class TrainWidget(QWidget):
         self.lr.setToolTip(learning_rate_tip())
         self.samples = self._int_spin(0, 10_000_000)
         self.samples.setSpecialValueText("all slices")
+        self.augment = QComboBox()
+        self.augment.addItems(list(option_spec(Stage1TrainConfig, "augment").choices))
         self.device = DeviceCombo()
         self.compile = QCheckBox("torch.compile")
         self.compile.setChecked(option_default(Stage1TrainConfig, "compile"))
@@ -274,6 +276,7 @@ class TrainWidget(QWidget):
         form.addRow("Batch size", self.batch)
         form.addRow("Learning rate", self.lr)
         form.addRow("Samples/epoch", self.samples)
+        form.addRow("Augmentation", self.augment)
         form.addRow("Crop", self.crop)
         device_row = QHBoxLayout()
         device_row.addWidget(self.device, 1)
@@ -348,6 +351,8 @@ class TrainWidget(QWidget):
         for name, box in {**explained, spec["lr"][0]: self.lr}.items():
             value = option_default(config, name)
             box.setValue(0 if value is None else value)  # samples None: all slices
+        self.augment.setCurrentText(option_default(config, "augment"))
+        self.augment.setToolTip(option_help(config, "augment"))
         self.out_edit.setText(str(Path.cwd() / "runs" / f"napari-{stage}"))
 
     def options(self) -> dict[str, Any]:
@@ -365,6 +370,7 @@ class TrainWidget(QWidget):
             "split": Path(self.split_edit.text().strip()) if self.split_edit.text().strip() else None,
             "fold": int(self.fold.value()),
             "val_fraction": float(self.val_fraction.value()),
+            "augment": self.augment.currentText(),
         }
         if self.stage.currentData() == "stage1":
             crop = int(self.crop.value())

@@ -215,7 +215,8 @@ STAGES: dict[str, Stage] = {
     "stage1": Stage(
         Stage1TrainConfig, "train SFANet (or a Table-1 variant) on axial slices",
         "Train the stage-1 2D network on a dataset folder (ImageCAS, ASOCA or images/+labels/). Volumes are "
-        "preprocessed once into a memory-mapped cache (default RUN_DIR/cache). Each epoch draws "
+        "read once into a memory-mapped cache in HU (default RUN_DIR/cache); X' of each slice is made on the fly, "
+        "after the --augment preset's intensity changes. Each epoch draws "
         "--samples-per-epoch slices, --positive-fraction of them from slices that hold vessel pixels; "
         "validation Dice is computed on whole validation volumes. Writes RUN_DIR/best.*, last.*, "
         "metrics.jsonl and curves.png. Ctrl-C stops after the current step and saves a resumable 'last'.",
@@ -227,7 +228,7 @@ STAGES: dict[str, Stage] = {
         "model's mask on volumes it never trained on: the split's val cases with --split, otherwise the "
         "labelled cases that are neither stage-1 training nor held-out test cases (the stage-1 run's hold-out "
         "rule). Overlap with the stage-1 training cases is refused. S is computed once and cached beside the "
-        "X' cache (default: the stage-1 run's cache). Writes RUN_DIR/best.*, last.* (G), metrics.jsonl and "
+        "HU cache (default: the stage-1 run's cache). Writes RUN_DIR/best.*, last.* (G), metrics.jsonl and "
         "curves.png. Ctrl-C stops after the current step and saves a resumable 'last'.",
         run_stage2,
     ),

@@ -1,24 +1,30 @@
-"""Preprocessed on-disk cache of training volumes, read back as memory-mapped arrays.
+"""On-disk cache of training volumes in HU, read back as memory-mapped arrays.
 
 Training at ImageCAS scale (700 volumes × ~250 slices of 512²) must not hold the dataset in RAM: each case is
-read once, preprocessed to X' and written beside its label as ``.npy`` files that training opens with
-``np.load(mmap_mode="r")``, so a batch touches only the slices (or patches) it needs.
+read once and written beside its label as ``.npy`` files that training opens with ``np.load(mmap_mode="r")``, so a
+batch touches only the slices (or patches) it needs.
 
 Layout of ``cache_dir``::
 
     index.json                      every cached case's entry (below) under "cases", plus format and version
-    cases/<name>.image.npy          X' (z, y, x) float16 in [0, 1]
+    cases/<name>.hu.npy             CT in HU (z, y, x) int16
     cases/<name>.label.npy          lumen mask (z, y, x) uint8 {0, 1} (absent for unlabelled cases)
-    cases/<name>.json               the case's entry: shape, spacing, per-slice vessel pixel counts,
-                                    source files' size and mtime, preprocessing config
+    cases/<name>.json               the case's entry: shape, spacing, per-slice vessel pixel counts, voxels
+                                    clipped to int16, source files' size and mtime
 
-X' is stored as **float16**: its spacing near 1 is 2⁻¹¹ ≈ 0.0005, i.e. about 0.3 HU with the default 600 HU
-window, far below CT noise, and it halves the disk and page-cache footprint (ImageCAS: ~90 GB instead of 180 GB,
-labels another ~45 GB). Readers get float16 memmaps and convert the slices they take to float32.
+The cache holds **HU, not X'**, so intensity augmentation (:mod:`seg2refine_core.data.augment`) can act on HU
+before the window; readers make X' of the slice or patch they take on the fly (:func:`~.preprocess.xprime_box`,
+:func:`~.preprocess.preprocess_slice`), and the same cache serves every preprocessing config. HU are stored as
+**int16**, rounded to the nearest integer and clipped to [-32768, 32767]: CT scanners store integer HU in that
+range, so a CT read from its file is kept exactly; a volume with fractional HU (resampled, or a float phantom) is
+off by at most 0.5 HU (0.0008 after the default 600-HU window, far below CT noise of 10-50 HU). The number of
+clipped voxels is recorded in each entry. int16 takes the disk and page cache the former float16 X' took
+(ImageCAS: ~90 GB, labels another ~45 GB).
 
-A case is **reused** (not read or recomputed) when its entry exists, names the same source files with the same
-size and modification time, and was made with the same preprocessing config and cache version; otherwise it is
-rebuilt. Every file is written to a temporary name and renamed, so an interrupted build leaves no half case.
+A case is **reused** (not read again) when its entry exists, names the same source files with the same size and
+modification time, and was made with the same cache version; otherwise it is rebuilt (version 1 caches held
+float16 X' and are rebuilt; their ``.image.npy`` files are removed as each case is rebuilt). Every file is written
+to a temporary name and renamed, so an interrupted build leaves no half case.
 """
 
 from __future__ import annotations
@@ -41,18 +47,20 @@ from seg2refine_core.io.volume import read_mask, read_volume
 from seg2refine_core.progress import ProgressFn, StopFn, check_stop
 
 CACHE_FORMAT = "seg2refine-cache"
-CACHE_VERSION = 1
-IMAGE_DTYPE = np.float16
+CACHE_VERSION = 2
+HU_DTYPE = np.int16
+HU_RANGE = (-32768, 32767)
 LABEL_DTYPE = np.uint8
 CHUNK_SLICES = 16
 
 
 @dataclass(frozen=True)
 class CachedCase:
-    """One cached volume: ``shape`` (z, y, x), ``spacing`` (sz, sy, sx) mm, ``vessel_pixels`` per axial slice."""
+    """One cached volume: ``hu_path`` (int16 HU), ``shape`` (z, y, x), ``spacing`` (sz, sy, sx) mm,
+    ``vessel_pixels`` per axial slice."""
 
     case_id: str
-    image_path: Path
+    hu_path: Path
     label_path: Path | None
     shape: tuple[int, int, int]
     spacing: tuple[float, float, float]
@@ -102,9 +110,20 @@ class CacheIndex:
         except KeyError:
             raise DatasetError(f"case {case_id!r} is not in the cache at {self.root}") from None
 
-    def image(self, case_id: str) -> np.ndarray:
-        """X' of ``case_id``: read-only float16 memmap (z, y, x) in [0, 1]."""
-        return np.load(self[case_id].image_path, mmap_mode="r")
+    def hu(self, case_id: str) -> np.ndarray:
+        """CT of ``case_id`` in HU: read-only int16 memmap (z, y, x)."""
+        return np.load(self[case_id].hu_path, mmap_mode="r")
+
+    def xprime(
+        self, case_id: str, config: PreprocessConfig | None = None, *, workers: int | None = None
+    ) -> np.ndarray:
+        """X' of the whole volume ``case_id`` made now from its HU: float32 (z, y, x) in [0, 1], in memory.
+
+        Equal to :func:`~.preprocess.preprocess` of the cached HU (for validation and for stage 1's S on whole
+        volumes). ``workers``: threads of :func:`~.preprocess.preprocess` (None = torch's thread count).
+        """
+        case = self[case_id]
+        return preprocess(self.hu(case_id), case.spacing, config, workers=workers)
 
     def label(self, case_id: str) -> np.ndarray:
         """Lumen mask of ``case_id``: read-only uint8 memmap (z, y, x) {0, 1}."""
@@ -121,29 +140,28 @@ class CacheIndex:
 def build_cache(
     cases: Sequence[Case],
     cache_dir: str | Path,
-    preprocess_config: PreprocessConfig | None = None,
+    *,
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
-    *,
     write_index: bool = True,
 ) -> CacheIndex:
-    """Preprocess ``cases`` into ``cache_dir`` (see module doc) and return their :class:`CacheIndex`.
+    """Write ``cases`` into ``cache_dir`` as int16 HU and labels (see module doc); return their :class:`CacheIndex`.
 
-    Up-to-date cases are reused. ``progress(done, total, case_id)`` counts cases. With ``write_index`` the
-    entries are merged into ``index.json``; distributed callers let every rank build its own share of cases with
-    ``write_index=False``, then one rank calls again on all cases (each is then reused) to write the index.
+    Up-to-date cases are reused (the cache does not depend on the preprocessing config).
+    ``progress(done, total, case_id)`` counts cases. With ``write_index`` the entries are merged into
+    ``index.json``; distributed callers let every rank build its own share of cases with ``write_index=False``,
+    then one rank calls again on all cases (each is then reused) to write the index.
     Raises :class:`~seg2refine_core.errors.VolumeError` for unreadable volumes or labels that do not match.
     """
-    config = PreprocessConfig() if preprocess_config is None else preprocess_config
     root = Path(cache_dir)
     (root / "cases").mkdir(parents=True, exist_ok=True)
     names = _file_names([case.case_id for case in cases])
     entries = []
     for done, case in enumerate(cases):
         check_stop(should_stop)
-        entry = _fresh_entry(root, case, names[case.case_id], config)
+        entry = _fresh_entry(root, case, names[case.case_id])
         if entry is None:
-            entry = _build_case(root, case, names[case.case_id], config, should_stop)
+            entry = _build_case(root, case, names[case.case_id], should_stop)
         entries.append(entry)
         if progress is not None:
             progress(done + 1, len(cases), case.case_id)
@@ -172,7 +190,7 @@ def _source_stat(path: Path | None) -> dict[str, Any] | None:
     return {"path": str(Path(path).resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
-def _fresh_entry(root: Path, case: Case, name: str, config: PreprocessConfig) -> dict[str, Any] | None:
+def _fresh_entry(root: Path, case: Case, name: str) -> dict[str, Any] | None:
     """The stored entry of ``case`` if it is complete and up to date, else None."""
     meta_path = root / "cases" / f"{name}.json"
     try:
@@ -184,7 +202,6 @@ def _fresh_entry(root: Path, case: Case, name: str, config: PreprocessConfig) ->
     if (
         entry.get("version") != CACHE_VERSION
         or entry.get("case_id") != case.case_id
-        or entry.get("preprocess") != config.to_dict()
         or entry.get("source") != source
         or not all(f and (root / "cases" / f).is_file() for f in files)
     ):
@@ -192,19 +209,19 @@ def _fresh_entry(root: Path, case: Case, name: str, config: PreprocessConfig) ->
     return entry
 
 
-def _build_case(
-    root: Path, case: Case, name: str, config: PreprocessConfig, should_stop: StopFn | None
-) -> dict[str, Any]:
-    """Read, preprocess and write one case (atomically); return its entry."""
+def _build_case(root: Path, case: Case, name: str, should_stop: StopFn | None) -> dict[str, Any]:
+    """Read one case and write its int16 HU and label (atomically); return its entry."""
     source = {"image": _source_stat(case.image), "label": _source_stat(case.label)}
     volume = read_volume(case.image)
-    image_file = f"{name}.image.npy"
-    with atomic_path(root / "cases" / image_file) as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=IMAGE_DTYPE, shape=volume.shape)
+    hu_file = f"{name}.hu.npy"
+    clipped = 0
+    with atomic_path(root / "cases" / hu_file) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=HU_DTYPE, shape=volume.shape)
         for z0 in range(0, volume.shape[0], CHUNK_SLICES):
             check_stop(should_stop)
-            chunk = volume.array[z0 : z0 + CHUNK_SLICES]
-            out[z0 : z0 + CHUNK_SLICES] = preprocess(chunk, volume.spacing, config)
+            chunk = np.rint(volume.array[z0 : z0 + CHUNK_SLICES])
+            clipped += int(np.count_nonzero((chunk < HU_RANGE[0]) | (chunk > HU_RANGE[1])))
+            out[z0 : z0 + CHUNK_SLICES] = np.clip(chunk, *HU_RANGE)
         out.flush()
         del out
     label_file = vessel_pixels = None
@@ -217,17 +234,32 @@ def _build_case(
     entry = {
         "version": CACHE_VERSION,
         "case_id": case.case_id,
-        "image": image_file,
+        "image": hu_file,
         "label": label_file,
-        "image_dtype": np.dtype(IMAGE_DTYPE).name,
+        "image_dtype": np.dtype(HU_DTYPE).name,
+        "clipped_voxels": clipped,
         "shape": list(volume.shape),
         "spacing": list(volume.spacing),
         "vessel_pixels": vessel_pixels,
         "source": source,
-        "preprocess": config.to_dict(),
     }
-    write_text_atomic(root / "cases" / f"{name}.json", json.dumps(entry) + "\n")
+    meta_path = root / "cases" / f"{name}.json"
+    stale = _stale_image_file(meta_path, hu_file)
+    write_text_atomic(meta_path, json.dumps(entry) + "\n")
+    if stale is not None:
+        stale.unlink(missing_ok=True)
     return entry
+
+
+def _stale_image_file(meta_path: Path, current: str) -> Path | None:
+    """The image file an earlier entry (e.g. a version-1 X' cache) names, when it is not ``current``."""
+    try:
+        previous = json.loads(meta_path.read_text()).get("image")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(previous, str) or previous == current or Path(previous).name != previous:
+        return None
+    return meta_path.parent / previous
 
 
 def _merge_index(root: Path, entries: Sequence[dict[str, Any]]) -> None:
@@ -246,7 +278,7 @@ def _cached_case(root: Path, entry: dict[str, Any]) -> CachedCase:
     pixels = entry.get("vessel_pixels")
     return CachedCase(
         case_id=entry["case_id"],
-        image_path=root / "cases" / entry["image"],
+        hu_path=root / "cases" / entry["image"],
         label_path=root / "cases" / label if label else None,
         shape=tuple(int(s) for s in entry["shape"]),  # type: ignore[arg-type]
         spacing=tuple(float(s) for s in entry["spacing"]),  # type: ignore[arg-type]

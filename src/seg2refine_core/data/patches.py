@@ -1,7 +1,9 @@
 """3D training patches for stage 2 (Attention-GAN) and the 3D baseline: sampling, reading and augmentation.
 
-Patches are read straight from memory-mapped volumes (the X' cache, its labels and the stage-1 S cache): only
-the patch's box (plus a rotation margin) is touched, never the whole volume. Arrays are ``(z, y, x)``.
+Patches are read straight from memory-mapped volumes (the HU cache, its labels and the stage-1 S cache): only the
+patch's box (plus the margin a rotation or zoom needs, plus the filters' context) is touched, never the whole
+volume. X' of the patch is made from HU on the fly (:func:`~.preprocess.xprime_box`), equal to that box of
+:func:`~.preprocess.preprocess` of the whole volume. Arrays are ``(z, y, x)``.
 
 Sampling (one draw per patch, :func:`draw_patch`):
 
@@ -15,24 +17,30 @@ Sampling (one draw per patch, :func:`draw_patch`):
 - A patch that would stick out of the volume is shifted inside; a volume smaller than the patch on some axis
   is centred in the patch and zero-padded (X' = 0 is air after the HU window; masks are 0).
 
-Augmentation (each step drawn independently per patch; ``augment=False`` switches all off, for checks):
+Augmentation (:class:`~.augment.AugmentConfig` in ``PatchConfig.augment``; presets ``default``, ``none`` = the
+recipe before augmentation existed, ``off``; the ranges are in :mod:`seg2refine_core.data.augment`), in this order:
 
-- Rotation (``rotate_prob``): angles uniform in ±``max_rotation_deg`` about each of the three voxel axes
-  (paper: up to 15°), applied with MONAI ``Affine`` about the patch centre; X' bilinear, T and S nearest.
-  The box read from the volume is enlarged by the rotation's exact reach, so corners come from real data
-  (zeros only beyond the volume). Rotation is in voxel space (with anisotropic spacing it is slightly sheared).
-- Random masking of S (``mask_prob``, only when the input has S): simulates what stage 1 misses, so G
+- Intensity on the HU of the box (CT only), then X'.
+- Rotation (``rotate_prob``): angles uniform in ±``rotate_deg`` about each of the three voxel axes (paper: up to
+  15°) and scaling (``scale_prob``): one isotropic zoom factor uniform in ``1 ± scale_range`` (> 1 enlarges), both
+  in one MONAI ``Affine`` about the patch centre; X' bilinear, T and S nearest. The box read from the volume is
+  enlarged by the transform's exact reach (:func:`resample_margin`), so corners come from real data (zeros only
+  beyond the volume). Rotation is in voxel space (with anisotropic spacing it is slightly sheared).
+- Flips of X', T and S (each axis, ``flip_prob``), then gamma on X'.
+- Random masking of S (``mask_s_prob``, only when the input has S): simulates what stage 1 misses, so G
   learns to restore vessels from X'. Both of (a) each 26-connected S component in the patch is dropped with
   probability ``drop_component_prob`` (a whole missed branch), and (b) 1..``mask_boxes`` boxes, each side a
   uniform ``mask_box_fraction`` share of the patch side, are zeroed in S (gaps in a vessel); a box is centred
   on a random S voxel when S is not empty, so it usually cuts a vessel.
-- Gaussian noise on X' (``noise_prob``): ``N(0, sigma)`` with ``sigma`` uniform in (0, ``noise_std``], then
-  clipped to [0, 1], the range X' always has.
+- Gaussian noise on X' (``xprime_noise_prob``, the ``none`` preset): ``N(0, sigma)`` with ``sigma`` uniform in
+  (0, ``xprime_noise_std``], then clipped to [0, 1], the range X' always has.
 
-Determinism: everything about a patch comes from one integer seed. :func:`patch_sampler` draws (case index,
-seed) pairs per epoch from ``(seed, epoch)`` with :class:`~seg2refine_core.data.sampling.BalancedSampler` (uniform
-over cases), sharded across DistributedDataParallel ranks, so a run is identical for any number of DataLoader
-workers and after ``--resume``.
+Determinism: everything about a patch comes from one integer seed. The placement, rotation angles, masking of S and
+X' noise are drawn from ``numpy.random.default_rng(seed)`` in the order they always were (so ``none`` draws the same
+patches as before); scaling and the seeds of the MONAI transform groups come from a second stream
+``default_rng([seed, 1])``. :func:`patch_sampler` draws (case index, seed) pairs per epoch from ``(seed, epoch)``
+with :class:`~seg2refine_core.data.sampling.BalancedSampler` (uniform over cases), sharded across
+DistributedDataParallel ranks, so a run is identical for any number of DataLoader workers and after ``--resume``.
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +57,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from seg2refine_core.data.augment import Augmentation, AugmentConfig, augment_preset
 from seg2refine_core.data.cache import CacheIndex
+from seg2refine_core.data.preprocess import PreprocessConfig, xprime_box
 from seg2refine_core.data.sampling import BalancedSampler
 from seg2refine_core.errors import Seg2RefineError
 
@@ -59,63 +69,58 @@ KIND_NAMES = ("random", "vessel", "s")
 
 @dataclass(frozen=True)
 class PatchConfig:
-    """How patches are drawn and augmented (see module doc). ``patch_size`` is ``(d, h, w)`` voxels."""
+    """How patches are drawn (see module doc) and augmented. ``patch_size`` is ``(d, h, w)`` voxels;
+    ``augment`` an :class:`~.augment.AugmentConfig` (default: ``augment_preset("default", ndim=3)``)."""
 
     patch_size: tuple[int, int, int] = (64, 64, 64)
     vessel_fraction: float = 0.7
     s_share: float = 0.25
     jitter: float = 0.5
-    augment: bool = True
-    rotate_prob: float = 0.5
-    max_rotation_deg: float = 15.0
-    mask_prob: float = 0.5
-    drop_component_prob: float = 0.2
-    mask_boxes: int = 3
-    mask_box_fraction: tuple[float, float] = (0.1, 0.3)
-    noise_prob: float = 0.5
-    noise_std: float = 0.03
+    augment: AugmentConfig = field(default_factory=lambda: augment_preset("default", ndim=3))
 
     def __post_init__(self) -> None:
         size = tuple(int(s) for s in self.patch_size)
         if len(size) != 3 or min(size) < 1:
             raise Seg2RefineError(f"patch size must be three positive sides (d h w), got {self.patch_size}")
         object.__setattr__(self, "patch_size", size)
-        object.__setattr__(self, "mask_box_fraction", tuple(float(f) for f in self.mask_box_fraction))
-        for name in ("vessel_fraction", "s_share", "jitter", "rotate_prob", "mask_prob", "drop_component_prob",
-                     "noise_prob"):
+        for name in ("vessel_fraction", "s_share", "jitter"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise Seg2RefineError(f"patch option {name} must be in [0, 1], got {value}")
-        low, high = self.mask_box_fraction
-        if not 0.0 < low <= high <= 1.0:
-            raise Seg2RefineError(f"patch option mask_box_fraction must be 0 < low <= high <= 1, got {(low, high)}")
-        if self.max_rotation_deg < 0 or self.noise_std < 0 or self.mask_boxes < 1:
-            raise Seg2RefineError("patch options max_rotation_deg and noise_std must be >= 0, mask_boxes >= 1")
+        if not isinstance(self.augment, AugmentConfig):
+            raise Seg2RefineError(
+                f"patch option augment must be an AugmentConfig (augment_preset('default' | 'none' | 'off', "
+                f"ndim=3)), got {self.augment!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (tuples as lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        """JSON-ready dict (tuples as lists, ``augment`` as its own dict)."""
+        return {"patch_size": list(self.patch_size), "vessel_fraction": self.vessel_fraction,
+                "s_share": self.s_share, "jitter": self.jitter, "augment": self.augment.to_dict()}
 
 
 @dataclass(frozen=True)
 class PatchSource:
     """One volume as ``.npy`` files read by memory map.
 
-    ``image``: X' (z, y, x) float16/32 in [0, 1]; ``label``: T uint8 {0, 1}; ``s``: stage-1 mask uint8 or None.
-    ``label_counts`` / ``s_counts``: foreground voxels per axial slice (vessel-centred draws use them).
+    ``hu``: CT in HU (z, y, x), int16 in the cache (any real dtype); ``label``: T uint8 {0, 1}; ``s``: stage-1 mask
+    uint8 or None. ``label_counts`` / ``s_counts``: foreground voxels per axial slice (vessel-centred draws use
+    them). ``spacing``: (sz, sy, sx) mm, needed only for an unsharp radius in mm.
     """
 
     case_id: str
-    image: Path
+    hu: Path
     label: Path
     label_counts: tuple[int, ...]
     s: Path | None = None
     s_counts: tuple[int, ...] | None = None
+    spacing: tuple[float, float, float] | None = None
 
 
 @dataclass
 class Patch:
-    """A drawn patch: ``image`` X' (d, h, w) float32, ``label`` T uint8, ``s`` S uint8 or None, and its origin."""
+    """A drawn patch: ``image`` X' (d, h, w) float32 in [0, 1], ``label`` T uint8, ``s`` S uint8 or None, its
+    origin, and the rotation angles (°) and zoom factor (> 1 enlarges) when drawn."""
 
     image: np.ndarray
     label: np.ndarray
@@ -123,6 +128,7 @@ class Patch:
     kind: int
     start: tuple[int, int, int]
     angles_deg: tuple[float, float, float] | None = None
+    zoom: float | None = None
 
 
 def read_region(array: np.ndarray, start: Sequence[int], size: Sequence[int], dtype: Any = None) -> np.ndarray:
@@ -170,33 +176,45 @@ def foreground_voxel(
     return z, int(ys[i]), int(xs[i])
 
 
-def rotation_matrix(angles_rad: Sequence[float]) -> np.ndarray:
-    """The 3×3 rotation MONAI ``Affine(rotate_params=angles_rad)`` applies to voxel coordinates."""
-    from monai.transforms.utils import create_rotate
+def affine_matrix(angles_rad: Sequence[float] | None, zoom: float | None = None) -> np.ndarray:
+    """The 3×3 matrix that MONAI ``Affine(rotate_params=angles_rad, scale_params=(1 / zoom,) * 3)`` applies to the
+    output voxel coordinates (about the centre) to find where to sample the input. ``zoom`` > 1 enlarges."""
+    from monai.transforms.utils import create_rotate, create_scale
 
-    return np.asarray(create_rotate(3, tuple(float(a) for a in angles_rad)), dtype=np.float64)[:3, :3]
+    matrix = np.eye(3)
+    if angles_rad is not None:
+        matrix = np.asarray(create_rotate(3, tuple(float(a) for a in angles_rad)), dtype=np.float64)[:3, :3]
+    if zoom is not None:
+        matrix = matrix @ np.asarray(create_scale(3, (1.0 / float(zoom),) * 3), dtype=np.float64)[:3, :3]
+    return matrix
 
 
-def rotation_margin(angles_rad: Sequence[float], size: Sequence[int]) -> tuple[int, int, int]:
-    """Voxels to add on each side of a ``size`` box so that the box rotated by ``angles_rad`` stays inside."""
-    r = np.abs(rotation_matrix(angles_rad))
+def resample_margin(
+    angles_rad: Sequence[float] | None, size: Sequence[int], zoom: float | None = None
+) -> tuple[int, int, int]:
+    """Voxels to add on each side of a ``size`` box so that the box rotated by ``angles_rad`` and zoomed by
+    ``zoom`` (:func:`affine_matrix`) samples only inside the enlarged box (plus one voxel for interpolation)."""
+    m = np.abs(affine_matrix(angles_rad, zoom))
     half = np.asarray(size, dtype=np.float64) / 2
-    reach = np.maximum(r @ half, r.T @ half)  # covers either direction of the mapping
+    reach = m @ half
     return tuple(max(int(math.ceil(reach[i] - half[i] - 1e-9)), 0) + 1 for i in range(3))  # type: ignore[return-value]
 
 
-def _rotate(arrays: np.ndarray, angles_rad: Sequence[float], size: Sequence[int], mode: str) -> np.ndarray:
-    """Rotate channels ``(C, *enlarged)`` about their centre and cut the central ``size`` box → ``(C, *size)``."""
+def _resample(
+    arrays: np.ndarray, angles_rad: Sequence[float] | None, zoom: float | None, size: Sequence[int], mode: str
+) -> np.ndarray:
+    """Rotate/zoom channels ``(C, *enlarged)`` about their centre and cut the central ``size`` box → ``(C, *size)``."""
     from monai.transforms import Affine
 
     affine = Affine(
-        rotate_params=tuple(float(a) for a in angles_rad), spatial_size=tuple(size), mode=mode,
+        rotate_params=None if angles_rad is None else tuple(float(a) for a in angles_rad),
+        scale_params=None if zoom is None else (1.0 / float(zoom),) * 3, spatial_size=tuple(size), mode=mode,
         padding_mode="zeros", image_only=True, dtype=torch.float32,
     )
     return np.asarray(affine(torch.from_numpy(np.ascontiguousarray(arrays, dtype=np.float32))))
 
 
-def mask_s(rng: np.random.Generator, s: np.ndarray, config: PatchConfig) -> np.ndarray:
+def mask_s(rng: np.random.Generator, s: np.ndarray, config: AugmentConfig) -> np.ndarray:
     """Random masking of S (module doc): drop whole 26-connected components, then zero random boxes. New array."""
     s = np.array(s, dtype=np.uint8, copy=True)
     if s.any() and config.drop_component_prob > 0:
@@ -217,17 +235,31 @@ def mask_s(rng: np.random.Generator, s: np.ndarray, config: PatchConfig) -> np.n
 
 
 def draw_patch(
-    rng: np.random.Generator,
-    image: np.ndarray,
+    seed: int,
+    hu: np.ndarray,
     label: np.ndarray,
     label_counts: Sequence[int],
     config: PatchConfig,
     s: np.ndarray | None = None,
     s_counts: Sequence[int] | None = None,
+    *,
+    preprocess: PreprocessConfig | None = None,
+    spacing: Sequence[float] | None = None,
+    augmentation: Augmentation | None = None,
 ) -> Patch:
-    """Draw, read and augment one patch (module doc) from volumes ``image``/``label``/``s`` (z, y, x, memmaps)."""
+    """Draw, read and augment one patch (module doc) from volumes ``hu``/``label``/``s`` (z, y, x, memmaps).
+
+    seed: the patch's seed (everything is drawn from it). preprocess: X' parameters (default
+    :class:`~.preprocess.PreprocessConfig`); spacing: (sz, sy, sx) mm, only for an unsharp radius in mm.
+    augmentation: the MONAI transforms of ``config.augment`` (built here when None; datasets build them once).
+    """
+    aug = config.augment
+    if augmentation is None:
+        augmentation = Augmentation(aug, ndim=3)
+    rng = np.random.default_rng(int(seed))
+    extra = np.random.default_rng([int(seed), 1])
     size = config.patch_size
-    shape = image.shape
+    shape = hu.shape
     kind, centre = KIND_RANDOM, None
     if rng.random() < config.vessel_fraction:
         if s is not None and s_counts is not None and rng.random() < config.s_share:
@@ -242,32 +274,38 @@ def draw_patch(
         reach = np.floor(np.asarray(size) / 2 * config.jitter).astype(int)
         shifted = np.asarray(centre) + rng.integers(-reach, reach + 1)
         start = patch_start(shifted, size, shape)
-    augment = config.augment
-    angles = None
-    if augment and config.max_rotation_deg > 0 and rng.random() < config.rotate_prob:
-        angles = tuple(float(a) for a in rng.uniform(-config.max_rotation_deg, config.max_rotation_deg, 3))
-    if angles is None:
-        x = read_region(image, start, size, np.float32)
-        t = read_region(label, start, size, np.uint8)
-        sp = read_region(s, start, size, np.uint8) if s is not None else None
-    else:
-        radians = np.deg2rad(angles)
-        margin = rotation_margin(radians, size)
-        big_start = [a - m for a, m in zip(start, margin, strict=True)]
-        big_size = [n + 2 * m for n, m in zip(size, margin, strict=True)]
-        x = _rotate(read_region(image, big_start, big_size, np.float32)[None], radians, size, "bilinear")[0]
-        masks = [read_region(label, big_start, big_size, np.uint8)]
-        if s is not None:
-            masks.append(read_region(s, big_start, big_size, np.uint8))
-        rotated = _rotate(np.stack(masks), radians, size, "nearest") > 0.5
-        t = rotated[0].astype(np.uint8)
-        sp = rotated[1].astype(np.uint8) if s is not None else None
-    if augment and sp is not None and rng.random() < config.mask_prob:
-        sp = mask_s(rng, sp, config)
-    if augment and config.noise_std > 0 and rng.random() < config.noise_prob:
-        sigma = config.noise_std * (1.0 - rng.random())
-        x = np.clip(x + rng.normal(0.0, sigma, x.shape).astype(np.float32), 0.0, 1.0)
-    return Patch(image=np.clip(x, 0.0, 1.0, out=x), label=t, s=sp, kind=kind, start=start, angles_deg=angles)
+    angles = zoom = None
+    if aug.rotate_deg > 0 and rng.random() < aug.rotate_prob:
+        angles = tuple(float(a) for a in rng.uniform(-aug.rotate_deg, aug.rotate_deg, 3))
+    if aug.scale_range > 0 and extra.random() < aug.scale_prob:
+        zoom = float(1.0 + extra.uniform(-aug.scale_range, aug.scale_range))
+    aug_seed = int(extra.integers(2**32))
+    radians = None if angles is None else tuple(np.deg2rad(angles))
+    margin = resample_margin(radians, size, zoom) if angles is not None or zoom is not None else (0, 0, 0)
+    box_start = [a - m for a, m in zip(start, margin, strict=True)]
+    box_size = [n + 2 * m for n, m in zip(size, margin, strict=True)]
+    x = xprime_box(hu, box_start, box_size, spacing, preprocess, hu_transform=augmentation.hu_transform(aug_seed),
+                   hu_context=augmentation.hu_context)
+    masks = [read_region(label, box_start, box_size, np.uint8)]
+    if s is not None:
+        masks.append(read_region(s, box_start, box_size, np.uint8))
+    if angles is not None or zoom is not None:
+        x = _resample(x[None], radians, zoom, size, "bilinear")[0]
+        masks = list(_resample(np.stack(masks), radians, zoom, size, "nearest") > 0.5)
+    sample = {"image": torch.from_numpy(np.ascontiguousarray(x[None], dtype=np.float32)),
+              "label": torch.from_numpy(masks[0][None].astype(np.float32))}
+    if s is not None:
+        sample["s"] = torch.from_numpy(masks[1][None].astype(np.float32))
+    sample = augmentation.flip(sample, aug_seed)
+    x = np.asarray(augmentation.gamma(sample["image"], aug_seed), dtype=np.float32)[0]
+    t = (np.asarray(sample["label"])[0] > 0.5).astype(np.uint8)
+    sp = (np.asarray(sample["s"])[0] > 0.5).astype(np.uint8) if s is not None else None
+    if sp is not None and rng.random() < aug.mask_s_prob:
+        sp = mask_s(rng, sp, aug)
+    if aug.xprime_noise_std > 0 and rng.random() < aug.xprime_noise_prob:
+        sigma = aug.xprime_noise_std * (1.0 - rng.random())
+        x = x + rng.normal(0.0, sigma, x.shape).astype(np.float32)
+    return Patch(image=np.clip(x, 0.0, 1.0), label=t, s=sp, kind=kind, start=start, angles_deg=angles, zoom=zoom)
 
 
 class PatchDataset(Dataset):
@@ -275,13 +313,17 @@ class PatchDataset(Dataset):
 
     ``dataset[(case_index, seed)]`` → dict of tensors: ``input`` ``(C, d, h, w)`` float32 (C = 2: X', S as
     float {0, 1} when ``with_s``; C = 1: X'), ``label`` ``(1, d, h, w)`` float32 {0, 1}, ``kind`` (0 random,
-    1 label-centred, 2 S-centred). Memory maps are opened lazily per process (safe with worker processes); at
-    most ``max_open`` volumes stay mapped (each map holds a file descriptor).
+    1 label-centred, 2 S-centred). X' is made from the HU with ``preprocess`` (the model's preprocessing config).
+    Memory maps are opened lazily per process (safe with worker processes); at most ``max_open`` volumes stay
+    mapped (each map holds a file descriptor).
     """
 
     def __init__(
-        self, sources: Sequence[PatchSource], config: PatchConfig, with_s: bool, max_open: int = 16
+        self, sources: Sequence[PatchSource], config: PatchConfig, with_s: bool, *, preprocess: PreprocessConfig,
+        max_open: int = 16,
     ) -> None:
+        if not isinstance(preprocess, PreprocessConfig):
+            raise Seg2RefineError(f"patch dataset: preprocess must be a PreprocessConfig, got {preprocess!r}")
         if not sources:
             raise Seg2RefineError("patch dataset: no volumes to sample from")
         if with_s and any(src.s is None for src in sources):
@@ -289,6 +331,8 @@ class PatchDataset(Dataset):
         self.sources = list(sources)
         self.config = config
         self.with_s = with_s
+        self.preprocess = preprocess
+        self.augmentation = Augmentation(config.augment, ndim=3)
         self.max_open = max_open
         self._open: OrderedDict[int, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = OrderedDict()
 
@@ -296,13 +340,13 @@ class PatchDataset(Dataset):
         return len(self.sources)
 
     def arrays(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """Memory maps ``(X', T, S or None)`` of source ``index`` (the ``max_open`` latest stay open)."""
+        """Memory maps ``(HU, T, S or None)`` of source ``index`` (the ``max_open`` latest stay open)."""
         if index in self._open:
             self._open.move_to_end(index)
         else:
             src = self.sources[index]
             s = np.load(src.s, mmap_mode="r") if self.with_s and src.s is not None else None
-            self._open[index] = (np.load(src.image, mmap_mode="r"), np.load(src.label, mmap_mode="r"), s)
+            self._open[index] = (np.load(src.hu, mmap_mode="r"), np.load(src.label, mmap_mode="r"), s)
             while len(self._open) > self.max_open:
                 self._open.popitem(last=False)
         return self._open[index]
@@ -310,9 +354,9 @@ class PatchDataset(Dataset):
     def patch(self, index: int, seed: int) -> Patch:
         """The patch of source ``index`` drawn from ``seed`` (deterministic)."""
         src = self.sources[index]
-        image, label, s = self.arrays(index)
-        return draw_patch(np.random.default_rng(seed), image, label, src.label_counts, self.config, s,
-                          src.s_counts if self.with_s else None)
+        hu, label, s = self.arrays(index)
+        return draw_patch(seed, hu, label, src.label_counts, self.config, s, src.s_counts if self.with_s else None,
+                          preprocess=self.preprocess, spacing=src.spacing, augmentation=self.augmentation)
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
         index, seed = key
@@ -345,15 +389,15 @@ def patch_sampler(
 def patch_sources(
     cache: CacheIndex, case_ids: Sequence[str], s_files: dict[str, tuple[Path, tuple[int, ...]]] | None = None
 ) -> list[PatchSource]:
-    """:class:`PatchSource` per case from the X' cache (and the S cache when given)."""
+    """:class:`PatchSource` per case from the HU cache (and the S cache when given)."""
     sources = []
     for case_id in case_ids:
         cached = cache[case_id]
         if cached.label_path is None or cached.vessel_pixels is None:
             raise Seg2RefineError(f"case {case_id!r} has no label in the cache at {cache.root}")
         s_path, s_counts = s_files[case_id] if s_files is not None else (None, None)
-        sources.append(PatchSource(case_id, cached.image_path, cached.label_path, cached.vessel_pixels, s_path,
-                                   s_counts))
+        sources.append(PatchSource(case_id, cached.hu_path, cached.label_path, cached.vessel_pixels, s_path,
+                                   s_counts, cached.spacing))
     return sources
 
 

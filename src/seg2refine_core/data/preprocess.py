@@ -17,12 +17,17 @@ Memory and speed: :func:`preprocess` writes into one float32 output (or a caller
 cache) and filters at most ``chunk_slices`` axial slices at a time, shared out between ``workers`` threads,
 so the extra memory is a few buffers of that many slices, not full-volume temporaries. Since the filter has no
 extent along z, chunking and threading give bit-identical results.
+
+Training reads X' of one slice or patch at a time from a HU cache (:mod:`seg2refine_core.data.cache`):
+:func:`xprime_box` reads the box with the Gaussian's in-plane reach around it (:func:`unsharp_context`), filters,
+and crops, so a patch's X' equals that part of :func:`preprocess` of the whole volume; an optional HU transform
+(intensity augmentation, :mod:`seg2refine_core.data.augment`) runs on the HU before the window.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -232,3 +237,69 @@ def preprocess_slice(
         raise VolumeError(f"preprocess_slice expects a (y, x) slice, got shape {np.shape(slice_hu)}")
     spacing = None if spacing_yx is None else (1.0, *spacing_yx)
     return preprocess(np.asarray(slice_hu)[None], spacing, config)[0]
+
+
+def unsharp_context(config: PreprocessConfig, spacing: Sequence[float] | None = None) -> tuple[int, int]:
+    """In-plane voxels ``(y, x)`` that the unsharp mask's Gaussian reaches on each side (0 without sharpening).
+
+    The reach is SciPy's kernel radius ``int(4 * sigma + 0.5)`` (truncation at 4 sigma, skimage's default), so a
+    box read with this much context and cropped after filtering equals the whole volume filtered and cropped.
+    """
+    sigma = config.sigma_yx(spacing)
+    if config.unsharp_amount == 0 or max(sigma) == 0:
+        return (0, 0)
+    return tuple(int(4.0 * s + 0.5) for s in sigma)  # type: ignore[return-value]
+
+
+def xprime_box(
+    hu: np.ndarray,
+    start: Sequence[int],
+    size: Sequence[int],
+    spacing: Sequence[float] | None = None,
+    config: PreprocessConfig | None = None,
+    *,
+    hu_transform: Callable[[np.ndarray], np.ndarray] | None = None,
+    hu_context: Sequence[int] = (0, 0, 0),
+) -> np.ndarray:
+    """X' of the box ``hu[start : start + size]`` of a HU volume ``(z, y, x)`` -> float32 ``size``, 0 outside it.
+
+    hu: any real dtype, e.g. the cache's int16 memmap; only the box and its context are read. ``start`` may lie
+    outside the volume (a patch bigger than a small volume): X' is 0 there, as the window maps air to 0.
+    Without ``hu_transform`` the result equals ``preprocess(hu, spacing, config)`` cropped to the box (to float32
+    rounding): the box is read with the unsharp mask's context (:func:`unsharp_context`) and cropped after
+    filtering; at the volume's own edges the HU is mirrored (``numpy.pad(mode="symmetric")``, the same extension
+    as the filter's ``mode="reflect"``), so edges match as well.
+    hu_transform: called on the float32 HU of the box with its context, shape ``(z, y, x)``, before the window
+        (intensity augmentation); returns an array of the same shape. ``hu_context``: extra voxels ``(z, y, x)``
+        it needs on each side (e.g. a blur's kernel radius); the context beyond the volume is mirrored HU.
+    spacing: ``(sz, sy, sx)`` mm, needed only when ``config.radius_units == "mm"``.
+    """
+    config = PreprocessConfig() if config is None else config
+    if np.ndim(hu) != 3 or len(start) != 3 or len(size) != 3:
+        raise VolumeError(f"xprime_box expects a (z, y, x) volume and 3D box, got {np.shape(hu)}, {start}, {size}")
+    uy, ux = unsharp_context(config, spacing)
+    context = [int(c) + u for c, u in zip(hu_context, (0, uy, ux), strict=True)]
+    size = [int(n) for n in size]
+    out = np.zeros(size, dtype=np.float32)
+    read, pads, keep = [], [], []
+    for s, n, c, dim in zip(start, size, context, hu.shape, strict=True):
+        lo, hi = int(s) - c, int(s) + n + c
+        r_lo, r_hi = max(lo, 0), min(hi, dim)
+        k_lo, k_hi = max(int(s), 0), min(int(s) + n, dim)
+        if r_hi <= r_lo or k_hi <= k_lo:
+            return out
+        read.append(slice(r_lo, r_hi))
+        pads.append((r_lo - lo, hi - r_hi))
+        keep.append((k_lo - int(s), k_hi - int(s)))
+    region = np.asarray(hu[tuple(read)], dtype=np.float32)
+    if any(p != (0, 0) for p in pads):
+        region = np.pad(region, pads, mode="symmetric")
+    if hu_transform is not None:
+        transformed = np.asarray(hu_transform(region), dtype=np.float32)
+        if transformed.shape != region.shape:
+            raise Seg2RefineError(f"hu_transform changed the shape {region.shape} to {transformed.shape}")
+        region = transformed
+    xprime = preprocess(region, spacing, config, chunk_slices=max(region.shape[0], 1), workers=1)
+    inner = tuple(slice(c + k0, c + k1) for c, (k0, k1) in zip(context, keep, strict=True))
+    out[tuple(slice(k0, k1) for k0, k1 in keep)] = xprime[inner]
+    return out

@@ -6,17 +6,19 @@ Seg2RefineNet (design §7; the paper compares against 3D U-Nets).
 - **Cases.** The same rule as stage 1 (:mod:`seg2refine_core.training.stage1`) with the same defaults: the split
   table's ``train``/``val`` cases of ``fold``, or without a table :func:`~seg2refine_core.data.datasets.holdout_split`
   (``val_fraction`` 0.1, ``test_fraction`` 0.2, ``split_seed`` 0). So the baseline trains on stage 1's training
-  cases, selects on its validation cases and leaves the same test cases untouched. X' comes from the same
-  memmap cache (:mod:`seg2refine_core.data.cache`; pass the stage-1 run's ``--cache-dir`` to reuse it).
+  cases, selects on its validation cases and leaves the same test cases untouched. The CT comes from the same
+  memmap cache of HU (:mod:`seg2refine_core.data.cache`; pass the stage-1 run's ``--cache-dir`` to reuse it); X' of
+  each patch is made on the fly with ``preprocess``.
 - **Model.** ``monai.networks.nets.UNet(spatial_dims=3, in_channels=1, out_channels=1, channels=w·(1, 2, 4, 8, 16),
   strides=(2, 2, 2, 2), num_res_units)``, checkpoint architecture ``monai-unet-3d``. With ``w = 16`` and one
   residual unit it has 2.4 M parameters against 3.5 M for the stage-2 generator at width 16 (3D part only).
   A new model's last convolution starts with the generator's vessel prior (:func:`start_at_vessel_prior`), so
   the two are compared from the same starting point: from probability 0.5 everywhere it did not learn in 40
   epochs of 32 patches (validation Dice 0.002).
-- **Training.** Patches from :mod:`seg2refine_core.data.patches` (vessel-centred and random, rotation ≤ 15°, Gaussian
-  noise; no S), ``monai.losses.DiceCELoss`` on the logits (sigmoid), Adam (lr 1e-4, weight decay 1e-5 as stage 1),
-  mixed precision and channels_last_3d on CUDA only, DistributedDataParallel under ``torchrun``.
+- **Training.** Patches from :mod:`seg2refine_core.data.patches` (vessel-centred and random; no S), augmented by the
+  ``augment`` preset (:mod:`seg2refine_core.data.augment`; ``none``: rotation ≤ 15° and noise on X', the recipe
+  before the presets), ``monai.losses.DiceCELoss`` on the logits (sigmoid), Adam (lr 1e-4, weight decay 1e-5 as
+  stage 1), mixed precision and channels_last_3d on CUDA only, DistributedDataParallel under ``torchrun``.
 - **Validation** after each epoch on whole volumes with :func:`~seg2refine_core.inference.stage2.predict_baseline3d`
   (MONAI sliding window, Gaussian blending, the same path as stage 2), mean Dice and Betti-0 error at threshold
   0.5. ``best`` keeps the highest mean validation Dice (the lowest training loss without validation cases), ``last``
@@ -38,6 +40,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from seg2refine_core import distributed
+from seg2refine_core.data.augment import augment_preset
 from seg2refine_core.data.patches import PatchConfig, PatchDataset, patch_loader, patch_sources
 from seg2refine_core.data.sampling import BalancedSampler
 from seg2refine_core.evaluation.metrics import betti0_error, dice
@@ -78,10 +81,11 @@ class Baseline3dTrainer(LabelledCasesTrainer[Baseline3dTrainConfig]):
 
     def prepare_data(self) -> tuple[DataLoader, BalancedSampler]:
         config, info = self.config, self.info
-        self.cache = self.build_xprime_cache()
-        patch_config = PatchConfig(patch_size=config.patch_size, vessel_fraction=config.vessel_fraction,
-                                   s_share=0.0, augment=config.augment)
-        dataset = PatchDataset(patch_sources(self.cache, self.cases["train"]), patch_config, with_s=False)
+        self.cache = self.build_hu_cache()
+        self.patch_config = PatchConfig(patch_size=config.patch_size, vessel_fraction=config.vessel_fraction,
+                                        s_share=0.0, augment=augment_preset(config.augment, ndim=3))
+        dataset = PatchDataset(patch_sources(self.cache, self.cases["train"]), self.patch_config, with_s=False,
+                               preprocess=config.preprocess)
         return patch_loader(
             dataset, batch_size=config.batch_size, patches_per_epoch=config.patches_per_epoch, seed=config.seed,
             num_workers=config.num_workers, rank=info.rank, world_size=info.world_size,
@@ -127,9 +131,9 @@ class Baseline3dTrainer(LabelledCasesTrainer[Baseline3dTrainConfig]):
         sums = [0.0, 0.0, 0.0]
         for case_id in val_ids[info.rank :: info.world_size]:
             label = np.asarray(self.cache.label(case_id))
-            y = predict_baseline3d(self.model, self.cache.image(case_id), patch_size=config.patch_size,
-                                   overlap=config.val_overlap, sw_batch_size=config.batch_size,
-                                   device=info.device) >= THRESHOLD
+            y = predict_baseline3d(self.model, self.cache.xprime(case_id, config.preprocess),
+                                   patch_size=config.patch_size, overlap=config.val_overlap,
+                                   sw_batch_size=config.batch_size, device=info.device) >= THRESHOLD
             sums = [sums[0] + dice(y, label), sums[1] + betti0_error(y, label), sums[2] + 1.0]
         total = distributed.all_reduce_sum(sums)
         self.model.train()
@@ -143,7 +147,11 @@ class Baseline3dTrainer(LabelledCasesTrainer[Baseline3dTrainConfig]):
                 "input": {"patch_size": list(self.config.patch_size), "channels": ["xprime"], "threshold": THRESHOLD}}
 
     def training_facts(self) -> dict[str, Any]:
-        return {"loss": "DiceCELoss(sigmoid)"}
+        """``loss``, ``patches`` (how they are drawn) and ``augmentation`` (every probability and range of the
+        ``augment`` preset, 3D)."""
+        patches = self.patch_config.to_dict()
+        augmentation = patches.pop("augment")
+        return {"loss": "DiceCELoss(sigmoid)", "patches": patches, "augmentation": augmentation}
 
     def resume_state(self) -> dict[str, Any]:
         return {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict()}

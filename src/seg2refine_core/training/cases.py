@@ -1,8 +1,9 @@
-"""Which cases a run trains and validates on, and their X' cache.
+"""Which cases a run trains and validates on, and their HU cache.
 
 - :func:`labelled_split`: the labelled train/val cases of stage 1 and the 3D baseline (stage 2 has its own pool
   rule, :func:`seg2refine_core.training.stage2.stage2_split`);
-- :func:`prepare_xprime_cache`: the X' memmap cache of the cases, its build shared out between ranks;
+- :func:`prepare_hu_cache`: the memmap cache of the cases in HU (:mod:`seg2refine_core.data.cache`; X' is made from
+  it on the fly, after intensity augmentation), its build shared out between ranks;
 - :class:`LabelledCasesTrainer`: the two together, for the trainers that train on :func:`labelled_split`'s cases.
 """
 
@@ -15,7 +16,6 @@ from typing import Protocol, TypeVar
 from seg2refine_core import distributed
 from seg2refine_core.data.cache import CacheIndex, build_cache
 from seg2refine_core.data.datasets import Case, discover_cases, holdout_split, read_split, split_cases
-from seg2refine_core.data.preprocess import PreprocessConfig
 from seg2refine_core.errors import DatasetError
 from seg2refine_core.progress import ProgressFn, StopFn
 from seg2refine_core.training.loop import Trainer
@@ -55,32 +55,32 @@ def labelled_split(config: SplitOptions) -> tuple[list[Case], list[Case]]:
     return train, val
 
 
-def prepare_xprime_cache(
-    cases: Sequence[Case], cache_dir: Path, preprocess: PreprocessConfig, info: distributed.DistInfo,
-    progress: ProgressFn | None, should_stop: StopFn | None,
+def prepare_hu_cache(
+    cases: Sequence[Case], cache_dir: Path, info: distributed.DistInfo, progress: ProgressFn | None,
+    should_stop: StopFn | None,
 ) -> CacheIndex:
-    """Build (or reuse) the X' cache of ``cases``, sharing the work between ranks; rank 0 writes the index."""
+    """Build (or reuse) the HU cache of ``cases``, sharing the work between ranks; rank 0 writes the index."""
     report = progress if info.is_main else None
     if info.distributed:
-        build_cache(cases[info.rank :: info.world_size], cache_dir, preprocess, report, should_stop, write_index=False)
+        build_cache(cases[info.rank :: info.world_size], cache_dir, progress=report, should_stop=should_stop,
+                    write_index=False)
         distributed.barrier()
-    return build_cache(cases, cache_dir, preprocess, report, should_stop, write_index=info.is_main)
+    return build_cache(cases, cache_dir, progress=report, should_stop=should_stop, write_index=info.is_main)
 
 
 Config = TypeVar("Config", bound=TrainOptions)
 
 
 class LabelledCasesTrainer(Trainer[Config]):
-    """A trainer on :func:`labelled_split`'s cases (stage 1 and the 3D baseline; the config has ``preprocess``),
-    with :meth:`build_xprime_cache` for its :meth:`~seg2refine_core.training.loop.Trainer.prepare_data`."""
+    """A trainer on :func:`labelled_split`'s cases (stage 1 and the 3D baseline), with :meth:`build_hu_cache` for
+    its :meth:`~seg2refine_core.training.loop.Trainer.prepare_data`."""
 
     def select_cases(self) -> dict[str, list[str]]:
         """The split table's train/val cases of the fold, or the seeded hold-out's; DatasetError for unlabelled."""
         self.train_cases, self.val_cases = labelled_split(self.config)
         return {"train": [c.case_id for c in self.train_cases], "val": [c.case_id for c in self.val_cases]}
 
-    def build_xprime_cache(self) -> CacheIndex:
-        """X' of the train and val cases in ``cache_dir`` (default ``<out>/cache``), shared out between ranks."""
-        config = self.config
-        return prepare_xprime_cache(self.train_cases + self.val_cases, config.cache_dir or self.run_dir / "cache",
-                                    config.preprocess, self.info, self.progress, self.should_stop)
+    def build_hu_cache(self) -> CacheIndex:
+        """HU of the train and val cases in ``cache_dir`` (default ``<out>/cache``), shared out between ranks."""
+        return prepare_hu_cache(self.train_cases + self.val_cases, self.config.cache_dir or self.run_dir / "cache",
+                                self.info, self.progress, self.should_stop)

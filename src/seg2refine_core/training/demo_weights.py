@@ -19,7 +19,7 @@ from typing import Any
 
 from seg2refine_core.progress import ProgressFn, StopFn
 from seg2refine_core.tools.demo import DEMO_SEED
-from seg2refine_core.training.options import option
+from seg2refine_core.training.options import AUGMENT_PRESETS, option
 
 
 @dataclass(kw_only=True)
@@ -51,6 +51,8 @@ class DemoWeightsConfig:
     patch_size: tuple[int, int, int] = option((64, 64, 64), help="stage-2 patch (d h w), multiples of 16",
                                               flag="--patch", metavar=("D", "H", "W"))
     seed: int = option(0, help="seed of both runs and of stage 1's hold-out split", metavar="S")
+    augment: str = option("none", help="augmentation preset of both runs (see 'train stage1 --help'); the bundled "
+                                       "weights were trained with none, the paper's recipe", choices=AUGMENT_PRESETS)
     device: str = option("auto", help="auto (cuda, then mps, then cpu), cuda, cuda:N, mps or cpu", metavar="D",
                          group="system")
     threads: int | None = option(None, help="CPU threads for torch (default: one per core)", metavar="N",
@@ -84,7 +86,7 @@ def train_demo_weights(
             split_seed=config.seed, variant="sfanet", width=config.width, epochs=config.stage1_epochs,
             batch_size=config.stage1_batch_size, samples_per_epoch=config.stage1_samples_per_epoch,
             lr=config.stage1_lr, num_workers=config.num_workers, device=config.device, threads=config.threads,
-            seed=config.seed, command="seg2refine train demo",
+            seed=config.seed, augment=config.augment, command="seg2refine train demo",
         ),
         progress=progress, should_stop=should_stop,
     )
@@ -93,7 +95,8 @@ def train_demo_weights(
             data=data, stage1=Path(s1["best"]), out=work / "stage2", width=config.width,
             patch_size=config.patch_size, epochs=config.stage2_epochs, batch_size=config.stage2_batch_size,
             patches_per_epoch=config.stage2_patches_per_epoch, num_workers=config.num_workers,
-            device=config.device, threads=config.threads, seed=config.seed, command="seg2refine train demo",
+            device=config.device, threads=config.threads, seed=config.seed, augment=config.augment,
+            command="seg2refine train demo",
         ),
         progress=progress, should_stop=should_stop,
     )

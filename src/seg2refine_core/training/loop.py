@@ -291,9 +291,12 @@ class Trainer(ABC, Generic[Config]):
         save_resume_state(resume_path(self.run_dir / "last"), state)
 
     def check_resume(self, state: dict[str, Any]) -> None:
-        """Refuse to resume with another value of a run-defining option, or with other cases."""
+        """Refuse to resume with another value of a run-defining option, or with other cases. The stored options
+        are read as :meth:`~seg2refine_core.training.options.TrainOptions.from_dict` reads them, so a run stored by an
+        older version compares by what its values mean now (e.g. ``augment: true`` is the ``none`` preset)."""
         names = self.config_class.run_defining()
-        check_resume_options(self.run_dir, self.config.to_dict(), state["config"], names,
+        stored = self.config_class.from_dict(state["config"]).to_dict()
+        check_resume_options(self.run_dir, self.config.to_dict(), stored, names,
                              {name: self.config_class.flag(name) for name in names})
         if self.cases != state["cases"]:
             raise Seg2RefineError(f"{self.config.data}: the training/validation cases differ from the resumed run's")

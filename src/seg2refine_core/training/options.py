@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, dataclass
 from functools import cache
 from pathlib import Path
@@ -35,13 +35,19 @@ GROUPS = {
     "system": "system",
 }
 
+#: The presets of :data:`seg2refine_core.data.augment.PRESETS` (a test keeps the two equal; that module imports
+#: torch, this one must not).
+AUGMENT_PRESETS = ("default", "none", "off")
+
 Options = TypeVar("Options", bound="TrainOptions")
+#: "no value given" for :func:`option`'s ``absent`` (None is a value).
+UNSET: Any = object()
 
 
 def option(
     default: Any = MISSING, *, help: str, flag: str | None = None, metavar: str | Sequence[str] | None = None,
     choices: Sequence[str] | None = None, defines_run: bool = False, group: str = "training", cli: bool = True,
-    factory: Any = MISSING,
+    factory: Any = MISSING, former: Mapping[Any, Any] | None = None, absent: Any = UNSET,
 ) -> Any:
     """A dataclass field described for the command line and the widget.
 
@@ -49,12 +55,16 @@ def option(
     (the command line appends the default). flag: the command-line flag (default ``--name-with-dashes``, and
     ``--no-name`` for a bool that defaults to True). metavar, choices: as argparse takes them. defines_run: a
     resumed run refuses another value. group: a key of :data:`GROUPS`. cli: False keeps the field off the command
-    line (set by code, e.g. the command that started the run).
+    line (set by code, e.g. the command that started the run). former: values that runs of older versions stored,
+    mapped to what they mean now (a stored value matches a key of the same type only, so ``True`` is not ``1``);
+    absent: the value of a run stored before the field existed (default: the field's default); both are applied
+    by :meth:`TrainOptions.from_dict`.
     """
     if group not in GROUPS:
         raise ValueError(f"unknown option group {group!r}")
     metadata = {"help": help, "flag": flag, "metavar": metavar, "choices": None if choices is None else tuple(choices),
-                "defines_run": defines_run, "group": group, "cli": cli}
+                "defines_run": defines_run, "group": group, "cli": cli,
+                "former": tuple((former or {}).items()), "absent": absent}
     if factory is not MISSING:
         return dataclasses.field(default_factory=factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -66,7 +76,7 @@ class OptionSpec:
 
     kind: the scalar type (``Path``, ``int``, ``float``, ``str``, ``bool`` or a nested config dataclass);
     optional: the field also takes None; length: the number of items of a tuple field (None otherwise);
-    required: the field has no default.
+    required: the field has no default; former, absent: as :func:`option` takes them (former as pairs).
     """
 
     name: str
@@ -82,6 +92,15 @@ class OptionSpec:
     defines_run: bool
     group: str
     cli: bool
+    former: tuple[tuple[Any, Any], ...] = ()
+    absent: Any = UNSET
+
+    def upgraded(self, stored: Any) -> Any:
+        """``stored`` as this version reads it: its :attr:`former` meaning, else itself."""
+        for old, new in self.former:
+            if type(stored) is type(old) and stored == old:
+                return new
+        return stored
 
 
 @cache
@@ -104,7 +123,7 @@ def option_specs(config_class: type) -> tuple[OptionSpec, ...]:
         metavar = tuple(meta["metavar"]) if isinstance(meta["metavar"], list | tuple) else meta["metavar"]
         specs.append(OptionSpec(field.name, kind, optional, length, required, None if required else default,
                                 meta["help"], flag, metavar, meta["choices"], meta["defines_run"], meta["group"],
-                                meta["cli"]))
+                                meta["cli"], meta["former"], meta["absent"]))
     return tuple(specs)
 
 
@@ -153,8 +172,8 @@ class TrainOptions:
                        metavar="RUN_DIR", group="run")
     resume: bool = option(False, help="continue the run in RUN_DIR exactly where its 'last' state stopped; options "
                                       "left out keep the run's values, --epochs may be raised", group="run")
-    cache_dir: Path | None = option(None, help="preprocessed X' cache, shareable between runs (default: RUN_DIR/cache)",
-                                    metavar="DIR", group="run")
+    cache_dir: Path | None = option(None, help="cache of the volumes in HU (int16 memmaps), shareable between runs "
+                                               "(default: RUN_DIR/cache)", metavar="DIR", group="run")
     command: str | None = option(None, help="the command that started the run (recorded in its checkpoints)",
                                  cli=False)
     split: Path | None = option(None, help="official split table (ImageCAS .xlsx or .csv); without one, a seeded "
@@ -171,6 +190,13 @@ class TrainOptions:
     epochs: int = option(50, help="epochs; with --resume a larger value extends the run", metavar="E")
     batch_size: int = option(2, help="samples per optimisation step and rank", metavar="B", defines_run=True)
     seed: int = option(0, help="seed of initialisation, sampling and augmentation", metavar="S", defines_run=True)
+    augment: str = option(
+        "default",
+        help="augmentation preset (README: Augmentation): default = HU intensity (contrast level, scale/shift, noise, "
+             "blur, low resolution), flips, rotation, scaling ±20 %, gamma, and masking of S in stage 2; none = the "
+             "paper's recipe (slices: flips, rotation; patches: rotation, masking of S, noise on X'); off = nothing",
+        choices=AUGMENT_PRESETS, defines_run=True, former={True: "none", False: "off"}, absent="none",
+    )
     device: str = option("auto", help="auto (cuda, then mps, then cpu), cuda, cuda:N, mps or cpu; under torchrun "
                                       "each rank takes its own GPU", metavar="D", group="system")
     threads: int | None = option(None, help="CPU threads for torch during the run (default: one per core); fewer "
@@ -199,14 +225,18 @@ class TrainOptions:
 
     @classmethod
     def from_dict(cls: type[Options], data: dict[str, Any]) -> Options:
-        """Inverse of :meth:`to_dict`. Keys that are not fields are ignored and missing fields take their defaults,
+        """Inverse of :meth:`to_dict`. Keys that are not fields are ignored and missing fields take their ``absent``
+        value or their defaults, and values an older version stored take their ``former`` meaning (:func:`option`),
         so the options of runs written by older versions stay readable."""
         specs = {spec.name: spec for spec in option_specs(cls)}
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = {
+            spec.name: spec.absent for spec in specs.values() if spec.absent is not UNSET and spec.name not in data
+        }
         for key, value in data.items():
             spec = specs.get(key)
             if spec is None:
                 continue
+            value = spec.upgraded(value)
             if value is None:
                 kwargs[key] = None
             elif spec.length is not None:
@@ -231,6 +261,8 @@ class TrainOptions:
 
     def check(self) -> None:
         """Raise :class:`Seg2RefineError` naming the first invalid option; a trainer's config extends it."""
+        if self.augment not in AUGMENT_PRESETS:
+            raise Seg2RefineError(f"--augment {self.augment!r}: expected one of {', '.join(AUGMENT_PRESETS)}")
         self.check_at_least(1, "epochs", "batch_size")
         self.check_at_least(0, "num_workers")
         if self.threads is not None:
@@ -262,7 +294,6 @@ class PatchTrainOptions(TrainOptions):
     patches_per_epoch: int = option(200, help="patches per epoch over all ranks", metavar="N", defines_run=True)
     vessel_fraction: float = option(0.7, help="share of the patches centred on a vessel voxel (the rest at random)",
                                     metavar="P", defines_run=True)
-    augment: bool = option(True, help="no augmentation (rotation, S masking, noise)", defines_run=True)
     val_overlap: float = option(0.25, help="sliding-window overlap when validating on whole volumes", metavar="F")
 
     def check(self) -> None:

@@ -1,19 +1,21 @@
-"""Stage-1 training: SFANet (or a Table-1 ablation variant) on axial slices, from a preprocessed memmap cache.
+"""Stage-1 training: SFANet (or a Table-1 ablation variant) on axial slices, from a memmap cache of the CT in HU.
 
 What one run does (paper: "SFANet is trained using the Adam optimizer ...", design §3 Training, §5, §8):
 
 - Cases come from ``data`` (ImageCAS / ASOCA / generic layout) and are split by the official table
   (``split`` + ``fold``) or, without one, by a seeded hold-out (``val_fraction``, ``test_fraction``, ``split_seed``).
-  Test cases are never read. Train and val cases are preprocessed once into a cache
+  Test cases are never read. Train and val cases are read once into a cache of int16 HU
   (:mod:`seg2refine_core.data.cache`, default ``<out>/cache``) and streamed from memory-mapped arrays.
 - Each epoch draws ``samples_per_epoch`` slices with the vessel-aware rule of
   :class:`~seg2refine_core.data.sampling.BalancedSampler` (default: as many samples as there are training slices,
   80 % of them from vessel-bearing slices). Every sample is padded (zeros) and randomly cropped to the slice size
   ``crop`` (default: the common in-plane size when all cases share one, otherwise the largest multiple of 16 not
-  above the smallest height and width), then augmented (MONAI): horizontal and vertical flips, each with
-  probability 0.5, and with probability 0.5 a rotation by a uniform angle in [-15°, 15°] (bilinear for the image,
-  nearest for the label, zero padding). Random choices come from a per-sample seed, so they do not depend on
-  the number of DataLoader workers.
+  above the smallest height and width). The ``augment`` preset (:mod:`seg2refine_core.data.augment`) changes the
+  slice's HU (contrast level, scale/shift, noise, blur, low resolution), then X' is made of it (window + unsharp
+  mask, as :func:`~seg2refine_core.data.preprocess.preprocess` makes it for a whole volume), then X' and the label
+  are flipped, rotated and zoomed together and gamma acts on X' (:class:`~seg2refine_core.data.augment.SliceTransform`).
+  ``none`` is the paper's recipe: flips (p 0.5 per axis) and a rotation in ±15° (p 0.5). Random choices come from a
+  per-sample seed, so they do not depend on the number of DataLoader workers.
 - Loss :class:`~.losses.WeightedBCEDiceLoss` (α = 0.5), Adam (lr 1e-4, weight decay 1e-5), cosine
   learning-rate decay over the epochs (to 1 % of lr, :func:`cosine_decay`), mixed precision (bf16/fp16
   autocast) and channels-last on CUDA only.
@@ -42,11 +44,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.data import get_track_meta, set_track_meta
 from torch.utils.data import DataLoader, Dataset
 
 from seg2refine_core import distributed
+from seg2refine_core.data.augment import AugmentConfig, SliceTransform, augment_preset
 from seg2refine_core.data.cache import CacheIndex
+from seg2refine_core.data.preprocess import PreprocessConfig
 from seg2refine_core.data.sampling import BalancedSampler
 from seg2refine_core.errors import one_line
 from seg2refine_core.evaluation.metrics import dice
@@ -60,33 +63,31 @@ from seg2refine_core.training.history import EpochFn
 from seg2refine_core.training.loop import StepFn
 from seg2refine_core.training.losses import WeightedBCEDiceLoss
 
-ROTATION_DEG = 15.0
-FLIP_PROB = 0.5
-ROTATION_PROB = 0.5
 THRESHOLD = 0.5
 LR_FLOOR = 0.01
 
 
 class SliceDataset(Dataset):
-    """Axial slices ``(case, z)`` of cached volumes, read one at a time from the memmaps.
+    """Axial slices ``(case, z)`` of cached HU volumes, read one at a time from the memmaps.
 
-    Item ``i`` (or ``(i, seed)`` from :class:`BalancedSampler`) is a dict with ``image`` (1, H, W) float32 in [0, 1]
-    and ``label`` (1, H, W) float32 {0, 1}, padded/cropped to ``crop`` and, with ``augment``, flipped and rotated
-    as the module doc says. An int key uses the index as its seed. At most ``max_open`` cases stay mapped per
-    process (each open memmap holds a file descriptor).
+    Item ``i`` (or ``(i, seed)`` from :class:`BalancedSampler`) is a dict with ``image`` (1, H, W) float32 X' in
+    [0, 1] and ``label`` (1, H, W) float32 {0, 1}, padded/cropped to ``crop`` and augmented by ``augment`` (a 2D
+    :class:`~seg2refine_core.data.augment.AugmentConfig`, e.g. ``augment_preset("default", ndim=2)``) as the module
+    doc says; X' is made with ``preprocess`` (the model's preprocessing). An int key uses the index as its seed. At
+    most ``max_open`` cases stay mapped per process (each open memmap holds a file descriptor).
     """
 
     def __init__(
-        self, cache: CacheIndex, crop: tuple[int, int], augment: bool = True, max_open: int = 16
+        self, cache: CacheIndex, crop: tuple[int, int], *, augment: AugmentConfig, preprocess: PreprocessConfig,
+        max_open: int = 16,
     ) -> None:
         self.cache = cache
         self.crop = (int(crop[0]), int(crop[1]))
-        self.augment = augment
         self.max_open = max_open
         self.case_ids = cache.case_ids
         depths = [cache[case_id].shape[0] for case_id in self.case_ids]
         self.offsets = np.concatenate([[0], np.cumsum(depths)]).astype(np.int64)
-        self.transform = _slice_transform(self.crop, augment)
+        self.transform = SliceTransform(augment, preprocess, self.crop)
         self._open: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
 
     def __len__(self) -> int:
@@ -107,7 +108,7 @@ class SliceDataset(Dataset):
             self._open.move_to_end(position)
         else:
             case_id = self.case_ids[position]
-            self._open[position] = (self.cache.image(case_id), self.cache.label(case_id))
+            self._open[position] = (self.cache.hu(case_id), self.cache.label(case_id))
             while len(self._open) > self.max_open:
                 self._open.popitem(last=False)
         return self._open[position]
@@ -117,42 +118,13 @@ class SliceDataset(Dataset):
         if not 0 <= index < len(self):
             raise IndexError(f"slice {index} outside 0..{len(self) - 1}")
         position, z = self.locate(int(index))
-        image, label = self._arrays(position)
-        sample = {
-            "image": np.asarray(image[z], dtype=np.float32)[None],
-            "label": np.asarray(label[z], dtype=np.float32)[None],
-        }
-        tracking = get_track_meta()
-        set_track_meta(False)  # plain tensors: MONAI's metadata bookkeeping would double the per-slice cost
-        try:
-            self.transform.set_random_state(seed=int(seed))
-            out = self.transform(sample)
-        finally:
-            set_track_meta(tracking)
-        return {k: torch.as_tensor(out[k], dtype=torch.float32).contiguous() for k in ("image", "label")}
+        hu, label = self._arrays(position)
+        return self.transform(hu[z], label[z], int(seed), spacing=self.cache[self.case_ids[position]].spacing)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_open"] = OrderedDict()
         return state
-
-
-def _slice_transform(crop: tuple[int, int], augment: bool):
-    from monai.transforms import Compose, RandFlipd, RandRotated, RandSpatialCropd, SpatialPadd
-
-    keys = ("image", "label")
-    steps = [SpatialPadd(keys, spatial_size=crop), RandSpatialCropd(keys, roi_size=crop, random_size=False)]
-    if augment:
-        angle = math.radians(ROTATION_DEG)
-        steps += [
-            RandFlipd(keys, prob=FLIP_PROB, spatial_axis=0),
-            RandFlipd(keys, prob=FLIP_PROB, spatial_axis=1),
-            RandRotated(
-                keys, range_x=angle, prob=ROTATION_PROB, keep_size=True,
-                mode=("bilinear", "nearest"), padding_mode="zeros",
-            ),
-        ]
-    return Compose(steps)
 
 
 def default_crop(shapes: list[tuple[int, int, int]]) -> tuple[int, int]:
@@ -199,11 +171,12 @@ class Stage1Trainer(LabelledCasesTrainer[Stage1TrainConfig]):
 
     def prepare_data(self) -> tuple[DataLoader, BalancedSampler]:
         config, info = self.config, self.info
-        self.cache = self.build_xprime_cache()
+        self.cache = self.build_hu_cache()
         train_cache = self.cache.subset(self.cases["train"])
         shapes = [train_cache[c].shape for c in self.cases["train"]]
         self.crop: tuple[int, int] = tuple(config.crop) if config.crop else default_crop(shapes)  # type: ignore[assignment]
-        dataset = SliceDataset(train_cache, self.crop)
+        self.augmentation = augment_preset(config.augment, ndim=2)
+        dataset = SliceDataset(train_cache, self.crop, augment=self.augmentation, preprocess=config.preprocess)
         sampler = BalancedSampler(
             len(dataset), dataset.positive_indices(), config.samples_per_epoch or len(dataset),
             config.positive_fraction, config.seed, info.rank, info.world_size,
@@ -271,8 +244,8 @@ class Stage1Trainer(LabelledCasesTrainer[Stage1TrainConfig]):
             return {"val_dice": None}
         total = count = 0.0
         for case_id in val_ids[info.rank :: info.world_size]:
-            prob = segment_slices(self.model, self.cache.image(case_id), batch_size=self.config.batch_size,
-                                  device=info.device)
+            prob = segment_slices(self.model, self.cache.xprime(case_id, self.config.preprocess),
+                                  batch_size=self.config.batch_size, device=info.device)
             total += dice(prob >= THRESHOLD, np.asarray(self.cache.label(case_id)))
             count += 1
         self.model.train()
@@ -288,6 +261,10 @@ class Stage1Trainer(LabelledCasesTrainer[Stage1TrainConfig]):
     def checkpoint_entries(self) -> dict[str, Any]:
         return {"model": self.model.config(), "preprocess": self.config.preprocess.to_dict(),
                 "input": {"slice_size": list(self.crop), "threshold": THRESHOLD}}
+
+    def training_facts(self) -> dict[str, Any]:
+        """``augmentation``: every probability and range of the ``augment`` preset (2D)."""
+        return {"augmentation": self.augmentation.to_dict()}
 
     def resume_state(self) -> dict[str, Any]:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),

@@ -15,15 +15,18 @@ What one run does:
   stage-1 model trained on another dataset with coinciding ids is refused too). A stage-1 checkpoint that
   records no training cases is refused unless ``allow_unknown_stage1``. The pool is split into stage-2 train
   and validation cases by :func:`~seg2refine_core.data.datasets.holdout_split` (``val_fraction``, ``split_seed``).
-- **Inputs.** X' comes from the preprocessed memmap cache (:mod:`seg2refine_core.data.cache`) made with the stage-1
-  checkpoint's preprocessing (stage 2 must see the same X'). S is made once per pool case with
+- **Inputs.** The CT comes from the memmap cache of HU (:mod:`seg2refine_core.data.cache`); X' is made from it with
+  the stage-1 checkpoint's preprocessing (stage 2 must see the same X'), per patch on the fly and for whole volumes
+  when S is made and when validating. S is made once per pool case with
   :func:`~seg2refine_core.inference.stage1.segment_slices` and thresholded at 0.5 into a uint8 mask, stored beside the
-  X' cache under ``stage1-s/<fingerprint>/`` (fingerprint = SHA-256 of the stage-1 weights and model config):
-  another stage-1 model gets its own folder, a rebuilt X' is noticed by the X' file's size and mtime. G's input
-  is ``concat(X', S)`` with S the float {0, 1} mask, exactly what
+  HU cache under ``stage1-s/<fingerprint>/`` (fingerprint = SHA-256 of the stage-1 weights, model config and
+  preprocessing): another stage-1 model gets its own folder, a rebuilt HU file is noticed by its size and mtime.
+  G's input is ``concat(X', S)`` with S the float {0, 1} mask, exactly what
   :func:`~seg2refine_core.inference.stage2.refine_volume` gets at inference time.
-- **Patches.** :mod:`seg2refine_core.data.patches` (vessel-centred and random patches, rotation ≤ 15°, random masking
-  of S, Gaussian noise on X'; seeded per patch and sharded across ranks).
+- **Patches.** :mod:`seg2refine_core.data.patches` (vessel-centred and random patches, seeded per patch and sharded
+  across ranks), augmented by the ``augment`` preset (:mod:`seg2refine_core.data.augment`): intensity on the HU of
+  the patch (CT only), spatial transforms on X', S and T together, random masking of S; ``none`` is the recipe
+  before the presets (rotation ≤ 15°, masking of S, Gaussian noise on X').
 - **One step (Algorithm 1).** ``Y = G(concat(X', S))``; D sees ``concat(T, X', S)`` (real) and
   ``concat(Y.detach(), X', S)`` (fake) in one batch (InstanceNorm is per sample, so this equals two calls);
   ``D_loss`` (eq. 12) updates D; then ``G_loss`` (eq. 10: ``BCE(D(Y), 1) + λ·Dice(Y, T) + ΔB0``, optional
@@ -56,6 +59,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from seg2refine_core import distributed
+from seg2refine_core.data.augment import augment_preset
 from seg2refine_core.data.cache import CacheIndex
 from seg2refine_core.data.datasets import Case, discover_cases, holdout_split, read_split
 from seg2refine_core.data.patches import PatchConfig, PatchDataset, patch_loader, patch_sources
@@ -69,7 +73,7 @@ from seg2refine_core.io.atomic import atomic_path, write_text_atomic
 from seg2refine_core.io.checkpoint import checkpoint_paths, load_state_strict, read_config
 from seg2refine_core.nets.attention_gan import AttentionGenerator3d, PatchDiscriminator3d
 from seg2refine_core.progress import ProgressFn, StopFn
-from seg2refine_core.training.cases import prepare_xprime_cache
+from seg2refine_core.training.cases import prepare_hu_cache
 from seg2refine_core.training.configs import Stage2TrainConfig
 from seg2refine_core.training.gan_losses import GeneratorLoss, discriminator_loss
 from seg2refine_core.training.history import EpochFn
@@ -78,7 +82,7 @@ from seg2refine_core.training.loop import StepFn, Trainer
 THRESHOLD = 0.5
 BETAS = (0.5, 0.999)
 S_DIR = "stage1-s"
-S_VERSION = 1
+S_VERSION = 2  # 1: made from the float16 X' cache, keyed by the X' file
 DEFAULT_TEST_FRACTION = 0.2
 DEFAULT_SPLIT_SEED = 0
 PANELS = {
@@ -180,12 +184,12 @@ def default_cache_dir(config: Stage2TrainConfig, stage1_config: dict[str, Any]) 
 # -------------------------------------------------------------------------------------------------- the S cache
 
 
-def _s_entry_fresh(entry: dict[str, Any], folder: Path, image_path: Path, fingerprint: str) -> bool:
-    stat = image_path.stat()
+def _s_entry_fresh(entry: dict[str, Any], folder: Path, hu_path: Path, fingerprint: str) -> bool:
+    stat = hu_path.stat()
     return (
         entry.get("version") == S_VERSION
         and entry.get("stage1") == fingerprint
-        and entry.get("xprime") == {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        and entry.get("hu") == {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
         and (folder / entry.get("file", "")).is_file()
     )
 
@@ -203,10 +207,11 @@ def build_s_cache(
     rank: int = 0,
     world_size: int = 1,
 ) -> dict[str, tuple[Path, tuple[int, ...]]]:
-    """Stage-1 masks S (uint8, threshold 0.5) of ``case_ids`` beside the X' cache; ``{id: (npy path, counts)}``.
+    """Stage-1 masks S (uint8, threshold 0.5) of ``case_ids`` beside the HU cache; ``{id: (npy path, counts)}``.
 
+    S is the stage-1 model on the whole volume's X', made from the cached HU with the model's preprocessing.
     Files: ``<cache>/stage1-s/<fingerprint[:16]>/<name>.s.npy`` and ``<name>.s.json`` (foreground voxels per
-    axial slice, the stage-1 fingerprint and the X' file's size and mtime). Up-to-date files are reused. This
+    axial slice, the stage-1 fingerprint and the HU file's size and mtime). Up-to-date files are reused. This
     rank makes its share ``case_ids[rank::world_size]``; call :func:`~seg2refine_core.distributed.barrier`
     and then again with ``world_size=1`` to read all entries.
     """
@@ -219,23 +224,24 @@ def build_s_cache(
     mine = list(case_ids)[rank::world_size]
     for done, case_id in enumerate(mine):
         cached = cache[case_id]
-        name = cached.image_path.name.removesuffix(".image.npy")
+        name = cached.hu_path.name.removesuffix(".hu.npy")
         meta = folder / f"{name}.s.json"
         try:
             entry = json.loads(meta.read_text())
         except (OSError, ValueError):
             entry = {}
-        if not _s_entry_fresh(entry, folder, cached.image_path, fingerprint):
-            stat = cached.image_path.stat()
-            prob = segment_slices(stage1.model, cache.image(case_id), batch_size=batch_size, device=device,
-                                  should_stop=should_stop)
+        if not _s_entry_fresh(entry, folder, cached.hu_path, fingerprint):
+            stat = cached.hu_path.stat()
+            xprime = cache.xprime(case_id, stage1.preprocess_config)
+            prob = segment_slices(stage1.model, xprime, batch_size=batch_size, device=device, should_stop=should_stop)
+            del xprime
             mask = (prob >= THRESHOLD).astype(np.uint8)
             del prob
             with atomic_path(folder / f"{name}.s.npy") as tmp:
                 np.save(tmp, mask)
             entry = {
                 "version": S_VERSION, "case_id": case_id, "file": f"{name}.s.npy", "stage1": fingerprint,
-                "xprime": {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}, "threshold": THRESHOLD,
+                "hu": {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}, "threshold": THRESHOLD,
                 "counts": [int(n) for n in mask.reshape(mask.shape[0], -1).sum(axis=1, dtype=np.int64)],
             }
             write_text_atomic(meta, json.dumps(entry) + "\n")
@@ -279,13 +285,13 @@ class Stage2Trainer(Trainer[Stage2TrainConfig]):
                                   "started with")
 
     def prepare_data(self) -> tuple[DataLoader, BalancedSampler]:
-        """X' with the stage-1 model's preprocessing, then S (both shared out between ranks), then the patches."""
+        """The HU cache, then S (both shared out between ranks), then the patches (X' with the stage-1 model's
+        preprocessing)."""
         config, info = self.config, self.info
         ids = self.cases["train"] + self.cases["val"]
         self.preprocess = self.stage1.preprocess_config
         cache_dir = default_cache_dir(config, self.stage1.config)
-        self.cache = prepare_xprime_cache([self.by_id[i] for i in ids], cache_dir, self.preprocess, info,
-                                          self.progress, self.should_stop)
+        self.cache = prepare_hu_cache([self.by_id[i] for i in ids], cache_dir, info, self.progress, self.should_stop)
         s_args = {"device": info.device, "batch_size": config.s_batch_size, "should_stop": self.should_stop}
         build_s_cache(self.cache, ids, self.stage1, self.fingerprint, rank=info.rank, world_size=info.world_size,
                       progress=self.progress if info.is_main else None, **s_args)
@@ -293,7 +299,7 @@ class Stage2Trainer(Trainer[Stage2TrainConfig]):
         self.s_files = build_s_cache(self.cache, ids, self.stage1, self.fingerprint, **s_args)
         del self.stage1
         dataset = PatchDataset(patch_sources(self.cache, self.cases["train"], self.s_files), self.patch_config(),
-                               with_s=True)
+                               with_s=True, preprocess=self.preprocess)
         return patch_loader(
             dataset, batch_size=config.batch_size, patches_per_epoch=config.patches_per_epoch, seed=config.seed,
             num_workers=config.num_workers, rank=info.rank, world_size=info.world_size,
@@ -301,8 +307,10 @@ class Stage2Trainer(Trainer[Stage2TrainConfig]):
         )
 
     def patch_config(self) -> PatchConfig:
+        """How patches are drawn and augmented (the ``augment`` preset, 3D)."""
         config = self.config
-        return PatchConfig(patch_size=config.patch_size, vessel_fraction=config.vessel_fraction, augment=config.augment)
+        return PatchConfig(patch_size=config.patch_size, vessel_fraction=config.vessel_fraction,
+                           augment=augment_preset(config.augment, ndim=3))
 
     def build_networks(self, weights: dict[str, torch.Tensor] | None) -> None:
         """G (``self.model``) and D, channels-last-3d where it helps, DDP-wrapped; Adam (betas 0.5, 0.999) each."""
@@ -371,9 +379,9 @@ class Stage2Trainer(Trainer[Stage2TrainConfig]):
         for case_id in val_ids[info.rank :: info.world_size]:
             label = np.asarray(self.cache.label(case_id))
             s_mask = np.load(self.s_files[case_id][0])
-            y = refine_volume(self.generator, self.cache.image(case_id), s_mask, patch_size=config.patch_size,
-                              overlap=config.val_overlap, sw_batch_size=config.batch_size,
-                              device=info.device) >= THRESHOLD
+            y = refine_volume(self.generator, self.cache.xprime(case_id, self.preprocess), s_mask,
+                              patch_size=config.patch_size, overlap=config.val_overlap,
+                              sw_batch_size=config.batch_size, device=info.device) >= THRESHOLD
             values = (dice(y, label), dice(s_mask, label), betti0_error(y, label), betti0_error(s_mask, label), 1.0)
             sums = [a + b for a, b in zip(sums, values, strict=True)]
         totals = distributed.all_reduce_sum(sums)
@@ -394,7 +402,11 @@ class Stage2Trainer(Trainer[Stage2TrainConfig]):
         return {**self.cases, "test": self.split["test"]}
 
     def training_facts(self) -> dict[str, Any]:
+        """The stage-1 model, G's loss, D, ``patches`` (how they are drawn) and ``augmentation`` (every probability
+        and range of the ``augment`` preset, 3D)."""
         config = self.config
+        patches = self.patch_config().to_dict()
+        augmentation = patches.pop("augment")
         return {
             "stage1": {"path": str(config.stage1), "sha256": self.fingerprint},
             "lambda": config.lam,
@@ -402,7 +414,8 @@ class Stage2Trainer(Trainer[Stage2TrainConfig]):
             "topology": config.topology,
             "topology_weight": config.topology_weight,
             "discriminator": self.discriminator.config(),
-            "patches": self.patch_config().to_dict(),
+            "patches": patches,
+            "augmentation": augmentation,
         }
 
     def resume_state(self) -> dict[str, Any]:
