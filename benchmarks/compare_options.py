@@ -19,9 +19,10 @@ from collections.abc import Callable
 
 import torch
 
+from seg2refine_core.clock import LOW_CPU_SHARE
 from seg2refine_core.inference.models import fold_batchnorm
 from seg2refine_core.tools.benchmark import build_generator, build_stage1, time_interleaved
-from seg2refine_core.tools.benchmark.timing import LOW_CPU_SHARE, median
+from seg2refine_core.tools.benchmark.timing import median
 
 
 def measure(cases: dict[str, Callable[[], object]], repeats: int) -> None:

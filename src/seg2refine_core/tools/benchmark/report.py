@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from seg2refine_core.tools.benchmark.timing import LOW_CPU_SHARE
+from seg2refine_core.clock import LOW_CPU_SHARE
 
 
 def machine_facts(device: torch.device) -> dict[str, Any]:

@@ -15,21 +15,13 @@ from typing import Any
 
 import torch
 
-#: Below this CPU share, a CPU run's wall times are inflated by other processes (the report warns).
-LOW_CPU_SHARE = 0.8
+from seg2refine_core.clock import cpu_share
 
 
 def sync(device: torch.device) -> None:
     """Wait for the device's queued work (CUDA); a no-op elsewhere."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def cpu_share(cpu_s: float, wall_s: float, threads: int | None = None) -> float:
-    """Process CPU time over wall time × torch threads: 1 when the process had its cores, lower when others
-    took them. On CUDA the host mostly waits for the GPU, so there it is not a sign of load."""
-    threads = threads or torch.get_num_threads()
-    return cpu_s / (wall_s * threads) if wall_s > 0 else 0.0
 
 
 @dataclass
