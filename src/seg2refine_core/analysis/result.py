@@ -6,9 +6,11 @@ NIfTI's convention, through the mask's affine) and, where said, voxel indices ``
 * ``trees``: id, side ('left', 'right' or 'other'), ostium_mm, ostium_voxel, lumen_volume_mm3, length_mm,
   branches (ids, root branch first);
 * ``branches``: id, tree, side, name (LM, LAD, LCX, RCA or 'unnamed'), parent (branch id or null), length_mm,
-  mean_diameter_mm and min_diameter_mm (over the points outside junctions and ends), tortuosity (length / chord),
-  points_mm (n x 3), diameters_mm (n), arc_mm (n, from the branch's origin), reliable (n; false inside a
-  junction's or an end's inscribed ball);
+  mean_diameter_mm and min_diameter_mm (equivalent diameter of the cross-section, over the points outside
+  junctions and ends; null when there are none, e.g. a left main shorter than its bifurcation), tortuosity
+  (length / chord), points_mm (n x 3), diameters_mm (n, equivalent diameters), radii_mm (n, inscribed-sphere
+  radii from the distance transform), arc_mm (n, from the branch's origin), reliable (n; false near a junction or
+  an end);
 * ``stenoses``: id, branch, branch_name, side, center_mm, center_voxel, arc_mm, severity_pct, grade, length_mm,
   reference_diameter_mm, min_diameter_mm;
 * ``coordinates``, ``units``, ``rules`` (the naming and stenosis rules in words), ``parameters``, ``shape``,
@@ -67,17 +69,18 @@ class TreeAnalysis:
         """The JSON-able report (schema in the module docstring)."""
         branches = []
         for b in self.branches:
-            ok = b.reliable if b.reliable.any() else np.ones(len(b.voxels), dtype=bool)
+            ok = b.reliable
             pts = self.world(b.voxels)
             chord = float(np.linalg.norm(pts[-1] - pts[0]))
             branches.append({
                 "id": b.id, "tree": b.tree, "side": self.side(b), "name": b.name, "parent": b.parent,
                 "length_mm": round(b.length_mm, 2),
-                "mean_diameter_mm": round(float(b.diameter_mm[ok].mean()), 3),
-                "min_diameter_mm": round(float(b.diameter_mm[ok].min()), 3),
+                "mean_diameter_mm": round(float(b.diameter_mm[ok].mean()), 3) if ok.any() else None,
+                "min_diameter_mm": round(float(b.diameter_mm[ok].min()), 3) if ok.any() else None,
                 "tortuosity": round(b.length_mm / chord, 3) if chord > 0 else None,
                 "points_mm": np.round(pts, 2).tolist(),
                 "diameters_mm": np.round(b.diameter_mm, 3).tolist(),
+                "radii_mm": np.round(b.radius_mm, 3).tolist(),
                 "arc_mm": np.round(b.arc_mm, 2).tolist(),
                 "reliable": b.reliable.tolist(),
             })
