@@ -16,8 +16,9 @@ Steps, per 26-connected component of the mask (cropped to its bounding box):
    corner of a blunt end). Such segments are removed, shortest first, never leaving a junction with fewer than two
    other segments, until none is left. A side branch is kept once it reaches ``spur_mm`` beyond its parent.
 5. **Blunt ends**: the skeleton of a blunt end (an ostium cut at the aortic wall, a vessel cut by the field of
-   view) stops about one radius short of it once its corner spurs are pruned; every end point is extended along
-   its direction (over its last 4 voxels) until it leaves the lumen.
+   view) bends into one of its corners or, once the corner spurs are pruned, stops about one radius short of it:
+   the last radius of every end is replaced by a straight line along the direction of the 3 mm before it,
+   continued until it leaves the lumen.
 
 Components whose centerline is shorter than ``min_length_mm`` in total are left out (specks). Voxel indices are
 ``(z, y, x)`` of the whole volume; lengths and radii are mm (see :mod:`.radius`).
@@ -122,18 +123,11 @@ def _component_graph(comp: np.ndarray, spacing: tuple[float, float, float], spur
     skel = _repair(comp, skeletonize(comp), dist, spacing)
     if np.count_nonzero(skel) < 2:
         return None
-    while True:
-        nodes, node_pixels, segments, coords = _segments(skel, spacing)
-        spurs = _spurs(nodes, segments, dist, coords, spur_mm)
-        if not spurs:
-            break
-        for i, junction in spurs:
-            wipe = [p for p in segments[i][1] if p not in node_pixels[junction]]
-            skel[tuple(np.rint(coords[wipe]).astype(int).T)] = False
-        skel = skeletonize(skel)
-    extended = _extend_ends(comp, skel, spacing)
-    if np.count_nonzero(extended) > np.count_nonzero(skel):
-        nodes, node_pixels, segments, coords = _segments(extended, spacing)
+    skel = _prune(skel, dist, spacing, spur_mm, with_radius=True)
+    extended = _extend_ends(comp, skel, dist, spacing)
+    if not np.array_equal(extended, skel):  # thin the joins and drop their one-voxel forks
+        skel = _prune(skeletonize(extended), dist, spacing, 2.0 * float(max(spacing)), with_radius=False)
+    nodes, node_pixels, segments, coords = _segments(skel, spacing)
     node_vox = np.array([_node_voxel(node_pixels[j], coords, dist) for j in range(len(nodes))], dtype=np.int64)
     out = []
     sp = np.asarray(spacing)
@@ -186,9 +180,26 @@ def _segments(skel: np.ndarray, spacing: tuple[float, float, float]
     return list(range(len(roots))), node_pixels, segments, sk.coordinates
 
 
-def _spurs(nodes: list[int], segments: list, dist: np.ndarray, coords: np.ndarray, spur_mm: float
-           ) -> list[tuple[int, int]]:
-    """Terminal segments to prune (see the module docstring), shortest first, as (segment index, junction node)."""
+def _prune(skel: np.ndarray, dist: np.ndarray, spacing: tuple[float, float, float], spur_mm: float,
+           with_radius: bool) -> np.ndarray:
+    """Remove spurs (see :func:`_spurs`) until none is left; returns the thinned skeleton."""
+    from skimage.morphology import skeletonize
+
+    while True:
+        nodes, node_pixels, segments, coords = _segments(skel, spacing)
+        spurs = _spurs(nodes, segments, dist, coords, spur_mm, with_radius)
+        if not spurs:
+            return skel
+        for i, junction in spurs:
+            wipe = [p for p in segments[i][1] if p not in node_pixels[junction]]
+            skel[tuple(np.rint(coords[wipe]).astype(int).T)] = False
+        skel = skeletonize(skel)
+
+
+def _spurs(nodes: list[int], segments: list, dist: np.ndarray, coords: np.ndarray, spur_mm: float,
+           with_radius: bool) -> list[tuple[int, int]]:
+    """Terminal segments no longer than ``spur_mm`` (plus the lumen radius at their junction ``with_radius``), to be
+    pruned shortest first, as (segment index, junction node); never leaves a junction with fewer than two others."""
     deg = np.zeros(len(nodes), dtype=int)
     for (a, b), _, _ in segments:
         deg[a] += 1
@@ -198,7 +209,7 @@ def _spurs(nodes: list[int], segments: list, dist: np.ndarray, coords: np.ndarra
         if a == b or (deg[a] == 1) == (deg[b] == 1):
             continue
         junction = np.rint(coords[pix[-1] if deg[a] == 1 else pix[0]]).astype(np.int64)
-        if length <= float(radius_at(junction[None], dist)[0]) + spur_mm:
+        if length <= spur_mm + (float(radius_at(junction[None], dist)[0]) if with_radius else 0.0):
             candidates.append((length, i, b if deg[a] == 1 else a))
     removed = []
     for _, i, j in sorted(candidates):
@@ -250,9 +261,11 @@ def _repair(comp: np.ndarray, skel: np.ndarray, dist: np.ndarray, spacing: tuple
     return skeletonize(skel) if changed else skel
 
 
-def _extend_ends(comp: np.ndarray, skel: np.ndarray, spacing: tuple[float, float, float], back: int = 4
-                 ) -> np.ndarray:
-    """Extend every end point of ``skel`` along its last ``back`` voxels' direction while inside ``comp``."""
+def _extend_ends(comp: np.ndarray, skel: np.ndarray, dist: np.ndarray, spacing: tuple[float, float, float],
+                 back_mm: float = 3.0) -> np.ndarray:
+    """Re-run every end of ``skel`` straight to the end of the lumen: its last lumen radius (where thinning bends
+    into a corner of the end) is replaced by a line along the direction of the ``back_mm`` before it, continued
+    while inside ``comp``."""
     neighbours = ndimage.convolve(skel.astype(np.uint8), np.ones((3, 3, 3), np.uint8), mode="constant") - 1
     ends = np.argwhere(skel & (neighbours == 1))
     if len(ends) == 0:
@@ -261,13 +274,22 @@ def _extend_ends(comp: np.ndarray, skel: np.ndarray, spacing: tuple[float, float
     sp = np.asarray(spacing)
     step_mm = 0.5 * float(sp.min())
     for end in ends:
-        trail = _walk(skel, end, back)
-        if len(trail) < 2:
+        r = float(radius_at(end[None], dist)[0])
+        trail = _walk(skel, end, int(np.ceil((back_mm + 2.0 * r) / float(sp.min()))))
+        if len(trail) < 3:
             continue
-        direction = (trail[0] - trail[-1]) * sp
+        along = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(trail, axis=0) * sp, axis=1))])
+        r_trunk = float(radius_at(trail[-1][None], dist)[0])
+        cut = int(np.searchsorted(along, min(r_trunk, along[-1] / 2.0)))
+        base = int(np.searchsorted(along, along[cut] + back_mm)) if along[-1] > along[cut] + back_mm else len(
+            trail) - 1
+        if base <= cut:
+            continue
+        direction = (trail[cut] - trail[base]) * sp
         direction /= np.linalg.norm(direction)
+        skel[tuple(trail[:cut].T)] = False
         for t in np.arange(step_mm, 4.0 * float(np.max(comp.shape * sp)), step_mm):
-            vox = np.rint(end + t * direction / sp).astype(np.int64)
+            vox = np.rint(trail[cut] + t * direction / sp).astype(np.int64)
             if np.any(vox < 0) or np.any(vox >= comp.shape) or not comp[tuple(vox)]:
                 break
             skel[tuple(vox)] = True

@@ -5,8 +5,9 @@ background voxel centre: the radius of the largest ball centred there that holds
 maximal-inscribed-sphere radius of centerline tools such as VMTK (Antiga et al., Med. Biol. Eng. Comput. 2008).
 A skeleton voxel lies up to half a voxel off the true axis, which makes its own value read low (by up to 0.4 mm
 on digitised cylinders of radius 1-3 mm at 0.7 mm voxels); the radius is therefore the largest value in its
-3 x 3 x 3 neighbourhood, within 0.2 mm of the true radius on those cylinders at every orientation
-(``tests/test_analysis_geometry.py``).
+3 x 3 x 3 neighbourhood: within 0.2 mm of the true radius on those cylinders at every orientation, within 0.3 mm
+at 1.0 x 0.5 x 0.5 mm voxels (``tests/test_analysis_geometry.py``). Lumen diameters for grading come from
+cross-sections instead (:mod:`.cross_section`); this radius sizes junctions, spurs and sampling windows.
 """
 
 from __future__ import annotations

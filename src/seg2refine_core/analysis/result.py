@@ -35,8 +35,9 @@ RULES = {
              "vessels of >= 20 mm each, then the more anterior of the two is the LAD, the other the LCX; vessels "
              "in an AV groove continue into the child heading least towards the apex, others straight on and "
              "far; the rest are unnamed",
-    "stenoses": "QCA-style %DS = 100 (1 - D / D_ref), D_ref the mean of the median diameters 4-10 mm proximal and "
-                "distal; candidates >= 25 % where D_ref >= 1.5 mm; grades mild 25-49, moderate 50-69, severe >= 70",
+    "stenoses": "QCA-style %DS = 100 (1 - D / D_ref), D the cross-section's equivalent diameter, D_ref the mean of "
+                "the median diameters 3-11 mm proximal and distal; candidates >= 25 % where D_ref >= 1.5 mm; grades "
+                "mild 25-49, moderate 50-69, severe >= 70",
 }
 
 

@@ -9,10 +9,11 @@ those of CAD-RADS 2.0, Cury et al., JCCT 2022). Along each branch:
    filtered over 3 points (one-voxel noise). Points inside a junction's or an end's inscribed ball are not used:
    the distance transform measures the bifurcation or the blunt end there, not this vessel.
 2. At each point the reference is the mean of two medians: of ``D`` over the proximal window
-   ``[s - gap - window, s - gap]`` and over the distal window ``[s + gap, s + gap + window]`` (mm along the branch):
-   linear interpolation between the healthy segments on both sides, evaluated mid-way. The gap (``gap_mm``, 4 mm)
-   keeps the lesion itself out of its reference; a median keeps a neighbouring lesion or a side branch's flare
-   from moving it. Near an end of the branch, only the side that has lumen is used (an ostial lesion).
+   ``[s - gap - window, s - gap]`` and over the distal window ``[s + gap, s + gap + window]`` (mm along the branch;
+   ``gap_mm`` 3, ``window_mm`` 8): linear interpolation between the healthy segments on both sides, evaluated
+   mid-way. The gap keeps the lesion's core out of its reference; a median over the window keeps the lesion's
+   shoulders, a neighbouring lesion or a side branch's flare from moving it. (Over 30 phantoms, gap/window 3/8 mm
+   found as many stenoses as 4/6 and 5/4 with the fewest false candidates.) Near an end of the branch, only the side that has lumen is used (an ostial lesion).
 3. ``%DS(s) = 100 * (1 - D(s) / D_ref(s))``. Every run of points with ``%DS >= min_pct`` (25) is one candidate:
    its centre is the point of largest %DS, its severity that %DS, its length the extent (mm) around the centre
    where %DS stays at or above half the severity (the lesion's full width at half maximum).
@@ -40,8 +41,8 @@ class StenosisOptions:
     """Parameters of the rule in the module docstring (mm and percent)."""
 
     min_pct: float = 25.0
-    gap_mm: float = 4.0
-    window_mm: float = 6.0
+    gap_mm: float = 3.0
+    window_mm: float = 8.0
     min_reference_mm: float = 1.5
 
 

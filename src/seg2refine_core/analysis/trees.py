@@ -4,9 +4,10 @@ Per connected component (one :class:`~.centerline.CenterlineGraph`), on the grap
 
 * **Ostium** (the root). Coronary lumen is widest at the ostium and tapers downstream, so the search starts at the
   centerline voxel of largest lumen radius (radius averaged over its graph neighbours within about 2 mm). If an
-  unbranched direction from there runs to an end point while staying at least ``STUB_RADIUS_FRACTION`` as wide
-  (a blunt end: the cut at the aortic wall), its end point is the ostium; otherwise (a left main shorter than its
-  own radius loses its skeleton to spur pruning) the widest voxel itself is the root.
+  unbranched direction from there runs to an end point that is still wide (somewhere in its distal half at least
+  ``STUB_RADIUS_FRACTION`` of that radius: a blunt end, the cut at the aortic wall, even past an ostial
+  narrowing), the nearest such end point is the ostium; otherwise (a left main shorter than its own radius loses
+  its skeleton to spur pruning) the widest voxel itself is the root.
 * **Flow direction**: every centerline voxel's parent is its predecessor on the shortest path from the root
   (``scipy.sparse.csgraph.dijkstra``); loops are broken there.
 * **Branches** (vessels): the root branch starts at the ostium and, at each junction, continues into one child;
@@ -172,7 +173,8 @@ class _PixelTree:
             while len(children[v]) == 1:
                 v = children[v][0]
                 run.append(v)
-            if not children[v] and np.median(self.radius[run]) >= STUB_RADIUS_FRACTION * self.radius[widest]:
+            distal = self.radius[run[len(run) // 2 :]]
+            if not children[v] and distal.max() >= STUB_RADIUS_FRACTION * self.radius[widest]:
                 stubs.append((len(run), v))
         if stubs and len(children[widest]) >= 2:
             return int(min(stubs)[1])
