@@ -13,7 +13,8 @@ those of CAD-RADS 2.0, Cury et al., JCCT 2022). Along each branch:
    ``gap_mm`` 3, ``window_mm`` 8): linear interpolation between the healthy segments on both sides, evaluated
    mid-way. The gap keeps the lesion's core out of its reference; a median over the window keeps the lesion's
    shoulders, a neighbouring lesion or a side branch's flare from moving it. (Over 30 phantoms, gap/window 3/8 mm
-   found as many stenoses as 4/6 and 5/4 with the fewest false candidates.) Near an end of the branch, only the side that has lumen is used (an ostial lesion).
+   found as many stenoses as 4/6 and 5/4 with the fewest false candidates.) Near an end of the branch, only the
+   side that has lumen is used (an ostial lesion).
 3. ``%DS(s) = 100 * (1 - D(s) / D_ref(s))``. Every run of points with ``%DS >= min_pct`` (25) is one candidate:
    its centre is the point of largest %DS, its severity that %DS, its length the extent (mm) around the centre
    where %DS stays at or above half the severity (the lesion's full width at half maximum).
