@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from seg2refine_core.analysis.naming import voxels_to_ras
+from seg2refine_core.analysis.sides import voxels_to_ras
 from seg2refine_core.analysis.stenosis import Stenosis, StenosisOptions
 from seg2refine_core.analysis.trees import Branch, Tree
 

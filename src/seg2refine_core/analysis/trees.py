@@ -15,10 +15,11 @@ Per connected component (one :class:`~.centerline.CenterlineGraph`), on the grap
   stay the parent's). Which child continues, comparing directions over ``DIRECTION_MM`` beyond the junction's
   ball with the vessel's own last ``DIRECTION_MM``:
 
-  - a vessel that runs round the heart (at |cos| < ``AV_GROOVE_COS`` to the base-to-apex axis
-    :data:`HEART_AXIS_RAS`, as the RCA and the LCX do in the atrioventricular grooves) continues into the child
-    that heads least towards the apex, among the children whose longest path down is at least
-    ``CONTINUATION_MIN_FRACTION`` of the longest: its marginal branches and the PDA run towards the apex;
+  - the right tree's root branch (the RCA, in the right atrioventricular groove) and any vessel that runs round
+    the heart (at |cos| < ``AV_GROOVE_COS`` to the base-to-apex axis :data:`~.sides.HEART_AXIS_RAS`, as the LCX
+    does in the left groove) continues into the child that heads least towards the apex, among the children
+    whose longest path down is at least ``CONTINUATION_MIN_FRACTION`` of the longest and which do not turn back
+    (cos >= ``MAX_TURN_COS``): the marginal branches and the PDA run towards the apex;
   - any other vessel continues into the child with the largest cos(angle to its own direction) + (longest path
     down / the longest child's): straight on, and far. On the phantoms this pair of rules names 0.92-0.97 of the
     main vessels' centerline points right, against 0.80 for the angle alone and 0.83 for the longest path alone.
@@ -38,6 +39,7 @@ from scipy import ndimage, sparse
 from scipy.sparse import csgraph
 
 from seg2refine_core.analysis.centerline import CenterlineGraph
+from seg2refine_core.analysis.sides import HEART_AXIS_RAS, assign_sides, ras_direction_in_array_mm, voxels_to_ras
 
 #: a direction from the widest voxel that stays this fraction as wide to an end point is the proximal stub
 STUB_RADIUS_FRACTION = 0.75
@@ -47,10 +49,10 @@ JUNCTION_MARGIN_MM = 1.0
 DIRECTION_MM = 5.0
 #: a child is a candidate for the continuation if its longest path down is at least this fraction of the longest
 CONTINUATION_MIN_FRACTION = 0.25
-#: base-to-apex axis of the heart of a supine patient in world RAS: towards the patient's left, anterior, inferior
-HEART_AXIS_RAS = np.array([-0.62, 0.55, -0.56]) / np.linalg.norm([-0.62, 0.55, -0.56])
 #: a vessel running at |cos| below this to the heart's axis runs round the heart (an atrioventricular groove)
 AV_GROOVE_COS = 0.7
+#: a child turning back more than this (cos of the angle to the vessel's own direction) does not continue it
+MAX_TURN_COS = -0.2
 
 
 @dataclass
@@ -148,8 +150,7 @@ class _PixelTree:
             if self.parent[v] >= 0:
                 self.downstream[self.parent[v]] += self.downstream[v]
                 self.longest[self.parent[v]] = max(self.longest[self.parent[v]], self.longest[v] + self.step[v])
-        axis = np.linalg.solve(np.asarray(affine, dtype=float)[:3, :3], HEART_AXIS_RAS)[::-1] * sp
-        self.apex = axis / np.linalg.norm(axis)  # the heart's base-to-apex axis in array mm (z, y, x)
+        self.apex = ras_direction_in_array_mm(HEART_AXIS_RAS, affine, spacing)  # base to apex, array mm (z, y, x)
 
     def _find_root(self) -> int:
         """The ostium (see the module docstring)."""
@@ -191,15 +192,18 @@ class _PixelTree:
 
 def build_trees(graphs: list[CenterlineGraph], spacing: tuple[float, float, float], affine: np.ndarray
                 ) -> tuple[list[Tree], list[Branch]]:
-    """Trees (one per graph, in order) and all their branches, ids counting from 0 (see the module docstring).
+    """Trees (one per graph, in order; their side set by :func:`~.sides.assign_sides`) and all their branches, ids
+    counting from 0 (see the module docstring).
 
-    spacing: (sz, sy, sx) mm; affine: 4x4, (x, y, z) voxel indices to world RAS mm (for the heart's axis).
+    graphs: largest first; spacing: (sz, sy, sx) mm; affine: 4x4, (x, y, z) voxel indices to world RAS mm.
     """
+    pixel_trees = [_PixelTree(graph, spacing, affine) for graph in graphs]
+    sides = assign_sides([voxels_to_ras(pt.voxels, affine) for pt in pixel_trees],
+                         [voxels_to_ras(pt.voxels[pt.root][None], affine)[0] for pt in pixel_trees])
     trees: list[Tree] = []
     branches: list[Branch] = []
-    for graph in graphs:
-        pt = _PixelTree(graph, spacing, affine)
-        tree = Tree(len(trees), graph.component, pt.voxels[pt.root].copy(), graph.voxel_count)
+    for graph, pt, side in zip(graphs, pixel_trees, sides, strict=True):
+        tree = Tree(len(trees), graph.component, pt.voxels[pt.root].copy(), graph.voxel_count, side=side)
         trees.append(tree)
         # (junction voxel or None for the root, first voxel, parent branch id, origin index in the parent)
         todo: list[tuple[int | None, int, int | None, int | None]] = [(None, pt.root, None, None)]
@@ -207,10 +211,11 @@ def build_trees(graphs: list[CenterlineGraph], spacing: tuple[float, float, floa
             junction, first, parent, origin = todo.pop(0)
             path = [first] if junction is None else [junction, first]
             own_id = len(branches)
+            in_groove = parent is None and side == "right"  # the RCA runs in the right AV groove all along
             v = first
             while pt.children[v]:
                 kids = pt.children[v]
-                nxt = kids[0] if len(kids) == 1 else _continuation(pt, path, v)
+                nxt = kids[0] if len(kids) == 1 else _continuation(pt, path, v, in_groove)
                 todo += [(v, k, own_id, len(path) - 1) for k in kids if k != nxt]
                 path.append(nxt)
                 v = nxt
@@ -219,7 +224,7 @@ def build_trees(graphs: list[CenterlineGraph], spacing: tuple[float, float, floa
     return trees, branches
 
 
-def _continuation(pt: _PixelTree, path: list[int], junction: int) -> int:
+def _continuation(pt: _PixelTree, path: list[int], junction: int, in_groove: bool = False) -> int:
     """The child of ``junction`` the current vessel continues into (see the module docstring)."""
     kids = pt.children[junction]
     reach = np.array([pt.longest[k] + pt.step[k] for k in kids])
@@ -229,8 +234,9 @@ def _continuation(pt: _PixelTree, path: list[int], junction: int) -> int:
         return kids[int(np.argmax(reach))]
     incoming = _unit(pt.mm[junction] - pt.mm[back])
     out = [_unit(pt.mm[pt.forward(k, pt.radius[junction] + DIRECTION_MM)] - pt.mm[junction]) for k in kids]
-    eligible = [i for i in range(len(kids)) if reach[i] >= CONTINUATION_MIN_FRACTION]
-    if abs(float(incoming @ pt.apex)) < AV_GROOVE_COS and len(eligible) > 1:
+    eligible = [i for i in range(len(kids))
+                if reach[i] >= CONTINUATION_MIN_FRACTION and float(out[i] @ incoming) >= MAX_TURN_COS]
+    if (in_groove or abs(float(incoming @ pt.apex)) < AV_GROOVE_COS) and len(eligible) > 1:
         return kids[min(eligible, key=lambda i: float(out[i] @ pt.apex))]
     return kids[int(np.argmax([float(o @ incoming) + r for o, r in zip(out, reach, strict=True)]))]
 
