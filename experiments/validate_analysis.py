@@ -6,9 +6,10 @@ occurs) it analyses the ground-truth label and, with --y, the Y mask of the bund
 * tree: the share of analysis centerline points (within 2 mm of a true centerline) on the right tree (left/right);
 * name: the share of those points whose nearest true centerline is a main vessel (LM, LAD, LCX, RCA) that carry
   that name;
-* stenoses: true stenoses >= 50 % found (a candidate within 5 mm of the true centre), all of them and those in
-  vessels whose healthy diameter is at least the analysis' 1.5 mm grading threshold, and false candidates per
-  volume (a candidate >= 25 % farther than 5 mm from every true stenosis of any severity);
+* stenoses: true stenoses >= 50 % found (a candidate within 5 mm of the true centre): all of them, those in vessels
+  whose healthy diameter is at least the analysis' 1.5 mm grading threshold, and of these the ones beyond the
+  ostia (not on the left main, a 3.5-4 mm stub in the phantom, nor on the first 5 mm of the RCA); and false
+  candidates per volume (a candidate >= 25 % farther than 5 mm from every true stenosis of any severity);
 * diameter: |analysis - true| lumen diameter at healthy points (true lumen = healthy radius, analysis point reliable,
   within 1 mm of a true centerline point whose vessel is >= 1 mm across), mean, 90th percentile, and the share within
   one voxel (0.7 mm, the in-plane spacing).
@@ -31,6 +32,7 @@ from seg2refine_core.data.phantom import make_phantom
 MATCH_MM = 2.0
 STENOSIS_MATCH_MM = 5.0
 VOXEL_MM = 0.7
+OSTIAL = ("LM", "RCA-prox")  # the phantom's left main (a 3.5-4 mm stub) and the first 5 mm of the RCA
 
 
 def score(analysis, truth) -> dict:
@@ -56,13 +58,14 @@ def score(analysis, truth) -> dict:
     main = matched & (gt_name[i] != "unnamed")
     healthy = (d <= 1.0) & reliable & (gt_r[i] >= gt_ref[i] - 1e-9) & (2 * gt_ref[i] >= 1.0)
     err = np.abs(diam[healthy] - 2 * gt_r[i[healthy]])
-    found, graded = [], []
+    found, graded, ostial = [], [], []
     for s in truth.stenoses:
         if s.severity_pct < 50:
             continue
         c = [np.linalg.norm(analysis.world(x.voxel[None])[0] - s.center_ras_mm) for x in analysis.stenoses]
         found.append(bool(c) and min(c) <= STENOSIS_MATCH_MM)
         graded.append(s.reference_diameter_mm >= analysis.options.min_reference_mm)
+        ostial.append(s.vessel in OSTIAL)
     centres = np.array([s.center_ras_mm for s in truth.stenoses])
     false = sum(
         1 for x in analysis.stenoses
@@ -74,6 +77,8 @@ def score(analysis, truth) -> dict:
         "unmatched_points": int((~matched).sum()),
         "stenoses_found": int(sum(found)), "stenoses_n": len(found), "false_candidates": false,
         "graded_found": int(sum(f for f, g in zip(found, graded, strict=True) if g)), "graded_n": int(sum(graded)),
+        "beyond_ostia_found": int(sum(f for f, g, o in zip(found, graded, ostial, strict=True) if g and not o)),
+        "beyond_ostia_n": int(sum(g and not o for g, o in zip(graded, ostial, strict=True))),
         "candidates": len(analysis.stenoses), "diameter_errors": err.tolist(),
     }
 
@@ -107,8 +112,9 @@ def main() -> None:
                   f"stenoses {row['stenoses_found']}/{row['stenoses_n']} false {row['false_candidates']} "
                   f"({row['seconds']:.1f} s)", flush=True)
     print()
-    print("| mask | tree | main-vessel names | stenoses >= 50 % found: all / in vessels >= 1.5 mm | "
-          "false candidates / volume | diameter error at healthy points: mean / p90 mm, share <= 1 voxel |")
+    print("| mask | tree | main-vessel names | stenoses >= 50 % found: all / in vessels >= 1.5 mm / "
+          "same, beyond the ostia | false candidates / volume | "
+          "diameter error at healthy points: mean / p90 mm, share <= 1 voxel |")
     print("|---|---|---|---|---|---|")
     for kind in ("truth", "y"):
         rows = [r for r in cases if r["mask"] == kind]
@@ -116,12 +122,13 @@ def main() -> None:
             continue
         tot = {k: sum(r[k] for r in rows) for k in ("tree_ok", "tree_n", "name_ok", "name_n", "stenoses_found",
                                                     "stenoses_n", "false_candidates", "graded_found",
-                                                    "graded_n")}
+                                                    "graded_n", "beyond_ostia_found", "beyond_ostia_n")}
         err = np.concatenate([r["diameter_errors"] for r in rows])
         label = "ground truth" if kind == "truth" else "Y (bundled weights)"
         print(f"| {label} | {tot['tree_ok'] / tot['tree_n']:.3f} | {tot['name_ok'] / tot['name_n']:.3f} | "
               f"{tot['stenoses_found']}/{tot['stenoses_n']} = {tot['stenoses_found'] / max(tot['stenoses_n'], 1):.2f}"
-              f" / {tot['graded_found']}/{tot['graded_n']} = {tot['graded_found'] / max(tot['graded_n'], 1):.2f} | "
+              f" / {tot['graded_found']}/{tot['graded_n']} = {tot['graded_found'] / max(tot['graded_n'], 1):.2f}"
+              f" / {tot['beyond_ostia_found']}/{tot['beyond_ostia_n']} | "
               f"{tot['false_candidates'] / len(rows):.2f} | {err.mean():.2f} / {np.percentile(err, 90):.2f}, "
               f"{(err <= VOXEL_MM).mean():.2f} |")
     if args.json:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from seg2refine_core.analysis.centerline import MIN_LENGTH_MM, SPUR_MM, centerline_graphs
@@ -65,10 +63,3 @@ def analyze_mask(
     report(state["total"], state["total"], "stenoses")
     return TreeAnalysis(mask.shape, spacing, affine, trees, branches, stenoses, options, source)  # type: ignore[arg-type]
 
-
-def analyze_file(path: str | Path, **kwargs) -> TreeAnalysis:
-    """Read a mask file (NIfTI or NRRD; > 0.5 is lumen) and analyse it with its own spacing and affine."""
-    from seg2refine_core.io.volume import read_volume
-
-    volume = read_volume(path)
-    return analyze_mask(volume.array > 0.5, volume.spacing, volume.affine, source=str(path), **kwargs)

@@ -94,6 +94,7 @@ def write_figure(analysis: TreeAnalysis, path: str | Path, image: np.ndarray | N
             ax.text(ext[1], s.arc_mm, f" {s.severity_pct:.0f}%", color="red", fontsize=8, va="center")
         label = b.name if b.name != "unnamed" else f"branch {b.id}"
         ax.set_title(f"straightened CPR of {label} (CT {CPR_WINDOW[0]:g} to {CPR_WINDOW[1]:g} HU)", fontsize=10)
+        ax.set_xticks([-5.0, 0.0, 5.0])
         ax.set_xlabel("across (mm)")
         ax.set_ylabel("along the centerline (mm)")
     if title:
