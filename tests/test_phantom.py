@@ -1,5 +1,8 @@
 """The synthetic CCTA phantom: deterministic, anatomically sane, non-trivial to segment, and its CLI."""
 
+import hashlib
+import json
+
 import cc3d
 import nibabel as nib
 import numpy as np
@@ -37,6 +40,86 @@ def test_same_seed_same_arrays_other_seed_differs(small):
     assert a.meta == b.meta
     assert not np.array_equal(a.label, c.label)
     assert np.abs(a.image - c.image).mean() > 5.0
+
+
+# sha256 of (rint(image) as int16, label, tissue), computed with the single-module phantom.py before it was split into
+# the data/phantom/ package (commit 17294fa): the split and later additions must not change any volume.
+PRE_SPLIT = {
+    ((48, 64, 64), (2.0, 1.4, 1.4), 3): (
+        "580283f55c830db86b0ef8ceb2ccf05d69fe17c8050421236003c0ad099a2124",
+        "cd94ff6e107923eb8ea650d46fc6b70accfdfcb131d1eb6f1d5fe691813687f0",
+        "e2cf7622a95ea977dbe33988306a1a1b1641e9fab007679d9d400099985bcd8f",
+    ),
+    ((40, 50, 60), (2.5, 1.6, 1.3), 11): (  # a left-dominant case, anisotropic in all three axes
+        "1416c282ba5ebbd01397b65a5a9923834faddf4a0b72ef81f2c24a0e4d1b1973",
+        "468ec96d8c311cf32c7bfacdf3d07c20ba01e6c5ada57f499cbbdc6ae98815b5",
+        "2a796b00b84fa64c44d9886d74a1a819dcfc5b5908220a2ebba4f5d906066a5a",
+    ),
+}
+
+
+def _sha(a: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+
+
+@pytest.mark.parametrize("case", list(PRE_SPLIT))
+def test_volumes_identical_to_the_pre_split_module(case, small):
+    shape, spacing, seed = case
+    ph = small if case == (*SMALL, 3) else make_phantom(shape, spacing, seed=seed)
+    got = (_sha(np.rint(ph.image).astype(np.int16)), _sha(ph.label), _sha(ph.tissue))
+    assert got == PRE_SPLIT[case]
+
+
+def test_severity_range_changes_only_the_stenoses(small):
+    wide = make_phantom(*SMALL, seed=3, severity_range=(0.25, 0.8))
+    np.testing.assert_array_equal(wide.tissue, small.tissue)  # walls follow the healthy radius: unchanged
+    assert [s["vessel"] for s in wide.meta["stenoses"]] == [s["vessel"] for s in small.meta["stenoses"]]
+    for a, b in zip(wide.meta["stenoses"], small.meta["stenoses"], strict=True):
+        # the same uniform draw mapped onto the wider range
+        assert (a["severity"] - 0.25) / 0.55 == pytest.approx((b["severity"] - 0.35) / 0.35, abs=2e-3)
+    changed = np.argwhere(wide.image != small.image)  # partial-volume lumen, blurred
+    assert len(changed) > 0
+    centres = np.array([s["center_mm"] for s in small.meta["stenoses"]])
+    mm = (changed - (np.array(SMALL[0]) - 1) / 2) * np.array(SMALL[1])
+    nearest = np.linalg.norm(mm[:, None, :] - centres[None], axis=2).min(1)
+    assert nearest.max() < 12.0  # the image changes only around the stenoses
+    severities = [100 * s["severity"] for seed in range(12) for s in
+                  make_phantom((24, 32, 32), (4.0, 2.8, 2.8), seed=seed, severity_range=(0.25, 0.8)).meta["stenoses"]]
+    assert min(severities) < 50 <= max(severities) and max(severities) >= 70  # every grade occurs
+    assert min(severities) >= 25 and max(severities) <= 80
+
+
+def test_truth_in_world_ras_mm(default):
+    truth = default.truth
+    names = {(v.name, v.tree) for v in truth.vessels}
+    assert {(m["name"], m["tree"]) for m in default.meta["vessels"]} == names
+    inv = np.linalg.inv(default.affine)
+    shape = np.array(default.label.shape)
+    near_label = ndimage.binary_dilation(default.label, np.ones((3, 3, 3)))
+    hits = []
+    for v in truth.vessels:
+        idx_xyz = v.points_ras @ inv[:3, :3].T + inv[:3, 3]
+        idx = np.rint(idx_xyz[:, ::-1]).astype(int)  # (z, y, x)
+        inside = np.all((idx >= 0) & (idx < shape), axis=1)
+        # the label holds the voxel nearest to every (resampled) centreline sample: world points map back onto it
+        hits.append(default.label[tuple(idx[inside].T)])
+        assert near_label[tuple(idx[inside].T)].all()
+        assert np.all(v.radius_mm <= v.reference_radius_mm + 1e-12)
+    assert np.concatenate(hits).mean() > 0.98
+    # the left tree lies to the patient's left of the right tree: smaller RAS x
+    left = np.concatenate([v.points_ras for v in truth.vessels if v.tree == "left"])
+    right = np.concatenate([v.points_ras for v in truth.vessels if v.tree == "right"])
+    assert left[:, 0].mean() < right[:, 0].mean()
+    for s, m in zip(truth.stenoses, default.meta["stenoses"], strict=True):
+        assert s.severity_pct == pytest.approx(100 * m["severity"], abs=0.1)
+        assert 1.0 - s.min_diameter_mm / s.reference_diameter_mm == pytest.approx(m["severity"], abs=0.02)
+        np.testing.assert_allclose(s.center_ras_mm, m["center_ras_mm"], atol=0.02)
+        # the phantom affine is diag(-sx, -sy, sz) centred on 0: RAS = (-x, -y, z) of the (z, y, x) mm position
+        np.testing.assert_allclose(m["center_ras_mm"], [-m["center_mm"][2], -m["center_mm"][1], m["center_mm"][0]],
+                                   atol=0.02)
+    data = json.loads(json.dumps(truth.to_dict()))
+    assert data["coordinates"] == "world RAS mm" and len(data["vessels"]) == len(truth.vessels)
+    assert {v["anatomical_name"] for v in data["vessels"]} >= {"LM", "LAD", "LCX", "RCA"}
 
 
 def test_types_geometry_and_affine(default):
@@ -116,7 +199,8 @@ def test_progress_and_stop():
         make_phantom(*SMALL, should_stop=lambda: True)
 
 
-@pytest.mark.parametrize("kwargs", [{"shape": (0, 64, 64)}, {"spacing": (1.0, -0.7, 0.7)}, {"seed": -1}])
+@pytest.mark.parametrize("kwargs", [{"shape": (0, 64, 64)}, {"spacing": (1.0, -0.7, 0.7)}, {"seed": -1},
+                                    {"severity_range": (0.5, 0.3)}, {"severity_range": (0.2, 0.95)}])
 def test_bad_arguments_raise(kwargs):
     with pytest.raises(Seg2RefineError):
         make_phantom(**kwargs)
@@ -141,10 +225,13 @@ def test_write_case_and_preview(tmp_path, small):
 def test_cli_writes_imagecas_cases(tmp_path, capsys, small):
     out = tmp_path / "cases"
     rc = main(["phantom", "--out", str(out), "--count", "2", "--shape", "48", "64", "64",
-               "--spacing", "2", "1.4", "1.4", "--seed", "2", "--preview"])  # fmt: skip
+               "--spacing", "2", "1.4", "1.4", "--seed", "2", "--preview", "--truth"])  # fmt: skip
     assert rc == 0
     names = sorted(p.name for p in out.iterdir())
-    assert names == sorted(f"{i}.{kind}" for i in (1, 2) for kind in ("img.nii.gz", "label.nii.gz", "preview.png"))
+    kinds = ("img.nii.gz", "label.nii.gz", "preview.png", "truth.json")
+    assert names == sorted(f"{i}.{kind}" for i in (1, 2) for kind in kinds)
+    truth = json.loads((out / "2.truth.json").read_text())
+    assert truth["stenoses"][0]["center_ras_mm"] == small.meta["stenoses"][0]["center_ras_mm"]
     assert (out / "2.preview.png").read_bytes()[:4] == b"\x89PNG"
     # case i uses seed SEED + i - 1
     lab2 = np.asarray(nib.load(out / "2.label.nii.gz").dataobj).transpose(2, 1, 0)
@@ -159,6 +246,7 @@ def test_cli_writes_imagecas_cases(tmp_path, capsys, small):
         (["--shape", "48", "0", "64"], "--shape"),
         (["--spacing", "1", "-1", "1"], "--spacing"),
         (["--seed", "-3"], "--seed"),
+        (["--severity", "60", "40"], "--severity"),
     ],
 )
 def test_cli_bad_arguments_exit_2(tmp_path, capsys, args, message):
@@ -166,3 +254,10 @@ def test_cli_bad_arguments_exit_2(tmp_path, capsys, args, message):
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()
+
+
+def test_cli_help_is_plain_text(capsys):
+    with pytest.raises(SystemExit):
+        main(["phantom", "--help"])
+    out = capsys.readouterr().out
+    assert "``" not in out and "--truth" in out and "SEED + i - 1" in out

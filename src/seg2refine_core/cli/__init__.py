@@ -16,7 +16,7 @@ os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 from seg2refine_core.errors import Seg2RefineError, StopRequested
 
-SUBCOMMANDS = ("phantom", "evaluate", "models", "train", "predict", "benchmark", "demo")
+SUBCOMMANDS = ("phantom", "evaluate", "models", "train", "predict", "benchmark", "demo", "analyze")
 
 
 def add_threads_option(parser: argparse.ArgumentParser) -> None:

@@ -1,7 +1,9 @@
-"""`seg2refine phantom`: write synthetic CCTA cases (``<id>.img.nii.gz`` + ``<id>.label.nii.gz``, ImageCAS naming).
+"""seg2refine phantom: write synthetic CCTA cases (<id>.img.nii.gz + <id>.label.nii.gz, ImageCAS naming).
 
-Case ``i`` (ids 1..N) is generated with seed ``SEED + i - 1``, so ``--seed 5 --count 3`` writes the same three
-volumes as ``--seed 5``, ``--seed 6`` and ``--seed 7`` with ``--count 1`` (ids aside). The images are synthetic.
+Case i (ids 1..N) is generated with seed SEED + i - 1, so --seed 5 --count 3 writes the same three volumes as
+--seed 5, --seed 6 and --seed 7 with --count 1 (ids aside). --truth adds <id>.truth.json: every vessel's
+centerline (name, tree, radius) and every stenosis (centre, severity, length) in world RAS mm, the ground truth
+for seg2refine analyze. The images are synthetic.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from seg2refine_core.errors import Seg2RefineError
 
 DEFAULT_SHAPE = (96, 128, 128)
 DEFAULT_SPACING = (1.0, 0.7, 0.7)
+DEFAULT_SEVERITY_PCT = (35.0, 70.0)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -28,7 +31,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--spacing", type=float, nargs=3, metavar=("SZ", "SY", "SX"), default=list(DEFAULT_SPACING),
                    help="voxel size in mm (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of case 1; case i uses SEED + i - 1 (default 0)")
+    p.add_argument("--severity", type=float, nargs=2, metavar=("LOW", "HIGH"), default=list(DEFAULT_SEVERITY_PCT),
+                   help="range of stenosis severities, %% diameter reduction, 0 <= LOW <= HIGH <= 90 (default "
+                        "%(default)s: the range of every earlier volume; 25 80 makes every grade occur)")
     p.add_argument("--preview", action="store_true", help="also write <id>.preview.png (MIPs of image and label)")
+    p.add_argument("--truth", action="store_true",
+                   help="also write <id>.truth.json (vessel centerlines and stenoses in world RAS mm)")
     p.set_defaults(run=run)
 
 
@@ -41,24 +49,30 @@ def _check(args: argparse.Namespace) -> None:
         raise Seg2RefineError(f"--spacing must be 3 positive numbers in mm, got {' '.join(map(str, args.spacing))}")
     if args.seed < 0:
         raise Seg2RefineError(f"--seed must be non-negative, got {args.seed}")
+    low, high = args.severity
+    if not 0.0 <= low <= high <= 90.0:
+        raise Seg2RefineError(f"--severity must satisfy 0 <= LOW <= HIGH <= 90 (percent), got {low:g} {high:g}")
 
 
 def run(args: argparse.Namespace) -> int:
     _check(args)
     from pathlib import Path
 
-    from seg2refine_core.data.phantom import make_phantom, preview_png, write_phantom_case
+    from seg2refine_core.data.phantom import make_phantom, preview_png, write_phantom_case, write_truth_json
     from seg2refine_core.progress import tqdm_progress
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise Seg2RefineError(f"--out {out}: exists and is not a folder")
     shape, spacing = tuple(args.shape), tuple(args.spacing)
+    severity = (args.severity[0] / 100.0, args.severity[1] / 100.0)
     with tqdm_progress("phantom", unit="case") as progress:
         progress(0, args.count, "")
         for i in range(1, args.count + 1):
-            phantom = make_phantom(shape, spacing, seed=args.seed + i - 1)
+            phantom = make_phantom(shape, spacing, seed=args.seed + i - 1, severity_range=severity)
             img, _ = write_phantom_case(phantom, out, i)
+            if args.truth:
+                write_truth_json(phantom.truth, out / f"{i}.truth.json")
             if args.preview:
                 preview_png(phantom, out / f"{i}.preview.png", title=f"synthetic case {i} (seed {args.seed + i - 1})")
             progress(i, args.count, img.name)

@@ -1,0 +1,140 @@
+"""Validate the vessel analysis on synthetic phantoms against their ground truth (issue #15's targets).
+
+For each phantom (seeds SEED..SEED+N-1, default shape and spacing, stenosis severities 25-80 % so that every grade
+occurs) it analyses the ground-truth label and, with --y, the Y mask of the bundled demo weights, and scores:
+
+* tree: the share of analysis centerline points (within 2 mm of a true centerline) on the right tree (left/right);
+* name: the share of those points whose nearest true centerline is a main vessel (LM, LAD, LCX, RCA) that carry
+  that name;
+* stenoses: true stenoses >= 50 % found (a candidate within 5 mm of the true centre): all of them, those in vessels
+  whose healthy diameter is at least the analysis' 1.5 mm grading threshold, and of these the ones beyond the
+  ostia (not on the left main, a 3.5-4 mm stub in the phantom, nor on the first 5 mm of the RCA); and false
+  candidates per volume (a candidate >= 25 % farther than 5 mm from every true stenosis of any severity);
+* diameter: |analysis - true| lumen diameter at healthy points (true lumen = healthy radius, analysis point reliable,
+  within 1 mm of a true centerline point whose vessel is >= 1 mm across), mean, 90th percentile, and the share within
+  one voxel (0.7 mm, the in-plane spacing).
+
+Usage: python experiments/validate_analysis.py [--seed 3000] [--count 20] [--y] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+from seg2refine_core.analysis import analyze_mask
+from seg2refine_core.data.phantom import make_phantom
+
+MATCH_MM = 2.0
+STENOSIS_MATCH_MM = 5.0
+VOXEL_MM = 0.7
+OSTIAL = ("LM", "RCA-prox")  # the phantom's left main (a 3.5-4 mm stub) and the first 5 mm of the RCA
+
+
+def score(analysis, truth) -> dict:
+    gt_pts = np.concatenate([v.points_ras for v in truth.vessels])
+    gt_tree = np.concatenate([[v.tree] * len(v.points_ras) for v in truth.vessels])
+    gt_name = np.concatenate([[v.anatomical_name] * len(v.points_ras) for v in truth.vessels])
+    gt_r = np.concatenate([v.radius_mm for v in truth.vessels])
+    gt_ref = np.concatenate([v.reference_radius_mm for v in truth.vessels])
+    kd = cKDTree(gt_pts)
+    pts, side, name, diam, reliable = [], [], [], [], []
+    for b in analysis.branches:
+        pts.append(analysis.world(b.voxels))
+        side += [analysis.side(b)] * len(b.voxels)
+        name += [b.name] * len(b.voxels)
+        diam.append(b.diameter_mm)
+        reliable.append(b.reliable)
+    pts = np.concatenate(pts) if pts else np.zeros((0, 3))
+    side, name = np.array(side), np.array(name)
+    diam = np.concatenate(diam) if diam else np.zeros(0)
+    reliable = np.concatenate(reliable) if reliable else np.zeros(0, bool)
+    d, i = kd.query(pts) if len(pts) else (np.zeros(0), np.zeros(0, int))
+    matched = d <= MATCH_MM
+    main = matched & (gt_name[i] != "unnamed")
+    healthy = (d <= 1.0) & reliable & (gt_r[i] >= gt_ref[i] - 1e-9) & (2 * gt_ref[i] >= 1.0)
+    err = np.abs(diam[healthy] - 2 * gt_r[i[healthy]])
+    found, graded, ostial = [], [], []
+    for s in truth.stenoses:
+        if s.severity_pct < 50:
+            continue
+        c = [np.linalg.norm(analysis.world(x.voxel[None])[0] - s.center_ras_mm) for x in analysis.stenoses]
+        found.append(bool(c) and min(c) <= STENOSIS_MATCH_MM)
+        graded.append(s.reference_diameter_mm >= analysis.options.min_reference_mm)
+        ostial.append(s.vessel in OSTIAL)
+    centres = np.array([s.center_ras_mm for s in truth.stenoses])
+    false = sum(
+        1 for x in analysis.stenoses
+        if np.linalg.norm(centres - analysis.world(x.voxel[None])[0], axis=1).min() > STENOSIS_MATCH_MM
+    )
+    return {
+        "tree_ok": int((side[matched] == gt_tree[i[matched]]).sum()), "tree_n": int(matched.sum()),
+        "name_ok": int((name[main] == gt_name[i[main]]).sum()), "name_n": int(main.sum()),
+        "unmatched_points": int((~matched).sum()),
+        "stenoses_found": int(sum(found)), "stenoses_n": len(found), "false_candidates": false,
+        "graded_found": int(sum(f for f, g in zip(found, graded, strict=True) if g)), "graded_n": int(sum(graded)),
+        "beyond_ostia_found": int(sum(f for f, g, o in zip(found, graded, ostial, strict=True) if g and not o)),
+        "beyond_ostia_n": int(sum(g and not o for g, o in zip(graded, ostial, strict=True))),
+        "candidates": len(analysis.stenoses), "diameter_errors": err.tolist(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seed", type=int, default=3000)
+    parser.add_argument("--count", type=int, default=20)
+    parser.add_argument("--y", action="store_true", help="also score Y of the bundled weights")
+    parser.add_argument("--json", help="write per-case scores here")
+    args = parser.parse_args()
+    if args.y:
+        import torch
+
+        from seg2refine_core.inference.pipeline import load_stage, run_pipeline
+
+        models = [load_stage(s, None, torch.device("cpu")) for s in ("stage1", "stage2")]
+    cases = []
+    for seed in range(args.seed, args.seed + args.count):
+        ph = make_phantom(seed=seed, severity_range=(0.25, 0.8))
+        masks = {"truth": ph.label}
+        if args.y:
+            masks["y"] = run_pipeline(ph.image, ph.spacing, *models).y_mask
+        for kind, mask in masks.items():
+            t0 = time.perf_counter()
+            analysis = analyze_mask(mask, ph.spacing, ph.affine)
+            row = {"seed": seed, "mask": kind, "seconds": time.perf_counter() - t0, **score(analysis, ph.truth)}
+            cases.append(row)
+            print(f"seed {seed} {kind:5s} tree {row['tree_ok'] / max(row['tree_n'], 1):.3f} "
+                  f"name {row['name_ok'] / max(row['name_n'], 1):.3f} "
+                  f"stenoses {row['stenoses_found']}/{row['stenoses_n']} false {row['false_candidates']} "
+                  f"({row['seconds']:.1f} s)", flush=True)
+    print()
+    print("| mask | tree | main-vessel names | stenoses >= 50 % found: all / in vessels >= 1.5 mm / "
+          "same, beyond the ostia | false candidates / volume | "
+          "diameter error at healthy points: mean / p90 mm, share <= 1 voxel |")
+    print("|---|---|---|---|---|---|")
+    for kind in ("truth", "y"):
+        rows = [r for r in cases if r["mask"] == kind]
+        if not rows:
+            continue
+        tot = {k: sum(r[k] for r in rows) for k in ("tree_ok", "tree_n", "name_ok", "name_n", "stenoses_found",
+                                                    "stenoses_n", "false_candidates", "graded_found",
+                                                    "graded_n", "beyond_ostia_found", "beyond_ostia_n")}
+        err = np.concatenate([r["diameter_errors"] for r in rows])
+        label = "ground truth" if kind == "truth" else "Y (bundled weights)"
+        print(f"| {label} | {tot['tree_ok'] / tot['tree_n']:.3f} | {tot['name_ok'] / tot['name_n']:.3f} | "
+              f"{tot['stenoses_found']}/{tot['stenoses_n']} = {tot['stenoses_found'] / max(tot['stenoses_n'], 1):.2f}"
+              f" / {tot['graded_found']}/{tot['graded_n']} = {tot['graded_found'] / max(tot['graded_n'], 1):.2f}"
+              f" / {tot['beyond_ostia_found']}/{tot['beyond_ostia_n']} | "
+              f"{tot['false_candidates'] / len(rows):.2f} | {err.mean():.2f} / {np.percentile(err, 90):.2f}, "
+              f"{(err <= VOXEL_MM).mean():.2f} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(cases, f)
+
+
+if __name__ == "__main__":
+    main()

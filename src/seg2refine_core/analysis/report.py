@@ -1,0 +1,94 @@
+"""Writing analyses: the JSON report, a CSV table of branches, and the figure; one mask or a cohort."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from seg2refine_core.analysis.result import TreeAnalysis
+from seg2refine_core.io.atomic import write_text_atomic
+
+CSV_COLUMNS = (
+    "source", "tree", "side", "branch", "name", "parent", "length_mm", "mean_diameter_mm", "min_diameter_mm",
+    "tortuosity", "stenoses", "worst_stenosis_pct", "worst_grade",
+)  # fmt: skip
+
+
+def write_json(analysis: TreeAnalysis, path: str | Path) -> Path:
+    """The report of :meth:`TreeAnalysis.to_dict` as JSON, atomically."""
+    return write_text_atomic(path, json.dumps(analysis.to_dict(), indent=1))
+
+
+def branch_rows(analysis: TreeAnalysis) -> list[dict]:
+    """One row per branch (the columns of :data:`CSV_COLUMNS`)."""
+    report = analysis.to_dict()
+    rows = []
+    for b in report["branches"]:
+        own = [s for s in report["stenoses"] if s["branch"] == b["id"]]
+        worst = max(own, key=lambda s: s["severity_pct"], default=None)
+        rows.append({
+            "source": analysis.source or "", "tree": b["tree"], "side": b["side"], "branch": b["id"],
+            "name": b["name"], "parent": "" if b["parent"] is None else b["parent"], "length_mm": b["length_mm"],
+            "mean_diameter_mm": "" if b["mean_diameter_mm"] is None else b["mean_diameter_mm"],
+            "min_diameter_mm": "" if b["min_diameter_mm"] is None else b["min_diameter_mm"],
+            "tortuosity": "" if b["tortuosity"] is None else b["tortuosity"], "stenoses": len(own),
+            "worst_stenosis_pct": "" if worst is None else worst["severity_pct"],
+            "worst_grade": "" if worst is None else worst["grade"],
+        })
+    return rows
+
+
+def write_csv(analyses: list[TreeAnalysis], path: str | Path) -> Path:
+    """One row per branch of every analysis (a cohort in one table), atomically."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for analysis in analyses:
+        writer.writerows(branch_rows(analysis))
+    return write_text_atomic(path, buf.getvalue())
+
+
+def write_reports(analysis: TreeAnalysis, *, json_path: str | Path | None = None, csv_path: str | Path | None = None,
+                  png_path: str | Path | None = None, image: np.ndarray | None = None,
+                  mask: np.ndarray | None = None) -> list[Path]:
+    """Write whichever of the JSON, CSV and PNG are asked for; returns the paths written. image and mask (z, y, x)
+    on the analysed grid add CPR panels with the lumen outline to the PNG."""
+    from seg2refine_core.analysis.figure import write_figure
+
+    written = []
+    if json_path:
+        written.append(write_json(analysis, json_path))
+    if csv_path:
+        written.append(write_csv([analysis], csv_path))
+    if png_path:
+        title = Path(analysis.source).name if analysis.source else None
+        written.append(write_figure(analysis, png_path, image=image, mask=mask, title=title))
+    return written
+
+
+def summary(analysis: TreeAnalysis) -> str:
+    """A few lines for a terminal: trees, named branches, stenosis candidates."""
+    lines = []
+    for t in analysis.trees:
+        if t.side == "other":
+            continue
+        names = [analysis.branches[i].name for i in t.branch_ids if analysis.branches[i].name != "unnamed"]
+        length = sum(analysis.branches[i].length_mm for i in t.branch_ids)
+        lines.append(f"{t.side} tree: {len(t.branch_ids)} branches, {length:.0f} mm"
+                     + (f" ({', '.join(names)})" if names else ""))
+    others = sum(1 for t in analysis.trees if t.side == "other")
+    if others:
+        lines.append(f"{others} other fragment(s)")
+    for s in sorted(analysis.stenoses, key=lambda s: -s.severity_pct):
+        b = analysis.branches[s.branch]
+        where = b.name if b.name != "unnamed" else f"branch {b.id} ({analysis.side(b)})"
+        c = analysis.world(s.voxel[None])[0]
+        lines.append(f"stenosis {s.severity_pct:4.0f} % ({s.grade}) on {where} at {s.arc_mm:.1f} mm, "
+                     f"length {s.length_mm:.1f} mm, RAS ({c[0]:.1f}, {c[1]:.1f}, {c[2]:.1f}) mm")
+    if not analysis.stenoses:
+        lines.append("no stenosis candidate >= 25 %")
+    return "\n".join(lines)

@@ -1,0 +1,280 @@
+"""Trees and branches from centerline graphs: the ostium, the flow direction, and vessels from origin to end.
+
+Per connected component (one :class:`~.centerline.CenterlineGraph`), on the graph of its centerline voxels:
+
+* **Ostium** (the root). Coronary lumen is widest at the ostium and tapers downstream, so the search starts at the
+  centerline voxel of largest lumen radius (radius averaged over its graph neighbours within about 2 mm). If an
+  unbranched direction from there runs to an end point that is still wide (somewhere in its distal half at least
+  ``STUB_RADIUS_FRACTION`` of that radius: a blunt end, the cut at the aortic wall, even past an ostial
+  narrowing), the nearest such end point is the ostium; otherwise (a left main shorter than its own radius loses
+  its skeleton to spur pruning) the widest voxel itself is the root.
+* **Flow direction**: every centerline voxel's parent is its predecessor on the shortest path from the root
+  (``scipy.sparse.csgraph.dijkstra``); loops are broken there.
+* **Branches** (vessels): the root branch starts at the ostium and, at each junction, continues into one child;
+  every other child starts a side branch at the parent's wall (its points inside the junction's inscribed ball
+  stay the parent's). Which child continues, comparing directions over ``DIRECTION_MM`` beyond the junction's
+  ball with the vessel's own last ``DIRECTION_MM``:
+
+  - the right tree's root branch (the RCA, in the right atrioventricular groove) and any vessel that runs round
+    the heart (at |cos| < ``AV_GROOVE_COS`` to the base-to-apex axis :data:`~.sides.HEART_AXIS_RAS`, as the LCX
+    does in the left groove) continues into the child that heads least towards the apex, among the children
+    whose longest path down is at least ``CONTINUATION_MIN_FRACTION`` of the longest and which do not turn back
+    (cos >= ``MAX_TURN_COS``): the marginal branches and the PDA run towards the apex;
+  - any other vessel continues into the child with the largest cos(angle to its own direction) + (longest path
+    down / the longest child's): straight on, and far. On the phantoms this pair of rules names 0.92-0.97 of the
+    main vessels' centerline points right, against 0.80 for the angle alone and 0.83 for the longest path alone.
+
+Positions here are voxel indices ``(z, y, x)``; arc lengths, radii and lengths are mm. A branch's points are the
+voxel centres; its arc length and length come from the path smoothed over about two voxels (a voxel staircase
+is longer than the curve it samples). Tortuosity is length / chord (the distance metric of Bullitt et al.,
+IEEE TMI 2003).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage, sparse
+from scipy.sparse import csgraph
+
+from seg2refine_core.analysis.centerline import CenterlineGraph
+from seg2refine_core.analysis.sides import HEART_AXIS_RAS, assign_sides, ras_direction_in_array_mm, voxels_to_ras
+
+#: a direction from the widest voxel that stays this fraction as wide to an end point is the proximal stub
+STUB_RADIUS_FRACTION = 0.75
+#: a centerline point within a junction's inscribed radius plus this (mm) does not measure its own vessel
+JUNCTION_MARGIN_MM = 1.0
+#: arc length (mm) over which the directions at a junction are compared
+DIRECTION_MM = 5.0
+#: a child is a candidate for the continuation if its longest path down is at least this fraction of the longest
+CONTINUATION_MIN_FRACTION = 0.25
+#: a vessel running at |cos| below this to the heart's axis runs round the heart (an atrioventricular groove)
+AV_GROOVE_COS = 0.7
+#: a child turning back more than this (cos of the angle to the vessel's own direction) does not continue it
+MAX_TURN_COS = -0.2
+
+
+@dataclass
+class Branch:
+    """A vessel from its origin to its end. voxels (n, 3) int64 (z, y, x); radius_mm (n,) inscribed lumen radius
+    (:mod:`.radius`); diameter_mm (n,) equivalent diameter of the cross-section (:mod:`.cross_section`, set by
+    :func:`~.analyze.analyze_mask`; twice the radius until then); arc_mm (n,) arc length from the origin;
+    reliable (n,) False within a junction's inscribed radius plus ``JUNCTION_MARGIN_MM`` and one voxel from an end,
+    where the lumen measured is not this vessel's own; parent and origin: the parent branch id and the index in its
+    voxels where this one leaves (None for the root branch); downstream_mm: centerline length of this branch and
+    everything downstream of it; name: LM, LAD, LCX, RCA or 'unnamed' (set by :mod:`.naming`)."""
+
+    id: int
+    tree: int
+    voxels: np.ndarray
+    radius_mm: np.ndarray
+    arc_mm: np.ndarray
+    reliable: np.ndarray
+    parent: int | None
+    origin: int | None
+    downstream_mm: float
+    name: str = "unnamed"
+    diameter_mm: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    def __post_init__(self) -> None:
+        if len(self.diameter_mm) != len(self.radius_mm):
+            self.diameter_mm = 2.0 * self.radius_mm
+
+    @property
+    def length_mm(self) -> float:
+        return float(self.arc_mm[-1]) if len(self.arc_mm) else 0.0
+
+
+@dataclass
+class Tree:
+    """One connected component's tree: root_voxel (3,) int (z, y, x) at the ostium (or the widest point),
+    voxel_count lumen voxels, branch ids (root branch first), side 'left', 'right' or 'other' (set by
+    :mod:`.naming`)."""
+
+    id: int
+    component: int
+    root_voxel: np.ndarray
+    voxel_count: int
+    branch_ids: list[int] = field(default_factory=list)
+    side: str = "other"
+
+
+class _PixelTree:
+    """The centerline voxels of one graph as a rooted tree (parents from the shortest paths to the root)."""
+
+    def __init__(self, graph: CenterlineGraph, spacing: tuple[float, float, float], affine: np.ndarray) -> None:
+        sp = np.asarray(spacing, dtype=float)
+        all_vox = np.concatenate([s.voxels for s in graph.segments] + [graph.nodes])
+        self.voxels, inverse = np.unique(all_vox, axis=0, return_inverse=True)
+        inverse = inverse.ravel()
+        radius = np.zeros(len(self.voxels))
+        rows, cols, weights = [], [], []
+        start = 0
+        for s in graph.segments:
+            idx = inverse[start : start + len(s.voxels)]
+            radius[idx] = s.radius_mm
+            start += len(s.voxels)
+            if len(idx) > 1:
+                rows.append(idx[:-1])
+                cols.append(idx[1:])
+                weights.append(np.linalg.norm(np.diff(s.voxels, axis=0) * sp, axis=1))
+        node_idx = inverse[start:]
+        radius[node_idx] = np.maximum(radius[node_idx], graph.node_radius_mm)
+        self.radius = radius
+        self.mm = self.voxels * sp
+        self.step_max = float(sp.max())
+        n = len(self.voxels)
+        if rows:
+            r, c, w = np.concatenate(rows), np.concatenate(cols), np.concatenate(weights)
+            keep = r != c
+            r, c, w = r[keep], c[keep], np.maximum(w[keep], 1e-6)
+        else:
+            r = c = np.zeros(0, dtype=int)
+            w = np.zeros(0)
+        self.adjacency = sparse.coo_matrix((np.r_[w, w], (np.r_[r, c], np.r_[c, r])), shape=(n, n)).tocsr()
+        self.root = self._find_root()
+        dist, pred = csgraph.dijkstra(self.adjacency, indices=self.root, return_predecessors=True)
+        self.parent = np.where(pred >= 0, pred, -1)
+        self.dist = dist
+        self.children: list[list[int]] = [[] for _ in range(n)]
+        for v in np.argsort(dist, kind="stable"):
+            if self.parent[v] >= 0:
+                self.children[self.parent[v]].append(int(v))
+        self.step = np.zeros(n)
+        has_parent = self.parent >= 0
+        self.step[has_parent] = np.linalg.norm(self.mm[has_parent] - self.mm[self.parent[has_parent]], axis=1)
+        self.downstream = self.step.copy()  # centerline length from the parent down, everything below included
+        self.longest = np.zeros(n)  # length of the longest path down to an end point
+        for v in np.argsort(-dist, kind="stable"):
+            if self.parent[v] >= 0:
+                self.downstream[self.parent[v]] += self.downstream[v]
+                self.longest[self.parent[v]] = max(self.longest[self.parent[v]], self.longest[v] + self.step[v])
+        self.apex = ras_direction_in_array_mm(HEART_AXIS_RAS, affine, spacing)  # base to apex, array mm (z, y, x)
+
+    def _find_root(self) -> int:
+        """The ostium (see the module docstring)."""
+        n = len(self.voxels)
+        if n == 1:
+            return 0
+        a = (self.adjacency > 0).astype(float)
+        smooth = self.radius.copy()
+        deg = np.asarray(a.sum(axis=1)).ravel() + 1.0
+        for _ in range(3):  # average over graph neighbours within ~2 mm
+            smooth = (a @ smooth + smooth) / deg
+        widest = int(np.argmax(smooth))
+        _, pred = csgraph.dijkstra(self.adjacency, indices=widest, return_predecessors=True)
+        children: list[list[int]] = [[] for _ in range(n)]
+        for v in range(n):
+            if pred[v] >= 0:
+                children[pred[v]].append(v)
+        stubs = []
+        for first in children[widest]:
+            run, v = [first], first
+            while len(children[v]) == 1:
+                v = children[v][0]
+                run.append(v)
+            distal = self.radius[run[len(run) // 2 :]]
+            if not children[v] and distal.max() >= STUB_RADIUS_FRACTION * self.radius[widest]:
+                stubs.append((len(run), v))
+        if stubs and len(children[widest]) >= 2:
+            return int(min(stubs)[1])
+        return widest
+
+    def forward(self, first: int, reach_mm: float) -> int:
+        """The voxel about ``reach_mm`` downstream of ``first``'s parent, following the longest downstream path."""
+        v, travelled = first, self.step[first]
+        while travelled < reach_mm and self.children[v]:
+            v = max(self.children[v], key=lambda c: self.longest[c] + self.step[c])
+            travelled += self.step[v]
+        return v
+
+
+def build_trees(graphs: list[CenterlineGraph], spacing: tuple[float, float, float], affine: np.ndarray
+                ) -> tuple[list[Tree], list[Branch]]:
+    """Trees (one per graph, in order; their side set by :func:`~.sides.assign_sides`) and all their branches, ids
+    counting from 0 (see the module docstring).
+
+    graphs: largest first; spacing: (sz, sy, sx) mm; affine: 4x4, (x, y, z) voxel indices to world RAS mm.
+    """
+    pixel_trees = [_PixelTree(graph, spacing, affine) for graph in graphs]
+    sides = assign_sides([voxels_to_ras(pt.voxels, affine) for pt in pixel_trees],
+                         [voxels_to_ras(pt.voxels[pt.root][None], affine)[0] for pt in pixel_trees])
+    trees: list[Tree] = []
+    branches: list[Branch] = []
+    for graph, pt, side in zip(graphs, pixel_trees, sides, strict=True):
+        tree = Tree(len(trees), graph.component, pt.voxels[pt.root].copy(), graph.voxel_count, side=side)
+        trees.append(tree)
+        # (junction voxel or None for the root, first voxel, parent branch id, origin index in the parent)
+        todo: list[tuple[int | None, int, int | None, int | None]] = [(None, pt.root, None, None)]
+        while todo:
+            junction, first, parent, origin = todo.pop(0)
+            path = [first] if junction is None else [junction, first]
+            own_id = len(branches)
+            in_groove = parent is None and side == "right"  # the RCA runs in the right AV groove all along
+            v = first
+            while pt.children[v]:
+                kids = pt.children[v]
+                nxt = kids[0] if len(kids) == 1 else _continuation(pt, path, v, in_groove)
+                todo += [(v, k, own_id, len(path) - 1) for k in kids if k != nxt]
+                path.append(nxt)
+                v = nxt
+            branches.append(_branch(own_id, tree.id, pt, path, parent, origin))
+            tree.branch_ids.append(own_id)
+    return trees, branches
+
+
+def _continuation(pt: _PixelTree, path: list[int], junction: int, in_groove: bool = False) -> int:
+    """The child of ``junction`` the current vessel continues into (see the module docstring)."""
+    kids = pt.children[junction]
+    reach = np.array([pt.longest[k] + pt.step[k] for k in kids])
+    reach /= max(reach.max(), 1e-9)
+    back = _back(pt, path, DIRECTION_MM)
+    if back is None:
+        return kids[int(np.argmax(reach))]
+    incoming = _unit(pt.mm[junction] - pt.mm[back])
+    out = [_unit(pt.mm[pt.forward(k, pt.radius[junction] + DIRECTION_MM)] - pt.mm[junction]) for k in kids]
+    eligible = [i for i in range(len(kids))
+                if reach[i] >= CONTINUATION_MIN_FRACTION and float(out[i] @ incoming) >= MAX_TURN_COS]
+    if (in_groove or abs(float(incoming @ pt.apex)) < AV_GROOVE_COS) and len(eligible) > 1:
+        return kids[min(eligible, key=lambda i: float(out[i] @ pt.apex))]
+    return kids[int(np.argmax([float(o @ incoming) + r for o, r in zip(out, reach, strict=True)]))]
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / max(float(np.linalg.norm(v)), 1e-9)
+
+
+def _back(pt: _PixelTree, path: list[int], reach_mm: float) -> int | None:
+    """The voxel of ``path`` about ``reach_mm`` before its end (None if the path is shorter than 1 mm)."""
+    travelled, i = 0.0, len(path) - 1
+    while i > 0 and travelled < reach_mm:
+        travelled += float(np.linalg.norm(pt.mm[path[i]] - pt.mm[path[i - 1]]))
+        i -= 1
+    return path[i] if travelled >= 1.0 else None
+
+
+def _branch(branch_id: int, tree_id: int, pt: _PixelTree, path: list[int], parent: int | None,
+            origin: int | None) -> Branch:
+    junctions = [v for v in path if len(pt.children[v]) > 1] + ([path[0]] if parent is not None else [])
+    ends = [path[-1]] + ([path[0]] if parent is None else [])
+    if parent is None:
+        downstream = float(pt.downstream[path[0]])
+    else:  # a side branch starts at its parent's wall: its points inside the junction's ball are the parent's
+        downstream = float(pt.downstream[path[1]] + pt.step[path[1]])
+        inside = np.linalg.norm(pt.mm[path] - pt.mm[path[0]], axis=1) <= pt.radius[path[0]]
+        first_out = len(path) - 2 if inside.all() else int(np.argmin(inside))
+        path = path[min(first_out, len(path) - 2) :]
+    idx = np.asarray(path)
+    mm = pt.mm[idx]
+    smooth = ndimage.gaussian_filter1d(mm, 2.0, axis=0, mode="nearest") if len(mm) > 2 else mm
+    if len(mm) > 2:  # keep the ends where they are: the smoothing only straightens the staircase in between
+        smooth[0], smooth[-1] = mm[0], mm[-1]
+    arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(smooth, axis=0), axis=1))])
+    reliable = np.ones(len(idx), dtype=bool)
+    for v in junctions:  # near a junction the lumen measured is the bifurcation's, not this vessel's own
+        reliable &= np.linalg.norm(mm - pt.mm[v], axis=1) > pt.radius[v] + JUNCTION_MARGIN_MM
+    for v in ends:  # the last voxel before an end cuts the cap
+        reliable &= np.linalg.norm(mm - pt.mm[v], axis=1) > pt.step_max
+    return Branch(branch_id, tree_id, pt.voxels[idx], pt.radius[idx].copy(), arc, reliable, parent, origin,
+                  downstream)

@@ -1,0 +1,275 @@
+"""Phantom coronary trees: left (LM -> LAD with diagonals, LCX with obtuse marginals) and right (RCA with acute
+marginals, PDA/PLB) vessels on the epicardium with Murray radii and tortuosity, their stenoses and calcified plaques."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from seg2refine_core.data.phantom.anatomy import Heart
+from seg2refine_core.data.phantom.geometry import resample, unit
+
+CENTRELINE_STEP_MM = 0.25  # coronary centreline sampling (independent of the voxel size)
+SEVERITY_RANGE = (0.35, 0.7)  # default range of stenosis severities (fractional diameter reduction)
+
+
+@dataclass
+class Vessel:
+    """One coronary vessel: dense centreline (n, 3) mm, nominal radius, lumen radius (after stenoses), tree."""
+
+    name: str
+    tree: str
+    points: np.ndarray
+    r_nom: np.ndarray
+    r_lumen: np.ndarray
+
+
+@dataclass
+class Plaque:
+    """A calcified plaque: a sphere (centre mm, radius mm) of ``hu`` beside the lumen of ``vessel``."""
+
+    center: np.ndarray
+    radius: float
+    hu: float
+    vessel: str
+
+
+def wiggle(rng: np.random.Generator, n: int, length: float, amp_mm: float) -> np.ndarray:
+    """Smooth random 1D perturbation (n,) in mm: sum of a few sines with wavelengths 10-25 mm."""
+    t = np.linspace(0.0, length, n)
+    out = np.zeros(n)
+    for _ in range(4):
+        lam = rng.uniform(10.0, 25.0)
+        out += rng.normal() * np.sin(2 * np.pi * t / lam + rng.uniform(0, 2 * np.pi))
+    return out * amp_mm / 2.0
+
+
+def murray_profile(n: int, step: float, r0: float, r_end: float, branches: list[tuple[int, float]]
+                    ) -> tuple[np.ndarray, dict[int, float]]:
+    """Radius (n,) along a vessel sampled every ``step`` mm, and the start radius of each modelled branch.
+
+    At branch sample i with fraction f the child starts at r_child = f * r_parent and the parent keeps
+    (r^3 - r_child^3)^(1/3) (Murray). Between modelled branches, unmodelled small branches drain a constant fraction
+    of the flow (~ r^3) per mm, so r^3 decays exponentially at the rate that ends the vessel at ``r_end``.
+    """
+    events = dict(branches)
+    keep = math.prod(1.0 - f**3 for f in events.values())
+    length = step * (n - 1)
+    lam = max(0.0, math.log(r0**3 * keep / r_end**3) / length) if length > 0 else 0.0
+    decay = math.exp(-lam * step)
+    r3 = np.empty(n)
+    r3[0] = r0**3
+    child = {}
+    for i in range(1, n):
+        r3[i] = r3[i - 1] * decay
+        if i in events:
+            child[i] = events[i] * r3[i] ** (1 / 3)
+            r3[i] -= child[i] ** 3
+    return np.cbrt(np.maximum(r3, r_end**3)), child
+
+
+@dataclass
+class SurfacePath:
+    """A path on the heart: per sample the direction angles from the heart centre (deg), the distance from the
+    centre to the epicardium along that direction (mm), the position along the node path (0..1) and the point."""
+
+    theta: np.ndarray
+    phi: np.ndarray
+    depth: np.ndarray
+    pos: np.ndarray
+    points: np.ndarray
+
+
+class TreeBuilder:
+    """Builds coronary vessels as paths in (theta, phi) on the heart surface, with Murray radii."""
+
+    def __init__(self, heart: Heart, rng: np.random.Generator, step: float) -> None:
+        self.heart, self.rng, self.step = heart, rng, step
+        self.gap = 0.6  # mm of fat between the epicardium and the vessel wall
+        self.vessels: list[Vessel] = []
+
+    def angle_path(self, nodes: list[tuple[float, float]], amp_mm: float, offset: float = 2.0) -> SurfacePath:
+        """Path through (theta, phi) nodes (deg) with tortuosity, ``offset`` mm outside the epicardium, resampled
+        every ``step`` mm."""
+        nodes_arr = np.asarray(nodes, float)
+        seg = np.hypot(*np.diff(nodes_arr, axis=0).T)
+        cum = np.concatenate([[0.0], np.cumsum(seg)])
+        m = 400
+        t = np.linspace(0, cum[-1], m)
+        theta = ndimage.gaussian_filter1d(np.interp(t, cum, nodes_arr[:, 0]), 6, mode="nearest")
+        phi = ndimage.gaussian_filter1d(np.interp(t, cum, nodes_arr[:, 1]), 6, mode="nearest")
+        pts = self.heart.on_surface(theta, phi, offset)
+        length = float(np.linalg.norm(np.diff(pts, axis=0), axis=1).sum())
+        dist = max(float(np.linalg.norm(pts - self.heart.o, axis=1).mean()), 1.0)
+        ramp = np.clip(np.linspace(0, 10, m), 0, 1)  # no wiggle at the origin: branches stay on their parent
+        dth = np.degrees(ramp * wiggle(self.rng, m, length, amp_mm) / dist)
+        dph = np.degrees(ramp * wiggle(self.rng, m, length, amp_mm) / dist)
+        theta, phi = theta + dth, phi + dph / np.maximum(np.abs(np.sin(np.radians(theta))), 0.3)
+        dirs = self.heart.direction(theta, phi)
+        depth = self.heart.surface_distance(dirs)
+        dense, frac = resample(self.heart.o + dirs * (depth + offset)[:, None], self.step)
+        idx = np.arange(m)
+        return SurfacePath(np.interp(frac, idx, theta), np.interp(frac, idx, phi), np.interp(frac, idx, depth),
+                            frac / (m - 1), dense)
+
+    def finish(self, name: str, tree: str, path: SurfacePath, r: np.ndarray) -> None:
+        """Seat the vessel ``gap`` mm outside the epicardium (its wall touching the fat) and store it."""
+        dirs = self.heart.direction(path.theta, path.phi)
+        pts = self.heart.o + dirs * (path.depth + self.gap + r)[:, None]
+        self.vessels.append(Vessel(name, tree, pts, r.copy(), r.copy()))
+
+    def vessel(self, name: str, tree: str, nodes: list[tuple[float, float]], r0: float, r_end: float,
+               branch_at: list[float], fractions: list[float], amp_mm: float
+               ) -> tuple[SurfacePath, list[tuple[int, float]]]:
+        """A surface vessel with side branches at ``branch_at`` (0..1 along the node path) taking ``fractions`` of
+        the local radius. Returns its path and the children as (sample index, start radius)."""
+        path = self.angle_path(nodes, amp_mm)
+        n = len(path.points)
+        events = [
+            (int(np.clip(np.searchsorted(path.pos, f), 1, n - 2)), fr)
+            for f, fr in zip(branch_at, fractions, strict=True)
+        ]
+        r, child = murray_profile(n, self.step, r0, r_end, events)
+        self.finish(name, tree, path, r)
+        return path, [(i, child[i]) for i, _ in events]
+
+    def branch(self, name: str, tree: str, parent: SurfacePath, i: int, r0: float, end: tuple[float, float],
+               r_end: float, amp_mm: float) -> None:
+        """A side branch leaving the parent at sample ``i`` towards angle ``end``, tapering to ``r_end``."""
+        th0, ph0 = float(parent.theta[i]), float(parent.phi[i])
+        end_phi = ph0 + (end[1] - ph0 + 180.0) % 360.0 - 180.0  # the short way round
+        path = self.angle_path([(th0, ph0), (end[0], end_phi)], amp_mm)
+        r, _ = murray_profile(len(path.points), self.step, r0, r_end, [])
+        self.finish(name, tree, path, r)
+
+    def straight(self, name: str, tree: str, start: np.ndarray, end: np.ndarray, r: float, bow: np.ndarray
+                 ) -> None:
+        """A short proximal segment (left main, proximal RCA) from an ostium, bowed by ``bow`` mm mid-way."""
+        t = np.linspace(0, 1, 50)[:, None]
+        pts = start + t * (end - start) + np.sin(np.pi * t) * bow
+        dense, _ = resample(pts, self.step)
+        self.vessels.append(Vessel(name, tree, dense, np.full(len(dense), r), np.full(len(dense), r)))
+
+
+def grooves(heart: Heart) -> tuple[float, float, float]:
+    """Azimuths (deg) of the anterior and posterior interventricular grooves, and the AV-groove polar angle."""
+    phi = np.arange(-180.0, 180.0, 1.0)
+    d = heart.direction(np.full(len(phi), 70.0), phi)
+    t_lv = heart.surface_distance(d, [heart.lv_epi])
+    t_rv = heart.surface_distance(d, [heart.rv_epi])
+    rv_out = t_rv > t_lv
+    change = np.nonzero(rv_out != np.roll(rv_out, 1))[0]
+    cands = phi[change]
+    ant = float(cands[np.argmin(np.abs(cands + 75))])
+    post = float(cands[np.argmin(np.abs(cands - 75))])
+    r_base = 17.0 * math.sqrt(1 - (heart.base / 27.0) ** 2)
+    theta_av = math.degrees(math.atan2(r_base, heart.base)) - 4.0
+    return ant, post, theta_av
+
+
+def coronary_trees(rng: np.random.Generator, heart: Heart, step: float) -> tuple[list[Vessel], dict]:
+    """Left and right coronary trees with Murray radii, tortuosity and a random dominance (80 % right)."""
+    b = TreeBuilder(heart, rng, step)
+    ant, post, th_av = grooves(heart)
+    amp = rng.uniform(0.6, 1.4)
+    right_dominant = bool(rng.uniform() < 0.8)
+    r_end = 0.4
+
+    # left: left main -> LAD (diagonals) + LCX (obtuse marginals; PDA when left-dominant)
+    r_lm = rng.uniform(1.9, 2.3)
+    g = rng.uniform(0.78, 0.86)
+    r_lad, r_lcx = g * r_lm, (1 - g**3) ** (1 / 3) * r_lm
+    bif_phi = ant - rng.uniform(14, 22)
+    bif = heart.on_surface(np.array([th_av]), np.array([bif_phi]), b.gap + r_lm)[0]
+    ostium = heart.root.center + unit(bif - heart.root.center) * heart.root.radii[0]
+    b.straight("LM", "left", ostium, bif, r_lm, unit(bif - heart.o) * 1.5 * heart.k)
+
+    n_diag = int(rng.integers(1, 4))
+    d_at = list(np.sort(rng.uniform(0.12, 0.55, n_diag)))
+    lad, kids = b.vessel("LAD", "left", [(th_av, bif_phi), (th_av - 8, ant), (20, ant + 4), (-18, ant + 10)],
+                         r_lad, r_end, d_at, list(rng.uniform(0.6, 0.75, n_diag)), amp)
+    for j, (i, rc) in enumerate(kids):
+        end = (lad.theta[i] - rng.uniform(35, 55), lad.phi[i] - rng.uniform(45, 70))
+        b.branch(f"D{j + 1}", "left", lad, i, rc, end, r_end, amp)
+
+    n_om = int(rng.integers(1, 4))
+    at = list(np.sort(rng.uniform(0.25, 0.75, n_om)))
+    fr = list(rng.uniform(0.6, 0.8, n_om))
+    if right_dominant:
+        lcx_end = rng.uniform(-240, -220)
+    else:
+        lcx_end = post - 360.0
+        at.append(0.985)
+        fr.append(0.85)
+    lcx, kids = b.vessel("LCX", "left", [(th_av, bif_phi), (th_av + 2, bif_phi - 30), (th_av + 2, lcx_end)],
+                         r_lcx, r_end, at, fr, amp)
+    for j, (i, rc) in enumerate(kids[:n_om]):
+        b.branch(f"OM{j + 1}", "left", lcx, i, rc, (rng.uniform(25, 45), lcx.phi[i] - rng.uniform(0, 20)), r_end,
+                 amp)
+    if not right_dominant:
+        i, rc = kids[-1]
+        b.branch("PDA", "left", lcx, i, rc, (rng.uniform(20, 35), post + 4), r_end, amp)
+
+    # right: proximal RCA from the right sinus -> right AV groove -> crux (PDA + PLB when right-dominant)
+    r_rca = rng.uniform(1.7, 2.1)
+    start_phi = ant + rng.uniform(25, 35)
+    groove0 = heart.on_surface(np.array([th_av]), np.array([start_phi]), b.gap + r_rca)[0]
+    ostium = heart.root.center + unit(groove0 - heart.root.center) * heart.root.radii[0]
+    b.straight("RCA-prox", "right", ostium, groove0, r_rca, unit(groove0 - heart.o) * 1.5 * heart.k)
+    n_am = int(rng.integers(1, 3))
+    at = list(np.sort(rng.uniform(0.3, 0.55, n_am)))
+    fr = list(rng.uniform(0.55, 0.7, n_am))
+    if right_dominant:
+        nodes = [(th_av, start_phi), (th_av + 3, post), (th_av - 12, post + rng.uniform(15, 30))]
+        legs = np.hypot(*np.diff(np.asarray(nodes), axis=0).T)
+        at.append(float(legs[0] / legs.sum()))  # the crux
+        fr.append(0.8)
+    else:
+        nodes = [(th_av, start_phi), (th_av + 3, post - rng.uniform(20, 35))]
+    rca, kids = b.vessel("RCA", "right", nodes, r_rca, r_end, at, fr, amp)
+    for j, (i, rc) in enumerate(kids[:n_am]):
+        b.branch(f"AM{j + 1}", "right", rca, i, rc, (rng.uniform(50, 70), rca.phi[i] + rng.uniform(-5, 10)), r_end,
+                 amp)
+    if right_dominant:
+        i, rc = kids[-1]
+        b.branch("PDA", "right", rca, i, rc, (rng.uniform(20, 35), post + 4), r_end, amp)
+    info = {"right_dominant": right_dominant, "grooves_deg": [ant, post, th_av]}
+    return b.vessels, info
+
+
+def lesions(rng: np.random.Generator, vessels: list[Vessel], severity_range: tuple[float, float] = SEVERITY_RANGE
+            ) -> tuple[list[dict], list[Plaque]]:
+    """Narrow 1-3 vessels (soft-plaque stenoses) and place 1-4 calcified plaques beside the lumen.
+
+    A stenosis at arc length ``s0`` (mm) multiplies the lumen radius by ``1 - severity * exp(-((s - s0) / sigma)^2
+    / 2)``: ``severity`` (drawn uniformly from ``severity_range``) is the fractional diameter reduction at its centre
+    against the vessel's own (nominal) diameter there; ``sigma`` is 1.5-3 mm. The draws do not depend on
+    ``severity_range`` beyond the severities themselves, so the rest of a volume stays the same when it changes.
+    """
+    main = [v for v in vessels if v.name in ("LM", "LAD", "LCX", "RCA", "RCA-prox", "D1", "OM1")]
+    stenoses = []
+    for v in rng.choice(main, size=int(rng.integers(1, 4)), replace=False):
+        s = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(v.points, axis=0), axis=1))])
+        s0 = rng.uniform(0.1, 0.6) * s[-1]
+        half = rng.uniform(1.5, 3.0)
+        severity = rng.uniform(severity_range[0], severity_range[1])
+        v.r_lumen *= 1.0 - severity * np.exp(-0.5 * ((s - s0) / half) ** 2)
+        stenoses.append({"vessel": v.name, "tree": v.tree, "at_mm": round(float(s0), 2),
+                         "severity": round(float(severity), 3), "sigma_mm": round(float(half), 3),
+                         "center_mm": v.points[int(np.argmin(np.abs(s - s0)))].round(2).tolist()})
+    plaques = []
+    for _ in range(int(rng.integers(1, 5))):
+        v = main[int(rng.integers(len(main)))]
+        i = int(round(rng.uniform(0.1, 0.7) * (len(v.points) - 1)))
+        tangent = unit(v.points[min(i + 1, len(v.points) - 1)] - v.points[max(i - 1, 0)])
+        side = rng.normal(size=3)
+        side = unit(side - (side @ tangent) * tangent)
+        pr = rng.uniform(0.8, 1.6)
+        center = v.points[i] + side * (v.r_nom[i] + 0.35 * pr)
+        plaques.append(Plaque(center, float(pr), float(rng.uniform(800, 1200)), v.name))
+    return stenoses, plaques
+
+
