@@ -10,7 +10,7 @@ from plugin_support import add_phantom
 
 pytestmark = pytest.mark.gui
 
-WIDGETS = ("Segment", "Compare S and Y", "Slice-wise Dice", "Train")
+WIDGETS = ("Segment", "Compare S and Y", "Slice-wise Dice", "Train", "Vessel analysis")
 SCREEN = (1366, 768)
 
 

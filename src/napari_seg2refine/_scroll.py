@@ -17,7 +17,7 @@ from qtpy.QtCore import QEvent, QObject, QSize, Qt
 from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
 
 #: the least height (px) a dock widget asks for: a few rows of controls, whatever its page holds
-MIN_HEIGHT = 120
+MIN_HEIGHT = 90
 PAGE_NAME = "seg2refine_scroll_page"
 
 

@@ -32,6 +32,7 @@ from ._jobs import Job
 from ._layer_combo import LayerCombo
 from ._layers import CT, VOLUME_KEY, Y
 from ._plot import FOREGROUND, GRID, make_canvas, style_axes
+from ._scroll import scroll_page
 
 CENTERLINE = "centerline"
 STENOSES = "stenosis candidates"
@@ -112,13 +113,14 @@ class VesselAnalysisWidget(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.stop_button)
-        layout = QVBoxLayout(self)
+        page = scroll_page(self)
+        layout = QVBoxLayout(page)
         layout.addLayout(form)
         layout.addLayout(buttons)
         layout.addWidget(self.summary)
         layout.addWidget(self.tables, 1)
         layout.addWidget(self.views, 1)
-        self.setMinimumWidth(400)
+        page.setMinimumWidth(400)
         self._clear_views()
 
     @staticmethod
