@@ -41,7 +41,7 @@ def test_napari_loads_the_root_manifest_for_the_plugin():
     raw = yaml.safe_load(MANIFEST.read_text())
     assert [c.id for c in loaded.contributions.commands] == [c["id"] for c in raw["contributions"]["commands"]]
     widgets = {w.display_name for w in loaded.contributions.widgets}
-    assert widgets == {"Segment", "Compare S and Y", "Slice-wise Dice", "Train"}
+    assert widgets == {"Segment", "Compare S and Y", "Slice-wise Dice", "Train", "Vessel analysis"}
     assert [s.display_name for s in loaded.contributions.sample_data] == ["Synthetic CCTA phantom"]
     reader = loaded.contributions.readers[0]
     assert set(reader.filename_patterns) == {"*.nii", "*.nii.gz", "*.nrrd", "*.mha", "*.mhd", "*.dcm", "*.ima"}
