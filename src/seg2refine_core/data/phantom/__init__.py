@@ -41,8 +41,9 @@ Modules, in the order a volume is made: :mod:`.geometry` (the mm grid, ellipsoid
 """
 
 from seg2refine_core.data.phantom.anatomy import REF_FOV_MM, TISSUES
+from seg2refine_core.data.phantom.cohort import COHORT_RANGES, CohortDraw, PhantomOptions, draw_cohort
 from seg2refine_core.data.phantom.coronary import SEVERITY_RANGE
-from seg2refine_core.data.phantom.files import preview_png, write_phantom_case
+from seg2refine_core.data.phantom.files import preview_cases_png, preview_png, write_phantom_case
 from seg2refine_core.data.phantom.generator import (
     DEFAULT_SHAPE,
     DEFAULT_SPACING,
@@ -54,13 +55,15 @@ from seg2refine_core.data.phantom.truth import (
     MAIN_VESSELS,
     PhantomTruth,
     TruthStenosis,
+    TruthStent,
     TruthVessel,
     grid_mm_to_ras,
     write_truth_json,
 )
 
 __all__ = [
-    "DEFAULT_SHAPE", "DEFAULT_SPACING", "MAIN_VESSELS", "REF_FOV_MM", "SEVERITY_RANGE", "TISSUES", "Phantom",
-    "PhantomTruth", "TruthStenosis", "TruthVessel", "grid_mm_to_ras", "make_phantom", "phantom_affine",
-    "preview_png", "write_phantom_case", "write_truth_json",
+    "COHORT_RANGES", "DEFAULT_SHAPE", "DEFAULT_SPACING", "MAIN_VESSELS", "REF_FOV_MM", "SEVERITY_RANGE", "TISSUES",
+    "CohortDraw", "Phantom", "PhantomOptions", "PhantomTruth", "TruthStenosis", "TruthStent", "TruthVessel",
+    "draw_cohort", "grid_mm_to_ras", "make_phantom", "phantom_affine", "preview_cases_png", "preview_png",
+    "write_phantom_case", "write_truth_json",
 ]  # fmt: skip
