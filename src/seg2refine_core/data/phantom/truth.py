@@ -1,9 +1,10 @@
 """Phantom ground truth for vessel analysis: per-vessel centerlines, stenoses and stents in world RAS mm.
 
-The phantom draws its vessels in mm ``(z, y, x)`` from the volume centre; here they are mapped through the
-volume's affine to world RAS mm (x towards the patient's right, y anterior, z superior: NIfTI's convention), the
-frame the analysis reports in. Severity is the fractional *diameter* reduction at the stenosis centre against the
-vessel's own healthy (nominal) diameter there, in percent, as QCA's % diameter stenosis.
+The phantom draws its vessels in mm ``(z, y, x)`` (from the volume centre; cohort cases subtract the field-of-view
+centre first); here they are mapped through the volume's affine to world RAS mm (x towards the patient's right, y
+anterior, z superior: NIfTI's convention), the frame the analysis reports in. Severity is the fractional *diameter*
+reduction at the stenosis centre against the vessel's own healthy (nominal) diameter there, in percent, as QCA's %
+diameter stenosis.
 """
 
 from __future__ import annotations
