@@ -123,6 +123,18 @@ def test_matrix_scales_the_same_patient():
     assert np.all(np.abs(centroids[0] - centroids[1]) < np.asarray(a.spacing)[::-1])
 
 
+def test_explicit_spacing_or_shape_keeps_the_drawn_field_of_view():
+    drawn = make_phantom(seed=8, cohort=True, matrix=TINY)
+    fov = np.asarray(drawn.meta["field_of_view_mm"])
+    at_spacing = make_phantom(spacing=(6.0, 5.0, 5.0), seed=8, cohort=True)
+    np.testing.assert_allclose(np.asarray(at_spacing.label.shape) * (6.0, 5.0, 5.0), fov, atol=6.0)
+    on_matrix = make_phantom(shape=(12, 40, 40), seed=8, cohort=True)
+    np.testing.assert_allclose(np.asarray(on_matrix.spacing) * (12, 40, 40), fov, atol=drawn.spacing[0])
+    for other in (at_spacing, on_matrix):  # the same patient, the volume centred on world RAS 0 as drawn
+        for va, vb in zip(drawn.truth.vessels, other.truth.vessels, strict=True):
+            np.testing.assert_allclose(va.points_ras, vb.points_ras, atol=drawn.spacing[0] / 2)
+
+
 def _ray_exit(tissue: np.ndarray, spacing, origin_idx: np.ndarray, direction: np.ndarray, codes, max_mm: float
               ) -> float:
     """Distance (mm) from ``origin_idx`` (z, y, x voxel) along ``direction`` (unit, mm (z, y, x)) to the first voxel

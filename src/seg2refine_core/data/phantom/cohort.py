@@ -74,8 +74,9 @@ DOMINANCE_P = {"right": 0.7, "co": 0.2, "left": 0.1}
 class PhantomOptions:
     """Properties of one phantom case; ``None`` keeps the generator's draw (legacy or cohort).
 
-    heart_scale: heart size over the canonical heart (LV long semi-axis 27 x, aortic root radius 8.5 x, mm).
-    body_scale: chest size over the canonical chest (outer width 116 x mm); also scales every position.
+    heart_scale: heart size over the canonical heart (LV long semi-axis 27 x, aortic root radius 8.5 x, mm); the
+    great vessels' calibres follow it. body_scale: chest size over the canonical chest (outer width 116 x mm); also
+    scales every position. With either set, the diaphragm is moved so that the heart rests on it.
     blood_hu: contrast level of the blood pools and the coronary lumen, HU. noise_sd_hu: noise std, HU.
     noise_grain_mm: (through-plane, in-plane) sigma of the Gaussian that shapes the noise texture, mm (legacy
     (0, 0.5)). psf_sigma_mm: (z, y, x) sigma of the Gaussian PSF, mm. dominance: 'right', 'left' or 'co'.

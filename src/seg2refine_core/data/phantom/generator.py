@@ -46,10 +46,12 @@ class Phantom:
 
     image: float32 HU, (z, y, x). label: uint8 {0, 1} coronary lumen, (z, y, x). spacing: (sz, sy, sx) mm.
     affine: 4x4, (x, y, z) voxel indices -> RAS mm. tissue: uint8 codes into :data:`TISSUES` before blur and noise
-    (coronary and other thin-tube lumen excluded). meta: seed, HU levels, noise, PSF, dominance, vessels (name,
-    tree, length, start/end radius), stenoses and calcified plaques; positions in meta (``center_mm``) are mm
-    (z, y, x) from the volume centre (voxel index = mm / spacing + (shape - 1) / 2), stenoses also carry
-    ``center_ras_mm`` (world RAS mm). truth: the vessels' centerlines and the stenoses in world RAS mm
+    (coronary and other thin-tube lumen excluded). meta: seed, cohort flag, HU levels, noise (std, grain), PSF,
+    heart and body scales, left-ventricular and aortic-root size, centre and axis, field of view, dominance, vessels
+    (name, tree, length, start/end radius), stenoses, calcified plaques and stents, and for cohort cases the drawn
+    scan (``cohort_scan``); positions in meta (``center_mm``, ``*_center_mm``) are mm (z, y, x) from the volume
+    centre (voxel index = mm / spacing + (shape - 1) / 2), stenoses also carry ``center_ras_mm`` (world RAS mm).
+    truth: the vessels' centerlines, the stenoses and the stents in world RAS mm
     (:class:`~seg2refine_core.data.phantom.truth.PhantomTruth`), the ground truth for vessel analysis.
     """
 
@@ -197,7 +199,7 @@ def make_phantom(
     grain = (0.0, 0.5) if opts.noise_grain_mm is None else tuple(float(g) for g in opts.noise_grain_mm)
     heart, info = draw_heart(rng, s, opts.heart_scale)
     fat_mm = 3.0 * heart.k
-    tubes = great_vessels(heart, s, None if opts.heart_scale is None else heart.k) + ribs(rng, s)
+    tubes = great_vessels(heart, s, None if opts.heart_scale is None else heart.k) + ribs(rng, s)  # calibres
     tubes += lung_vessels(rng, s)
     vessels, tree_info = coronary_trees(rng, heart, CENTRELINE_STEP_MM, opts.dominance)
     stenoses, plaques = lesions(rng, vessels, opts.severity_range or SEVERITY_RANGE, opts.n_stenoses,
@@ -208,9 +210,10 @@ def make_phantom(
     if draw is not None:
         shape, spacing, centre, fov = _cohort_grid(draw, vessels, shape, spacing, int(matrix or REAL_MATRIX))
         grid = Grid(shape, spacing, centre)
-        dome_shift = _dome_shift(heart, s, fat_mm)
     else:
-        grid, centre, dome_shift = Grid(shape, spacing), np.zeros(3), 0.0
+        grid, centre = Grid(shape, spacing), np.zeros(3)
+    sized = opts.heart_scale is not None or opts.body_scale is not None  # heart and chest sized apart
+    dome_shift = _dome_shift(heart, s, fat_mm) if sized else 0.0
     voxel_mm = float(np.prod(spacing) ** (1 / 3))
 
     n_slabs = math.ceil(shape[0] / SLAB)
