@@ -4,6 +4,13 @@ Case i (ids 1..N) is generated with seed SEED + i - 1, so --seed 5 --count 3 wri
 --seed 5, --seed 6 and --seed 7 with --count 1 (ids aside). --truth adds <id>.truth.json: every vessel's
 centerline (name, tree, radius) and every stenosis (centre, severity, length) in world RAS mm, the ground truth
 for seg2refine analyze. The images are synthetic.
+
+--cohort draws each case like a real CCTA cohort (seeded per case; cohort seed n is not legacy seed n): real-size
+heart (LV long semi-axis 40-51 mm) and chest, 512x512 at 0.3-0.5 mm in-plane, 0.25-1.0 mm slices covering the
+coronary tree plus 10-30 mm, blood 250-600 HU, noise 10-50 HU with a 0.3-0.8 mm grain, PSF, dominance, 0-4
+stenoses of 25-90 %, calcium and stents. --matrix N scales the scan down to N x N in-plane (voxels 512/N times
+larger, same field of view and anatomy); --shape and --spacing replace the drawn grid instead. Without --cohort
+the arguments make the same volumes as every earlier version (default shape 96 128 128, spacing 1.0 0.7 0.7).
 """
 
 from __future__ import annotations
@@ -26,14 +33,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", required=True, help="output folder (created if missing)")
     p.add_argument("--count", type=int, default=1, help="number of cases, ids 1..N (default 1)")
-    p.add_argument("--shape", type=int, nargs=3, metavar=("Z", "Y", "X"), default=list(DEFAULT_SHAPE),
-                   help="voxels (default %(default)s)")
-    p.add_argument("--spacing", type=float, nargs=3, metavar=("SZ", "SY", "SX"), default=list(DEFAULT_SPACING),
-                   help="voxel size in mm (default %(default)s)")
+    p.add_argument("--shape", type=int, nargs=3, metavar=("Z", "Y", "X"), default=None,
+                   help=f"voxels (default {' '.join(map(str, DEFAULT_SHAPE))}; with --cohort the drawn scan)")
+    p.add_argument("--spacing", type=float, nargs=3, metavar=("SZ", "SY", "SX"), default=None,
+                   help=f"voxel size in mm (default {' '.join(map(str, DEFAULT_SPACING))}; with --cohort the drawn "
+                        "scan)")
+    p.add_argument("--cohort", action="store_true",
+                   help="draw each case from the cohort preset: real-size anatomy, spacing, field of view, contrast, "
+                        "noise, PSF, dominance, lesions and stents vary per seed")
+    p.add_argument("--matrix", type=int, default=None,
+                   help="with --cohort: in-plane voxels of the drawn scan (default 512; 64 makes voxels 8x larger "
+                        "over the same field of view); not with --shape or --spacing")
     p.add_argument("--seed", type=int, default=0, help="seed of case 1; case i uses SEED + i - 1 (default 0)")
-    p.add_argument("--severity", type=float, nargs=2, metavar=("LOW", "HIGH"), default=list(DEFAULT_SEVERITY_PCT),
+    p.add_argument("--severity", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None,
                    help="range of stenosis severities, %% diameter reduction, 0 <= LOW <= HIGH <= 90 (default "
-                        "%(default)s: the range of every earlier volume; 25 80 makes every grade occur)")
+                        f"{DEFAULT_SEVERITY_PCT[0]:g} {DEFAULT_SEVERITY_PCT[1]:g}, the range of every earlier volume, "
+                        "or 25 90 with --cohort; 25 80 makes every grade occur)")
     p.add_argument("--preview", action="store_true", help="also write <id>.preview.png (MIPs of image and label)")
     p.add_argument("--truth", action="store_true",
                    help="also write <id>.truth.json (vessel centerlines and stenoses in world RAS mm)")
@@ -43,15 +58,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _check(args: argparse.Namespace) -> None:
     if args.count < 1:
         raise Seg2RefineError(f"--count must be at least 1, got {args.count}")
-    if any(n < 8 for n in args.shape):
+    if args.shape is not None and any(n < 8 for n in args.shape):
         raise Seg2RefineError(f"--shape must be 3 integers >= 8 (Z Y X), got {' '.join(map(str, args.shape))}")
-    if any(not s > 0 or s == float("inf") for s in args.spacing):
+    if args.spacing is not None and any(not s > 0 or s == float("inf") for s in args.spacing):
         raise Seg2RefineError(f"--spacing must be 3 positive numbers in mm, got {' '.join(map(str, args.spacing))}")
     if args.seed < 0:
         raise Seg2RefineError(f"--seed must be non-negative, got {args.seed}")
-    low, high = args.severity
-    if not 0.0 <= low <= high <= 90.0:
-        raise Seg2RefineError(f"--severity must satisfy 0 <= LOW <= HIGH <= 90 (percent), got {low:g} {high:g}")
+    if args.severity is not None:
+        low, high = args.severity
+        if not 0.0 <= low <= high <= 90.0:
+            raise Seg2RefineError(f"--severity must satisfy 0 <= LOW <= HIGH <= 90 (percent), got {low:g} {high:g}")
+    if args.matrix is not None:
+        if not args.cohort:
+            raise Seg2RefineError("--matrix applies to --cohort cases only")
+        if args.shape is not None or args.spacing is not None:
+            raise Seg2RefineError("--matrix scales the drawn cohort scan: give it without --shape and --spacing")
+        if not 8 <= args.matrix <= 2048:
+            raise Seg2RefineError(f"--matrix must be from 8 to 2048, got {args.matrix}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,17 +87,21 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise Seg2RefineError(f"--out {out}: exists and is not a folder")
-    shape, spacing = tuple(args.shape), tuple(args.spacing)
-    severity = (args.severity[0] / 100.0, args.severity[1] / 100.0)
+    shape = None if args.shape is None else tuple(args.shape)
+    spacing = None if args.spacing is None else tuple(args.spacing)
+    severity = None if args.severity is None else (args.severity[0] / 100.0, args.severity[1] / 100.0)
     with tqdm_progress("phantom", unit="case") as progress:
         progress(0, args.count, "")
         for i in range(1, args.count + 1):
-            phantom = make_phantom(shape, spacing, seed=args.seed + i - 1, severity_range=severity)
+            phantom = make_phantom(shape, spacing, seed=args.seed + i - 1, severity_range=severity,
+                                   cohort=args.cohort, matrix=args.matrix)
             img, _ = write_phantom_case(phantom, out, i)
             if args.truth:
                 write_truth_json(phantom.truth, out / f"{i}.truth.json")
             if args.preview:
-                preview_png(phantom, out / f"{i}.preview.png", title=f"synthetic case {i} (seed {args.seed + i - 1})")
+                kind = "cohort " if args.cohort else ""
+                preview_png(phantom, out / f"{i}.preview.png",
+                            title=f"synthetic case {i} ({kind}seed {args.seed + i - 1})")
             progress(i, args.count, img.name)
     print(f"wrote {args.count} case(s) to {out}")
     return 0

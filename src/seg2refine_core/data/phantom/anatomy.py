@@ -1,5 +1,12 @@
 """Phantom anatomy: tissue codes, the heart (chambers, aortic root) and the chest's tubes (great vessels, ribs,
-pulmonary vessels), laid out in canonical mm for :data:`REF_FOV_MM` and scaled by the field of view."""
+pulmonary vessels), laid out in canonical mm for :data:`REF_FOV_MM`.
+
+Two scales place it in mm: the body scale ``s`` multiplies every position and the chest (wall, lungs, spine, ribs:
+outer chest width ``116 s`` mm), the heart scale ``k`` the heart's shapes (left-ventricle long semi-axis ``27 k``
+mm, aortic root radius ``8.5 k`` mm). The legacy layout takes ``s`` from the field of view and ``k = s`` x 0.94-1.06
+(a heart about half real size in a small chest at the default 90-mm field of view); cohort cases draw both at real
+size (:mod:`.cohort`).
+"""
 
 from __future__ import annotations
 
@@ -56,6 +63,16 @@ class Heart:
         self.root = ell(-16, 3.5, -8.5, (8.5, 8.5, 8.5))
         self.surface = [self.lv_epi, self.rv_epi, self.la, self.ra, self.root, self.laa]
 
+    @property
+    def lv_long_semi_axis_mm(self) -> float:
+        """Long (base-apex) semi-axis of the left-ventricular epicardial ellipsoid, mm."""
+        return float(self.lv_epi.radii[0])
+
+    @property
+    def root_radius_mm(self) -> float:
+        """Outer radius of the aortic root (sinus) sphere, mm."""
+        return float(self.root.radii[0])
+
     def at(self, a: float, b: float, c: float) -> np.ndarray:
         """World point (z, y, x) mm of local coordinates (canonical mm along u, v, w)."""
         return self.o + self.k * (a * self.frame[0] + b * self.frame[1] + c * self.frame[2])
@@ -95,8 +112,10 @@ class Heart:
         return self.o + d * (self.surface_distance(d) + offset)[:, None]
 
 
-def draw_heart(rng: np.random.Generator, scale: float) -> tuple[Heart, dict]:
-    """Draw the heart pose (small random rotation and shift) and size; positions in canonical mm x ``scale``."""
+def draw_heart(rng: np.random.Generator, scale: float, heart_scale: float | None = None) -> tuple[Heart, dict]:
+    """Draw the heart pose (small random rotation and shift) and size; positions in canonical mm x ``scale``.
+
+    The heart's shapes are scaled by ``heart_scale`` when given, else by ``scale`` x 0.94-1.06 (drawn either way)."""
     u0 = unit(lps(0.62, -0.55, -0.56))
     v0 = lps(-0.6, -0.7, 0.1)
     v0 = unit(v0 - (v0 @ u0) * u0)
@@ -104,18 +123,21 @@ def draw_heart(rng: np.random.Generator, scale: float) -> tuple[Heart, dict]:
     rot = rotation(rng.normal(size=3), math.radians(float(np.clip(rng.normal(0, 5), -9, 9))))
     frame = frame @ rot.T
     o = (lps(8.0, -1.0, -7.0) + rng.uniform(-2.5, 2.5, 3)) * scale
-    heart = Heart(o, frame, scale * rng.uniform(0.94, 1.06))
+    size = rng.uniform(0.94, 1.06)
+    heart = Heart(o, frame, scale * size if heart_scale is None else float(heart_scale))
     return heart, {"heart_size": heart.k / scale}
 
 
-def great_vessels(heart: Heart, s: float) -> list[Tube]:
-    """Aorta, pulmonary arteries and veins, SVC, descending aorta, oesophagus as tubes (canonical mm x s)."""
+def great_vessels(heart: Heart, s: float, calibre: float | None = None) -> list[Tube]:
+    """Aorta, pulmonary arteries and veins, SVC, descending aorta, oesophagus as tubes: positions in canonical mm x
+    ``s``, radii and walls x ``calibre`` (default ``s``; cohort cases pass the heart scale)."""
+    c = s if calibre is None else calibre
 
     def line(*pts: np.ndarray) -> np.ndarray:
         return smooth_curve(np.asarray(pts), 3.0 * s, 8.0 * s)
 
     def tube(points: np.ndarray, r0: float, r1: float, wall: float, kind: str = "vessel") -> Tube:
-        return Tube(points, np.linspace(r0, r1, len(points)) * s, wall * s, kind)
+        return Tube(points, np.linspace(r0, r1, len(points)) * c, wall * c, kind)
 
     root = heart.root.center
     bif = lps(11, 4, 27) * s

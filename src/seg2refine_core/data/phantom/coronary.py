@@ -1,5 +1,6 @@
 """Phantom coronary trees: left (LM -> LAD with diagonals, LCX with obtuse marginals) and right (RCA with acute
-marginals, PDA/PLB) vessels on the epicardium with Murray radii and tortuosity, their stenoses and calcified plaques."""
+marginals, PDA/PLB) vessels on the epicardium with Murray radii and tortuosity, their stenoses, calcified plaques
+and stents."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from seg2refine_core.data.phantom.geometry import resample, unit
 
 CENTRELINE_STEP_MM = 0.25  # coronary centreline sampling (independent of the voxel size)
 SEVERITY_RANGE = (0.35, 0.7)  # default range of stenosis severities (fractional diameter reduction)
+CALCIUM_HU = (800.0, 1200.0)  # default range of calcified-plaque densities
+DOMINANCE = ("right", "left", "co")
 
 
 @dataclass
@@ -35,6 +38,25 @@ class Plaque:
     radius: float
     hu: float
     vessel: str
+
+
+@dataclass
+class Stent:
+    """A metal stent in ``vessel`` from arc ``start_mm`` to ``end_mm`` (mm along its centreline): ``wires`` helical
+    wires (half of each handedness, a diamond mesh) of equivalent radius ``wire_mm`` on the lumen wall, ``pitch_mm``
+    per turn, metal ``hu`` (before partial volume, blur and the CT range clip). ``paths`` are the wire centrelines
+    (n, 3) mm, set by :func:`stents`."""
+
+    vessel: str
+    tree: str
+    start_mm: float
+    end_mm: float
+    radius_mm: float
+    wires: int
+    wire_mm: float
+    pitch_mm: float
+    hu: float
+    paths: list[np.ndarray]
 
 
 def wiggle(rng: np.random.Generator, n: int, length: float, amp_mm: float) -> np.ndarray:
@@ -170,12 +192,21 @@ def grooves(heart: Heart) -> tuple[float, float, float]:
     return ant, post, theta_av
 
 
-def coronary_trees(rng: np.random.Generator, heart: Heart, step: float) -> tuple[list[Vessel], dict]:
-    """Left and right coronary trees with Murray radii, tortuosity and a random dominance (80 % right)."""
+def coronary_trees(rng: np.random.Generator, heart: Heart, step: float, dominance: str | None = None
+                   ) -> tuple[list[Vessel], dict]:
+    """Left and right coronary trees with Murray radii, tortuosity and a dominance: ``dominance`` ('right', 'left'
+    or 'co') or else drawn (80 % right, 20 % left; the draw is made either way).
+
+    Right-dominant: the RCA gives the PDA at the crux and continues as the posterolateral branch, the LCX ends on
+    the lateral wall. Left-dominant: the LCX runs to the crux and gives the PDA, the RCA ends before it.
+    Co-dominant: the RCA gives the PDA as when right-dominant and the LCX runs round to just short of the crux.
+    """
     b = TreeBuilder(heart, rng, step)
     ant, post, th_av = grooves(heart)
     amp = rng.uniform(0.6, 1.4)
-    right_dominant = bool(rng.uniform() < 0.8)
+    drawn = "right" if rng.uniform() < 0.8 else "left"
+    kind = drawn if dominance is None else dominance
+    right_dominant = kind != "left"  # the RCA gives the PDA
     r_end = 0.4
 
     # left: left main -> LAD (diagonals) + LCX (obtuse marginals; PDA when left-dominant)
@@ -198,8 +229,10 @@ def coronary_trees(rng: np.random.Generator, heart: Heart, step: float) -> tuple
     n_om = int(rng.integers(1, 4))
     at = list(np.sort(rng.uniform(0.25, 0.75, n_om)))
     fr = list(rng.uniform(0.6, 0.8, n_om))
-    if right_dominant:
+    if kind == "right":
         lcx_end = rng.uniform(-240, -220)
+    elif kind == "co":
+        lcx_end = post - 360.0 - rng.uniform(10, 20)
     else:
         lcx_end = post - 360.0
         at.append(0.985)
@@ -209,7 +242,7 @@ def coronary_trees(rng: np.random.Generator, heart: Heart, step: float) -> tuple
     for j, (i, rc) in enumerate(kids[:n_om]):
         b.branch(f"OM{j + 1}", "left", lcx, i, rc, (rng.uniform(25, 45), lcx.phi[i] - rng.uniform(0, 20)), r_end,
                  amp)
-    if not right_dominant:
+    if kind == "left":
         i, rc = kids[-1]
         b.branch("PDA", "left", lcx, i, rc, (rng.uniform(20, 35), post + 4), r_end, amp)
 
@@ -236,22 +269,30 @@ def coronary_trees(rng: np.random.Generator, heart: Heart, step: float) -> tuple
     if right_dominant:
         i, rc = kids[-1]
         b.branch("PDA", "right", rca, i, rc, (rng.uniform(20, 35), post + 4), r_end, amp)
-    info = {"right_dominant": right_dominant, "grooves_deg": [ant, post, th_av]}
+    info = {"right_dominant": right_dominant, "dominance": kind, "grooves_deg": [ant, post, th_av]}
     return b.vessels, info
 
 
-def lesions(rng: np.random.Generator, vessels: list[Vessel], severity_range: tuple[float, float] = SEVERITY_RANGE
-            ) -> tuple[list[dict], list[Plaque]]:
+MAIN = ("LM", "LAD", "LCX", "RCA", "RCA-prox", "D1", "OM1")  # the vessels that carry lesions
+
+
+def lesions(rng: np.random.Generator, vessels: list[Vessel], severity_range: tuple[float, float] = SEVERITY_RANGE,
+            n_stenoses: int | None = None, n_calcified: int | None = None,
+            calcium_hu: tuple[float, float] = CALCIUM_HU) -> tuple[list[dict], list[Plaque]]:
     """Narrow 1-3 vessels (soft-plaque stenoses) and place 1-4 calcified plaques beside the lumen.
 
     A stenosis at arc length ``s0`` (mm) multiplies the lumen radius by ``1 - severity * exp(-((s - s0) / sigma)^2
     / 2)``: ``severity`` (drawn uniformly from ``severity_range``) is the fractional diameter reduction at its centre
     against the vessel's own (nominal) diameter there; ``sigma`` is 1.5-3 mm. The draws do not depend on
     ``severity_range`` beyond the severities themselves, so the rest of a volume stays the same when it changes.
+    ``n_stenoses`` (0-7, one vessel each) and ``n_calcified`` replace the drawn counts (drawn either way);
+    plaque densities are drawn from ``calcium_hu``.
     """
-    main = [v for v in vessels if v.name in ("LM", "LAD", "LCX", "RCA", "RCA-prox", "D1", "OM1")]
+    main = [v for v in vessels if v.name in MAIN]
     stenoses = []
-    for v in rng.choice(main, size=int(rng.integers(1, 4)), replace=False):
+    count = int(rng.integers(1, 4))
+    count = count if n_stenoses is None else min(int(n_stenoses), len(main))
+    for v in rng.choice(main, size=count, replace=False):
         s = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(v.points, axis=0), axis=1))])
         s0 = rng.uniform(0.1, 0.6) * s[-1]
         half = rng.uniform(1.5, 3.0)
@@ -261,7 +302,9 @@ def lesions(rng: np.random.Generator, vessels: list[Vessel], severity_range: tup
                          "severity": round(float(severity), 3), "sigma_mm": round(float(half), 3),
                          "center_mm": v.points[int(np.argmin(np.abs(s - s0)))].round(2).tolist()})
     plaques = []
-    for _ in range(int(rng.integers(1, 5))):
+    count = int(rng.integers(1, 5))
+    count = count if n_calcified is None else int(n_calcified)
+    for _ in range(count):
         v = main[int(rng.integers(len(main)))]
         i = int(round(rng.uniform(0.1, 0.7) * (len(v.points) - 1)))
         tangent = unit(v.points[min(i + 1, len(v.points) - 1)] - v.points[max(i - 1, 0)])
@@ -269,7 +312,55 @@ def lesions(rng: np.random.Generator, vessels: list[Vessel], severity_range: tup
         side = unit(side - (side @ tangent) * tangent)
         pr = rng.uniform(0.8, 1.6)
         center = v.points[i] + side * (v.r_nom[i] + 0.35 * pr)
-        plaques.append(Plaque(center, float(pr), float(rng.uniform(800, 1200)), v.name))
+        plaques.append(Plaque(center, float(pr), float(rng.uniform(calcium_hu[0], calcium_hu[1])), v.name))
     return stenoses, plaques
 
 
+def stents(rng: np.random.Generator, vessels: list[Vessel], stenoses: list[dict], count: int) -> list[Stent]:
+    """Place ``count`` stents (8-28 mm long) on the LAD, LCX, RCA, D1 or OM1 where the vessel's healthy radius is
+    at least 1.1 mm (stents come in diameters of 2.25 mm and up), clear of the stenoses (a treated segment has a
+    healthy lumen: the stent holds it at the nominal radius). Each has 8-12 wires of 0.05-0.07 mm equivalent radius
+    (struts of ~0.1 x 0.1 mm), a 3-6 mm pitch and metal of 20000-40000 HU (cobalt-chromium at ~70 keV). A stent
+    that finds no room in 20 tries is left out. Draws nothing when ``count`` is 0."""
+    cands = [v for v in vessels if v.name in ("LAD", "LCX", "RCA", "D1", "OM1")]
+    out: list[Stent] = []
+    for _ in range(count):
+        for _try in range(20):
+            v = cands[int(rng.integers(len(cands)))]
+            s = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(v.points, axis=0), axis=1))])
+            wide = s[v.r_nom >= 1.1]
+            room = float(wide[-1]) if len(wide) else 0.0
+            length = rng.uniform(8.0, 28.0)
+            start = rng.uniform(0.0, 1.0) * (room - length)
+            end = start + length
+            busy = [(st["at_mm"] - 3 * st["sigma_mm"], st["at_mm"] + 3 * st["sigma_mm"])
+                    for st in stenoses if st["vessel"] == v.name and st["tree"] == v.tree]
+            busy += [(o.start_mm - 2.0, o.end_mm + 2.0) for o in out if o.vessel == v.name and o.tree == v.tree]
+            if start >= 0.0 and all(end < lo or start > hi for lo, hi in busy):
+                break
+        else:
+            continue
+        wires, pitch = 2 * int(rng.integers(4, 7)), rng.uniform(3.0, 6.0)
+        wire_mm, hu = rng.uniform(0.05, 0.07), rng.uniform(20000.0, 40000.0)
+        phase = rng.uniform(0, 2 * np.pi)
+        inside = (s >= start) & (s <= end)
+        pts, arc = v.points[inside], s[inside] - start
+        radius = float(v.r_nom[inside].mean())
+        tangent = np.gradient(pts, axis=0)
+        tangent /= np.linalg.norm(tangent, axis=1, keepdims=True)
+        n1 = np.empty_like(pts)  # parallel-transported normal
+        seed_dir = np.eye(3)[int(np.argmin(np.abs(tangent[0])))]
+        n1[0] = unit(seed_dir - (seed_dir @ tangent[0]) * tangent[0])
+        for i in range(1, len(pts)):
+            n = n1[i - 1] - (n1[i - 1] @ tangent[i]) * tangent[i]
+            n1[i] = unit(n)
+        n2 = np.cross(tangent, n1)
+        paths = []
+        for j in range(wires):
+            hand = 1.0 if j % 2 == 0 else -1.0
+            angle = phase + 2 * np.pi * (j // 2) / (wires // 2) + hand * 2 * np.pi * arc / pitch
+            ring = np.cos(angle)[:, None] * n1 + np.sin(angle)[:, None] * n2
+            paths.append(pts + radius * ring)
+        out.append(Stent(v.name, v.tree, float(start), float(end), radius, wires, float(wire_mm), float(pitch),
+                         float(hu), paths))
+    return out

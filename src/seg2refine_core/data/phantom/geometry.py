@@ -1,6 +1,7 @@
 """Phantom geometry: the voxel grid in mm, ellipsoids, smooth polylines and tube signed distances.
 
-Coordinates are mm ``(z, y, x)`` from the volume centre (voxel index = mm / spacing + (shape - 1) / 2).
+Anatomy coordinates are mm ``(z, y, x)``; the volume centre sits at ``Grid.centre`` in them (the origin unless a
+cohort case centres its field of view on the heart), so voxel index = (mm - centre) / spacing + (shape - 1) / 2.
 """
 
 from __future__ import annotations
@@ -33,12 +34,16 @@ def rotation(axis: np.ndarray, angle: float) -> np.ndarray:
 
 
 class Grid:
-    """Voxel centres in mm, (z, y, x), centred on the volume centre."""
+    """Voxel centres in anatomy mm, (z, y, x); the volume centre is at ``centre`` (default the origin)."""
 
-    def __init__(self, shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> None:
+    def __init__(self, shape: tuple[int, int, int], spacing: tuple[float, float, float],
+                 centre: np.ndarray | None = None) -> None:
         self.shape = shape
         self.spacing = np.asarray(spacing, dtype=float)
+        self.centre = np.zeros(3) if centre is None else np.asarray(centre, dtype=float)
         self.axes = [(np.arange(n) - (n - 1) / 2.0) * sp for n, sp in zip(shape, self.spacing, strict=True)]
+        if centre is not None:
+            self.axes = [a + c for a, c in zip(self.axes, self.centre, strict=True)]
 
     @property
     def fov(self) -> np.ndarray:
@@ -47,6 +52,7 @@ class Grid:
     def box(self, lo: np.ndarray, hi: np.ndarray) -> tuple[slice, slice, slice] | None:
         """Index slices of the voxels whose centres lie in the mm box [lo, hi], or None if empty."""
         out = []
+        lo, hi = lo - self.centre, hi - self.centre
         for ax in range(3):
             n, sp = self.shape[ax], self.spacing[ax]
             i0 = max(0, math.ceil(lo[ax] / sp + (n - 1) / 2.0))
@@ -63,7 +69,7 @@ class Grid:
 
     def nearest_index(self, pts: np.ndarray) -> np.ndarray:
         """Voxel index (n, 3) nearest to each mm point; -1 rows where outside the volume."""
-        idx = np.rint(pts / self.spacing + (np.asarray(self.shape) - 1) / 2.0).astype(np.int64)
+        idx = np.rint((pts - self.centre) / self.spacing + (np.asarray(self.shape) - 1) / 2.0).astype(np.int64)
         inside = np.all((idx >= 0) & (idx < np.asarray(self.shape)), axis=1)
         idx[~inside] = -1
         return idx

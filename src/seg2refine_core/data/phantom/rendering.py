@@ -9,7 +9,7 @@ import numpy as np
 from scipy import ndimage
 
 from seg2refine_core.data.phantom.anatomy import BLOOD_CODES, SOFT_BACKGROUND, TISSUES, Heart, T, Tube
-from seg2refine_core.data.phantom.coronary import CENTRELINE_STEP_MM, Plaque, Vessel
+from seg2refine_core.data.phantom.coronary import CENTRELINE_STEP_MM, Plaque, Stent, Vessel
 from seg2refine_core.data.phantom.geometry import SLAB, Ellipsoid, Grid, resample, soft_occupancy, tube_sdfs
 
 
@@ -35,8 +35,9 @@ def ellipse2d(grid: Grid, cy: float, cx: float, ry: float, rx: float) -> np.ndar
     return ((y - cy) / ry) ** 2 + ((x - cx) / rx) ** 2 <= 1.0
 
 
-def paint_body(tissue: np.ndarray, grid: Grid, s: float, z_disc: float) -> None:
-    """Chest wall, lungs, mediastinum, diaphragm/liver, spine and sternum (z-invariant in-plane shapes)."""
+def paint_body(tissue: np.ndarray, grid: Grid, s: float, z_disc: float, dome_shift_mm: float = 0.0) -> None:
+    """Chest wall, lungs, mediastinum, diaphragm/liver, spine and sternum (z-invariant in-plane shapes); the
+    diaphragm's domes are raised by ``dome_shift_mm`` (cohort cases: so that the heart rests on them)."""
     body = ellipse2d(grid, 12 * s, 0, 51 * s, 58 * s)
     inner = ellipse2d(grid, 12 * s, 0, 47.5 * s, 54.5 * s)
     cavity = ellipse2d(grid, 12 * s, 0, 40 * s, 47 * s)
@@ -63,7 +64,7 @@ def paint_body(tissue: np.ndarray, grid: Grid, s: float, z_disc: float) -> None:
         sub[:, inner] = T["muscle"]
         sub[:, cavity] = T["lung"]
         sub[:, cavity & mediastinum] = T["fat"]
-        below = (zz <= dome) & cavity
+        below = ((zz if dome_shift_mm == 0.0 else zz - dome_shift_mm / s) <= dome) & cavity
         sub[below & liver_side] = T["liver"]
         sub[below & ~liver_side] = T["muscle"]
         disc = ((zz - z_disc) % 16.0) < 4.0
@@ -155,11 +156,29 @@ def paint_plaques(image: np.ndarray, grid: Grid, plaques: list[Plaque], voxel_mm
         sub += (p.hu - sub) * frac
 
 
-def gaussian_std_factor(sigma: float) -> float:
-    """Std of unit white noise after scipy's 1D Gaussian filter with this sigma (truncate 4)."""
+def paint_stents(image: np.ndarray, grid: Grid, stents: list[Stent], voxel_mm: float) -> None:
+    """Blend metal stent wires into ``image`` (before blur and noise) by their partial volume.
+
+    A wire of equivalent radius ``a`` occupies ``pi a^2`` mm^2 of a cross-section; spread over the voxels within one
+    voxel size ``v`` as a tent ``3 a^2 / v^2 * (1 - d / v)`` (d: distance to the wire centreline, mm), it keeps the
+    metal's volume whatever the voxel size, so thin struts show as a faint mesh on coarse grids and as a bright
+    one (blooming after the PSF) on fine ones.
+    """
+    for st in stents:
+        peak = 3.0 * st.wire_mm**2 / voxel_mm**2
+        for path in st.paths:
+            zero = np.zeros(len(path))
+            for box, (dist,) in tube_sdfs(grid, path, [zero], voxel_mm):
+                frac = (peak * np.clip(1.0 - dist / voxel_mm, 0.0, 1.0)).astype(np.float32)
+                sub = image[box]
+                sub += (np.float32(st.hu) - sub) * frac
+
+
+def gaussian_std_factor(sigma: float, truncate: float = 4.0) -> float:
+    """Std of unit white noise after scipy's 1D Gaussian filter with this sigma (px) and ``truncate``."""
     if sigma <= 0:
         return 1.0
-    radius = int(4.0 * sigma + 0.5)
+    radius = int(truncate * sigma + 0.5)
     g = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
     g /= g.sum()
     return float(np.sqrt((g**2).sum()))
@@ -196,16 +215,41 @@ def blend_lumen(image: np.ndarray, occ: np.ndarray, blood_hu: float) -> None:
 
 
 def add_ct_noise(image: np.ndarray, spacing: tuple[float, float, float], noise_sd: float, seed: int,
-                 tick: Callable[[str], None]) -> None:
-    """Add in-plane correlated Gaussian noise of std ``noise_sd`` HU (seeded stream ``[seed, 1]``) in place and clip
-    to the CT range [-1024, 3071] HU; ``tick`` is called once per slab of :data:`SLAB` slices."""
-    noise_rng = np.random.default_rng([int(seed), 1])
-    corr_px = 0.5 / np.asarray(spacing[1:])
-    gain = noise_sd / (gaussian_std_factor(corr_px[0]) * gaussian_std_factor(corr_px[1]))
-    for z0 in range(0, image.shape[0], SLAB):
-        zs = slice(z0, min(z0 + SLAB, image.shape[0]))
-        noise = noise_rng.standard_normal(image[zs].shape, dtype=np.float32)
-        ndimage.gaussian_filter(noise, (0.0, corr_px[0], corr_px[1]), output=noise)
+                 tick: Callable[[str], None], grain_mm: tuple[float, float] = (0.0, 0.5), stream: int = 1) -> None:
+    """Add correlated Gaussian noise of std ``noise_sd`` HU in place and clip to the CT range [-1024, 3071] HU.
+
+    White noise from the seeded stream ``[seed, stream]``, drawn slab by slab, is filtered by a Gaussian of sigma
+    ``grain_mm`` = (through-plane, in-plane) mm and rescaled to std ``noise_sd``: its autocorrelation is a Gaussian
+    of sigma ``sqrt(2) * grain`` (1/e correlation length ``2 * grain``) wherever the grain spans a voxel or more.
+    A through-plane grain of 0 filters each slice alone (the legacy noise: in-plane grain 0.5 mm). ``tick`` is
+    called once per slab of :data:`SLAB` slices.
+    """
+    noise_rng = np.random.default_rng([int(seed), int(stream)])
+    sigma_px = np.asarray(grain_mm, dtype=float)[[0, 1, 1]] / np.asarray(spacing)
+    nz, empty = image.shape[0], np.zeros((0, *image.shape[1:]), dtype=np.float32)
+    # the through-plane kernel must fit in one slab of halo on each side (scipy's radius: int(truncate * sigma + 0.5))
+    halo = min(SLAB, int(4.0 * sigma_px[0] + 0.5))
+    truncate = 4.0 if sigma_px[0] == 0 else min(4.0, (halo + 0.49) / sigma_px[0])
+    gain = noise_sd / (gaussian_std_factor(sigma_px[0], truncate) * gaussian_std_factor(sigma_px[1])
+                       * gaussian_std_factor(sigma_px[2]))
+
+    def draw(z0: int) -> np.ndarray:
+        return noise_rng.standard_normal(image[z0 : z0 + SLAB].shape, dtype=np.float32) if z0 < nz else empty
+
+    prev, cur = empty, draw(0)
+    for z0 in range(0, nz, SLAB):
+        zs = slice(z0, z0 + len(cur))
+        if halo == 0:  # each slice alone (the legacy noise)
+            noise = cur
+            ndimage.gaussian_filter(noise, (0.0, sigma_px[1], sigma_px[2]), output=noise)
+        else:  # with the neighbouring slabs' white noise as halo: as if the whole volume were filtered at once
+            nxt = draw(z0 + SLAB)
+            block = np.concatenate([prev[len(prev) - halo :], cur, nxt[:halo]])
+            lo = min(halo, len(prev))
+            noise = ndimage.gaussian_filter(block, sigma_px, truncate=truncate)[lo : lo + len(cur)]
+            prev, cur = cur, nxt
         image[zs] += noise * np.float32(gain)
         np.clip(image[zs], -1024.0, 3071.0, out=image[zs])
+        if halo == 0:
+            cur = draw(z0 + SLAB)
         tick("noise")

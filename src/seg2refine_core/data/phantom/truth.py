@@ -1,20 +1,21 @@
-"""Phantom ground truth for vessel analysis: per-vessel centerlines and stenoses in world RAS mm.
+"""Phantom ground truth for vessel analysis: per-vessel centerlines, stenoses and stents in world RAS mm.
 
-The phantom draws its vessels in mm ``(z, y, x)`` from the volume centre; here they are mapped through the
-volume's affine to world RAS mm (x towards the patient's right, y anterior, z superior: NIfTI's convention), the
-frame the analysis reports in. Severity is the fractional *diameter* reduction at the stenosis centre against the
-vessel's own healthy (nominal) diameter there, in percent, as QCA's % diameter stenosis.
+The phantom draws its vessels in mm ``(z, y, x)`` (from the volume centre; cohort cases subtract the field-of-view
+centre first); here they are mapped through the volume's affine to world RAS mm (x towards the patient's right, y
+anterior, z superior: NIfTI's convention), the frame the analysis reports in. Severity is the fractional *diameter*
+reduction at the stenosis centre against the vessel's own healthy (nominal) diameter there, in percent, as QCA's %
+diameter stenosis.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from seg2refine_core.data.phantom.coronary import Vessel
+from seg2refine_core.data.phantom.coronary import Stent, Vessel
 
 #: the phantom's vessel names of the four main coronary vessels, mapped to their anatomical name
 MAIN_VESSELS = {"LM": "LM", "LAD": "LAD", "LCX": "LCX", "RCA-prox": "RCA", "RCA": "RCA"}
@@ -58,11 +59,30 @@ class TruthStenosis:
 
 
 @dataclass
+class TruthStent:
+    """One stent: vessel and tree, its ends on the centerline in world RAS mm, arc positions on its vessel (mm),
+    length (mm) and radius (mm, the vessel's healthy lumen radius there)."""
+
+    vessel: str
+    tree: str
+    start_ras_mm: np.ndarray
+    end_ras_mm: np.ndarray
+    start_mm: float
+    end_mm: float
+    radius_mm: float
+
+    @property
+    def length_mm(self) -> float:
+        return self.end_mm - self.start_mm
+
+
+@dataclass
 class PhantomTruth:
-    """Every drawn vessel and stenosis of a phantom (see the module docstring)."""
+    """Every drawn vessel, stenosis and stent of a phantom (see the module docstring)."""
 
     vessels: list[TruthVessel]
     stenoses: list[TruthStenosis]
+    stents: list[TruthStent] = field(default_factory=list)
 
     def to_dict(self, step_mm: float = 0.5) -> dict:
         """A JSON-able dict: ``vessels`` (name, tree, anatomical_name, points_ras_mm, radius_mm,
@@ -86,7 +106,13 @@ class PhantomTruth:
              "min_diameter_mm": round(s.min_diameter_mm, 3)}
             for s in self.stenoses
         ]
-        return {"coordinates": "world RAS mm", "vessels": vessels, "stenoses": stenoses}
+        stents = [
+            {"vessel": s.vessel, "tree": s.tree, "start_ras_mm": np.round(s.start_ras_mm, 2).tolist(),
+             "end_ras_mm": np.round(s.end_ras_mm, 2).tolist(), "start_mm": round(s.start_mm, 2),
+             "end_mm": round(s.end_mm, 2), "length_mm": round(s.length_mm, 2), "radius_mm": round(s.radius_mm, 3)}
+            for s in self.stents
+        ]
+        return {"coordinates": "world RAS mm", "vessels": vessels, "stenoses": stenoses, "stents": stents}
 
 
 def grid_mm_to_ras(points_mm: np.ndarray, shape: tuple[int, int, int], spacing: tuple[float, float, float],
@@ -103,26 +129,35 @@ def grid_mm_to_ras(points_mm: np.ndarray, shape: tuple[int, int, int], spacing: 
 
 
 def phantom_truth(vessels: list[Vessel], stenoses: list[dict], shape: tuple[int, int, int],
-                  spacing: tuple[float, float, float], affine: np.ndarray) -> PhantomTruth:
-    """Ground truth from the drawn vessels and the stenosis records of :func:`~.coronary.lesions`."""
+                  spacing: tuple[float, float, float], affine: np.ndarray, centre: np.ndarray | None = None,
+                  stents: list[Stent] | None = None) -> PhantomTruth:
+    """Ground truth from the drawn vessels, the stenosis records of :func:`~.coronary.lesions` and the stents;
+    ``centre`` is the volume centre in the anatomy's mm (default the origin)."""
     by_name = {(v.name, v.tree): v for v in vessels}
-    truth_vessels = [
-        TruthVessel(v.name, v.tree, grid_mm_to_ras(v.points, shape, spacing, affine), v.r_lumen.copy(),
-                    v.r_nom.copy())
-        for v in vessels
-    ]
+    off = np.zeros(3) if centre is None else np.asarray(centre, dtype=float)
+
+    def ras(points_mm: np.ndarray) -> np.ndarray:
+        return grid_mm_to_ras(points_mm - off, shape, spacing, affine)
+
+    truth_vessels = [TruthVessel(v.name, v.tree, ras(v.points), v.r_lumen.copy(), v.r_nom.copy()) for v in vessels]
     truth_stenoses = []
     for st in stenoses:
         v = by_name[(st["vessel"], st["tree"])]
         s = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(v.points, axis=0), axis=1))])
         i = int(np.argmin(np.abs(s - st["at_mm"])))
         truth_stenoses.append(TruthStenosis(
-            vessel=v.name, tree=v.tree, center_ras_mm=grid_mm_to_ras(v.points[i], shape, spacing, affine)[0],
+            vessel=v.name, tree=v.tree, center_ras_mm=ras(v.points[i])[0],
             severity_pct=100.0 * st["severity"], length_mm=FWHM_PER_SIGMA * st["sigma_mm"], sigma_mm=st["sigma_mm"],
             at_mm=st["at_mm"], reference_diameter_mm=2.0 * float(v.r_nom[i]),
             min_diameter_mm=2.0 * float(v.r_lumen[i]),
         ))
-    return PhantomTruth(truth_vessels, truth_stenoses)
+    truth_stents = []
+    for st in stents or []:
+        v = by_name[(st.vessel, st.tree)]
+        s = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(v.points, axis=0), axis=1))])
+        ends = ras(v.points[[int(np.argmin(np.abs(s - st.start_mm))), int(np.argmin(np.abs(s - st.end_mm)))]])
+        truth_stents.append(TruthStent(st.vessel, st.tree, ends[0], ends[1], st.start_mm, st.end_mm, st.radius_mm))
+    return PhantomTruth(truth_vessels, truth_stenoses, truth_stents)
 
 
 def write_truth_json(truth: PhantomTruth, path: str | Path) -> Path:
