@@ -6,6 +6,7 @@ Argument parsing and printing only; the work is :meth:`seg2refine_core.inference
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from seg2refine_core.cli import add_threads_option
@@ -77,6 +78,13 @@ def resolve_stages(
 
 
 def run(args: argparse.Namespace) -> int:
+    from seg2refine_core.data.canonical import notices_to
+
+    with notices_to(lambda message: print(f"seg2refine predict: note: {message}", file=sys.stderr, flush=True)):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from seg2refine_core import distributed
     from seg2refine_core.inference.predictor import CaseRecord, Predictor
     from seg2refine_core.progress import tqdm_progress
@@ -97,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
             if case.error is not None:
                 print(f"{where}{case.case_id}: error: {case.error}", flush=True)
             else:
-                print(f"{where}{case.case_id}: {case.shape} in {case.seconds:.1f} s -> "
+                print(f"{where}{case.case_id}: {case.shape} in {case.seconds:.1f} s ({case.grid_line()}) -> "
                       f"{', '.join(p.name for p in case.outputs)}", flush=True)
 
         with tqdm_progress("predict", unit="step", disable=not info.is_main) as progress:
