@@ -164,12 +164,16 @@ def _patch_size(summary: dict) -> str:
 def _run_trainer(name: str, trainer_class: Any, args: argparse.Namespace, describe_input: Callable[[dict], str]) -> int:
     """Run ``trainer_class`` on the parsed options with a progress bar and Ctrl-C handling; print the outcome."""
     from seg2refine_core import distributed
+    from seg2refine_core.data.canonical import notices_to
+    from seg2refine_core.devices import torch_threads
     from seg2refine_core.progress import tqdm_progress
 
     config = config_from_args(args, trainer_class.config_class, trainer_class.stored_options)
     main_rank = os.environ.get("RANK", "0") == "0"
     try:
         with (
+            torch_threads(config.threads),
+            notices_to(lambda message: print(f"seg2refine train {name}: note: {message}", file=sys.stderr)),
             graceful_interrupt() as should_stop,
             tqdm_progress(f"train {name}", unit="step", disable=not main_rank) as bar,
         ):
@@ -197,11 +201,16 @@ def _run_trainer(name: str, trainer_class: Any, args: argparse.Namespace, descri
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    from seg2refine_core.devices import torch_threads
     from seg2refine_core.progress import tqdm_progress
     from seg2refine_core.training.demo_weights import describe, train_demo_weights
 
     config = config_from_args(args, DemoWeightsConfig)
-    with graceful_interrupt() as should_stop, tqdm_progress("train demo", unit="step") as bar:
+    with (
+        torch_threads(config.threads),
+        graceful_interrupt() as should_stop,
+        tqdm_progress("train demo", unit="step") as bar,
+    ):
         summary = train_demo_weights(config, progress=bar, should_stop=should_stop)
     if summary["stage1"]["stopped"] or summary["stage2"]["stopped"]:
         return 130
