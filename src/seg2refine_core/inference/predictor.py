@@ -246,7 +246,7 @@ class Predictor:
             group_s = None
             if "stage2" in roles and "stage1" not in roles:
                 t1 = time.perf_counter()
-                group_s = self._s_for_stage2(volume, result, s_mask, space)
+                group_s = self._s_for_stage2(volume, result, s_mask)
                 mapping_s += time.perf_counter() - t1
             part = run_pipeline(
                 array, mapping.spacing, models["stage1"] if "stage1" in roles else None,
@@ -278,9 +278,7 @@ class Predictor:
                 steps += count_windows(shape, window_size(getattr(self, role)), self.overlap)
         return steps
 
-    def _s_for_stage2(
-        self, volume: Volume, result: PipelineResult, s_mask: np.ndarray | None, space: CanonicalSpace | None,
-    ) -> np.ndarray:
+    def _s_for_stage2(self, volume: Volume, result: PipelineResult, s_mask: np.ndarray | None) -> np.ndarray:
         """S for stage 2 on its own grid: stage 1's probabilities on the input grid (``result.s_prob``), else the
         given mask, mapped like the image (:meth:`to_model_space` of stage 2) and thresholded."""
         source, threshold = (result.s_prob, self.threshold) if result.s_prob is not None else (s_mask, 0.5)

@@ -7,7 +7,9 @@ The loop owns:
 - **the run folder**: the overwrite guard; ``--resume``, refusing a changed run-defining option
   (:meth:`TrainOptions.run_defining <seg2refine_core.training.options.TrainOptions.run_defining>`) or other cases;
   at the end of each epoch ``metrics.jsonl``, ``curves.png``, ``best`` (by the validation score, else the training
-  loss) and ``last`` (:mod:`~seg2refine_core.training.history`, :mod:`~seg2refine_core.training.runlog`);
+  loss) and ``last`` (:mod:`~seg2refine_core.training.history`, :mod:`~seg2refine_core.training.runlog`), whose JSON
+  records the canonical space the trainer's data were mapped to (``canonical_space``, set in
+  :meth:`~Trainer.prepare_data`; :mod:`seg2refine_core.data.canonical`) and how it was chosen;
 - **exact resume, also mid-epoch**: ``last.resume.pt`` holds the epoch and step counters, the summed step values of
   the unfinished epoch, the RNG states and the trainer's own state (optimizers, schedulers, loss scalers, ...); the
   sampler skips what the run already drew, and the RNG states of a mid-epoch stop are restored after the resumed
