@@ -3,6 +3,8 @@
     .venv/bin/python benchmarks/canonical_space.py labels --seeds 11 12 13
     .venv/bin/python benchmarks/canonical_space.py resampler --threads 1
     .venv/bin/python benchmarks/canonical_space.py realsize --threads 2
+    .venv/bin/python benchmarks/canonical_space.py dice [--realsize] [--json F]
+
 
 ``labels``: a phantom label made at a source spacing is taken to the target spacing by each candidate rule and
 compared with the label the phantom generator draws natively at the target spacing (same field of view, so same
@@ -12,11 +14,23 @@ anatomy): Dice, clDice, Betti-0 (the native label has one component per coronary
 ``realsize``: ``to_canonical`` and ``from_canonical`` of a 256 x 512 x 512 phantom at 0.5 x 0.4 x 0.4 mm (image
 and label) to 1.0 x 0.7 x 0.7 mm and back, time and peak RSS (``VmHWM``, reset before each step) in a fresh
 process; ``from_canonical`` is timed with the ``to_canonical`` before it.
+``dice``: the bundled weights through the :class:`~seg2refine_core.inference.predictor.Predictor` (only its
+``from_checkpoints`` and ``predict_volume``, so the same script measures older code: run it with
+``PYTHONPATH=<other checkout>/src``) on one phantom anatomy (seed 4321, field of view 96 x 89.6 x 89.6 mm) at 0.4,
+0.7 and 1.2 mm in-plane (1.0 mm slices), on the demo phantom (seed 1000) stored in four voxel orders (masks
+compared in world space, i.e. after an exact reorientation back to the phantom's order), and with ``--realsize`` on
+256 x 512 x 512 at 0.5 x 0.4 x 0.4 mm (seed 4242) in a fresh process with ``THP_MEM_ALLOC_ENABLE=1`` (as the
+command line sets it): Dice of S and Y, seconds per step, the mapping's share (``timings_s["mapping"]`` where the code
+reports it), peak RSS (``VmHWM``, reset after the phantom is made) and the load average before and after; then two
+controls on seed 4242: the weights' field of view (96 x 89.6 x 89.6 mm) at 0.5 x 0.4 x 0.4 mm, and the real-size
+field of view (128 x 204.8 x 204.8 mm, anatomy 4/3 larger) directly at 1.0 x 0.7 x 0.7 mm.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
 import subprocess
 import sys
@@ -170,6 +184,103 @@ def cmd_realsize(args: argparse.Namespace) -> None:
         del result
 
 
+#: in-plane spacing (mm) -> voxels across the 89.6 mm field of view of the 96 x 128 x 128 phantom at 0.7 mm
+INPLANE = {0.4: 224, 0.7: 128, 1.2: 75}
+ORDERS = ("LPS", "RAS", "LPI", "LSP")
+
+
+def _segment(predictor: object, image: np.ndarray, spacing: tuple, affine: np.ndarray) -> tuple[object, float]:
+    t0 = time.perf_counter()
+    result = predictor.predict_volume(Volume.from_array(image, spacing, affine))  # type: ignore[attr-defined]
+    return result, time.perf_counter() - t0
+
+
+def _reoriented(array: np.ndarray, affine: np.ndarray, codes: str) -> tuple[np.ndarray, tuple, np.ndarray]:
+    """``array`` (z, y, x) with ``affine`` stored in the voxel order ``codes`` (exact; nibabel)."""
+    import nibabel as nib
+    from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
+
+    image = nib.Nifti1Image(np.ascontiguousarray(array.T), affine)
+    image = image.as_reoriented(ornt_transform(io_orientation(affine), axcodes2ornt(tuple(codes))))
+    zooms = tuple(float(z) for z in image.header.get_zooms()[:3])
+    return np.ascontiguousarray(np.asarray(image.dataobj).T), zooms[::-1], image.affine
+
+
+def cmd_dice(args: argparse.Namespace) -> None:
+    import torch
+
+    from seg2refine_core.inference.predictor import Predictor
+
+    if args.child:
+        return _dice_realsize(args)
+    torch.set_num_threads(args.threads)
+    report: dict[str, object] = {"pythonpath": os.environ.get("PYTHONPATH", ""), "load_before": os.getloadavg()[0]}
+    predictor = Predictor.from_checkpoints(device="cpu")
+    rows = {}
+    for inplane, n in INPLANE.items():
+        phantom = make_phantom((96, n, n), (1.0, inplane, inplane), seed=4321)
+        result, seconds = _segment(predictor, phantom.image, phantom.spacing, phantom.affine)
+        rows[inplane] = {"shape": [96, n, n], "dice_s": dice(result.s_mask, phantom.label),
+                         "dice_y": dice(result.y_mask, phantom.label), "seconds": round(seconds, 2)}
+        print(f"seed 4321 at 1.0 x {inplane} x {inplane} mm {rows[inplane]}", flush=True)
+    report["inplane"] = rows
+    phantom = make_phantom((96, 128, 128), (1.0, 0.7, 0.7), seed=1000)
+    masks, orders = {}, {}
+    for codes in ORDERS:
+        image, spacing, affine = _reoriented(phantom.image, phantom.affine, codes)
+        result, seconds = _segment(predictor, image, spacing, affine)
+        back = _reoriented(result.y_mask, affine, "LPS")[0]  # world space: the phantom's own voxel order
+        masks[codes] = back
+        orders[codes] = {"dice_y": dice(back, phantom.label), "agreement_with_lps": dice(back, masks["LPS"]),
+                         "seconds": round(seconds, 2)}
+        print(f"demo phantom stored as {codes}: {orders[codes]}", flush=True)
+    report["orders"] = orders
+    if args.realsize:
+        env = {**os.environ, "THP_MEM_ALLOC_ENABLE": "1"}  # as the command line sets it
+        done = subprocess.run([sys.executable, __file__, "dice", "--child", "--threads", str(args.threads)],
+                              check=True, capture_output=True, text=True, env=env)
+        print(done.stdout, end="")
+        report["realsize"] = json.loads(done.stdout.splitlines()[-1])
+        # controls: the same anatomy in the weights' field of view at the real-size voxels, and the real-size field
+        # of view on the weights' own grid (no mapping at all)
+        controls = {}
+        for name, shape, spacing in (("training field of view at 0.5 x 0.4 x 0.4 mm", (192, 224, 224), (0.5, 0.4, 0.4)),
+                                     ("real-size field of view at 1.0 x 0.7 x 0.7 mm", (128, 293, 293), TARGET)):
+            phantom = make_phantom(shape, spacing, seed=4242)
+            result, seconds = _segment(predictor, phantom.image, phantom.spacing, phantom.affine)
+            controls[name] = {"shape": list(shape), "dice_s": dice(result.s_mask, phantom.label),
+                              "dice_y": dice(result.y_mask, phantom.label), "seconds": round(seconds, 1)}
+            print(f"seed 4242, {name}: {controls[name]}", flush=True)
+        report["realsize_controls"] = controls
+    report["load_after"] = os.getloadavg()[0]
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+
+
+def _dice_realsize(args: argparse.Namespace) -> None:
+    import torch
+
+    from seg2refine_core.inference.predictor import Predictor
+
+    torch.set_num_threads(args.threads)
+    phantom = make_phantom((256, 512, 512), (0.5, 0.4, 0.4), seed=4242)
+    predictor = Predictor.from_checkpoints(device="cpu")
+    image, label = phantom.image, phantom.label
+    spacing, affine = phantom.spacing, phantom.affine
+    del phantom
+    load = os.getloadavg()[0]
+    _reset_vmhwm()
+    base = _vmhwm_mb()
+    result, seconds = _segment(predictor, image, spacing, affine)
+    out = {"shape": [256, 512, 512], "spacing": [0.5, 0.4, 0.4], "seconds": round(seconds, 1),
+           "timings_s": {k: round(v, 2) for k, v in result.timings_s.items()}, "peak_rss_mb": round(_vmhwm_mb()),
+           "rss_before_mb": round(base), "load_before": load, "load_after": os.getloadavg()[0],
+           "threads": torch.get_num_threads(), "dice_s": dice(result.s_mask, label),
+           "dice_y": dice(result.y_mask, label)}
+    print(json.dumps(out))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -184,6 +295,12 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(run=cmd_realsize)
+    p = sub.add_parser("dice")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--realsize", action="store_true")
+    p.add_argument("--json", default=None)
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(run=cmd_dice)
     args = parser.parse_args()
     args.run(args)
 

@@ -1,4 +1,5 @@
-"""The HU memmap cache: contents, X' made from it, reuse of unchanged cases, rebuild on change, index loading."""
+"""The HU memmap cache: contents, X' made from it, reuse of unchanged cases, rebuild on change, index loading, and
+one cache folder per canonical space."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ import numpy as np
 import pytest
 
 from seg2refine_core.data import cache as cache_module
-from seg2refine_core.data.cache import CACHE_VERSION, CacheIndex, build_cache
+from seg2refine_core.data.cache import CACHE_VERSION, CacheIndex, build_cache, cache_root, space_name
+from seg2refine_core.data.canonical import CanonicalSpace, to_canonical
 from seg2refine_core.data.datasets import Case, discover_cases
 from seg2refine_core.data.phantom import make_phantom
 from seg2refine_core.data.preprocess import PreprocessConfig, preprocess, preprocess_slice, xprime_box
 from seg2refine_core.errors import DatasetError
-from seg2refine_core.io.volume import read_mask, read_volume, write_volume
+from seg2refine_core.io.volume import Volume, read_mask, read_volume, write_volume
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +35,8 @@ def dataset(tmp_path_factory):
 def test_cache_holds_int16_hu_memmaps(dataset, tmp_path):
     cases = discover_cases(dataset)
     seen = []
-    index = build_cache(cases, tmp_path / "cache", progress=lambda done, total, info: seen.append((done, total, info)))
+    index = build_cache(cases, tmp_path / "cache", None,
+                        progress=lambda done, total, info: seen.append((done, total, info)))
     assert seen[-1] == (2, 2, "2")
     for case in cases:
         volume = read_volume(case.image)
@@ -46,8 +49,8 @@ def test_cache_holds_int16_hu_memmaps(dataset, tmp_path):
         assert entry.spacing == pytest.approx(volume.spacing) and entry.hu_path.name == f"{case.case_id}.hu.npy"
         assert list(entry.vessel_pixels) == label.reshape(label.shape[0], -1).sum(axis=1).tolist()
     np.testing.assert_array_equal(index.hu("2"), read_volume(cases[1].image).array)  # integer HU: exact
-    stored = json.loads((tmp_path / "cache" / "index.json").read_text())
-    assert set(stored["cases"]) == {"1", "2"} and stored["version"] == CACHE_VERSION == 2
+    stored = json.loads((tmp_path / "cache" / "native" / "index.json").read_text())
+    assert set(stored["cases"]) == {"1", "2"} and stored["version"] == CACHE_VERSION == 3 and stored["space"] is None
     assert stored["cases"]["1"]["image_dtype"] == "int16" and stored["cases"]["1"]["clipped_voxels"] == 0
     assert stored["cases"]["1"]["source"]["image"]["size"] == os.path.getsize(cases[0].image)
 
@@ -55,7 +58,7 @@ def test_cache_holds_int16_hu_memmaps(dataset, tmp_path):
 def test_xprime_from_the_hu_cache_matches_preprocess(dataset, tmp_path):
     """With augmentation off, training sees what it saw from the former float16 X' cache (within its rounding)."""
     cases = discover_cases(dataset)
-    index = build_cache(cases, tmp_path / "cache")
+    index = build_cache(cases, tmp_path / "cache", None)
     config = PreprocessConfig()
     for case in cases:
         volume = read_volume(case.image)
@@ -81,17 +84,17 @@ def test_hu_outside_int16_is_clipped_and_counted(tmp_path):
     image = np.zeros((2, 8, 8), np.float32)
     image[0, 0, :3] = [40000.0, -40000.0, 1234.4]
     write_volume(tmp_path / "x.nii.gz", image, spacing=(1.0, 1.0, 1.0))
-    index = build_cache([Case("x", tmp_path / "x.nii.gz", None)], tmp_path / "cache")
+    index = build_cache([Case("x", tmp_path / "x.nii.gz", None)], tmp_path / "cache", None)
     np.testing.assert_array_equal(index.hu("x")[0, 0, :3], [32767, -32768, 1234])
-    assert json.loads((tmp_path / "cache" / "cases" / "x.json").read_text())["clipped_voxels"] == 2
+    assert json.loads((tmp_path / "cache" / "native" / "cases" / "x.json").read_text())["clipped_voxels"] == 2
     with pytest.raises(DatasetError, match="no label"):
         index.label("x")
 
 
 def test_unchanged_cases_are_reused_and_changed_ones_rebuilt(dataset, tmp_path, monkeypatch):
     cases = discover_cases(dataset)
-    build_cache(cases, tmp_path / "cache")
-    hu_file = tmp_path / "cache" / "cases" / "1.hu.npy"
+    build_cache(cases, tmp_path / "cache", None)
+    hu_file = tmp_path / "cache" / "native" / "cases" / "1.hu.npy"
     first_mtime = hu_file.stat().st_mtime_ns
 
     def no_reading(path, *args, **kwargs):
@@ -99,44 +102,66 @@ def test_unchanged_cases_are_reused_and_changed_ones_rebuilt(dataset, tmp_path, 
 
     with monkeypatch.context() as patch:
         patch.setattr(cache_module, "read_volume", no_reading)
-        index = build_cache(cases, tmp_path / "cache")
+        index = build_cache(cases, tmp_path / "cache", None)
     assert index.case_ids == ["1", "2"] and hu_file.stat().st_mtime_ns == first_mtime
 
     reads = []
     monkeypatch.setattr(cache_module, "read_volume", lambda path: reads.append(path.name) or read_volume(path))
     stat = cases[1].image.stat()
     os.utime(cases[1].image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
-    build_cache(cases, tmp_path / "cache")
+    build_cache(cases, tmp_path / "cache", None)
     assert reads == ["2.img.nii.gz"]
 
 
-def test_a_version_1_cache_is_rebuilt_and_its_xprime_files_removed(dataset, tmp_path, monkeypatch):
-    """Caches of the former layout (float16 X' in ``<name>.image.npy``) are rebuilt case by case."""
+def test_each_canonical_space_has_its_own_cases_and_the_space_is_in_the_key(dataset, tmp_path, monkeypatch):
+    """Cases are mapped into the space as inference maps them (HU trilinear, labels by the label rule), each space
+    in its own folder; an entry made in another space is not taken as up to date; older top-level caches are left
+    alone."""
     cases = discover_cases(dataset)
-    build_cache(cases, tmp_path / "cache")
-    meta = tmp_path / "cache" / "cases" / "1.json"
-    entry = json.loads(meta.read_text())
-    old_file = tmp_path / "cache" / "cases" / "1.image.npy"
-    np.save(old_file, np.zeros((2, 2, 2), np.float16))
-    meta.write_text(json.dumps({**entry, "version": 1, "image": old_file.name, "image_dtype": "float16"}))
-    index_path = tmp_path / "cache" / "index.json"
-    index_path.write_text(json.dumps({**json.loads(index_path.read_text()), "version": 1}))
-    with pytest.raises(DatasetError, match="not a version-2"):
-        CacheIndex.load(tmp_path / "cache")
+    (tmp_path / "cache" / "cases").mkdir(parents=True)  # a version-2 cache (files' own grids) at the top level
+    (tmp_path / "cache" / "index.json").write_text(json.dumps({"format": "seg2refine-cache", "version": 2}))
+    fine, coarse = CanonicalSpace((1.0, 0.7, 0.7)), CanonicalSpace((2.0, 1.4, 1.4))
+    index = build_cache(cases, tmp_path / "cache", fine)
+    assert index.root == cache_root(tmp_path / "cache", fine) and index.space == fine
+    assert index.root.name == space_name(fine) and space_name(fine).startswith("LPS-1x0.7x0.7mm-")
+    assert space_name(coarse) != space_name(fine) and space_name(None) == "native"
+    for case in cases:
+        volume = read_volume(case.image)
+        hu, mapping = to_canonical(volume, fine)
+        entry = index[case.case_id]
+        assert entry.shape == mapping.shape and entry.spacing == pytest.approx(mapping.spacing)
+        assert entry.shape != volume.shape  # 2.0 x 1.5 x 1.5 mm files on a 1.0 x 0.7 x 0.7 mm grid
+        assert np.abs(index.hu(case.case_id) - hu).max() <= 0.5
+        label = to_canonical(Volume.from_array(read_mask(case.label, like=volume), volume.spacing, volume.affine),
+                             fine, kind="label")[0]
+        np.testing.assert_array_equal(index.label(case.case_id), label)
+        stored = json.loads((index.root / "cases" / f"{case.case_id}.json").read_text())
+        assert stored["space"] == fine.to_dict() and stored["native"]["shape"] == list(volume.shape)
+    assert CacheIndex.load(tmp_path / "cache", fine).case_ids == ["1", "2"]
+    with pytest.raises(DatasetError, match="cache index not found"):
+        CacheIndex.load(tmp_path / "cache", coarse)
+    # another space is built beside it; the first is reused as it is, and the old top-level cache stays untouched
+    other = build_cache(cases, tmp_path / "cache", coarse)
+    assert other.root != index.root and other["1"].shape != index["1"].shape
+    monkeypatch.setattr(cache_module, "read_volume", lambda path: pytest.fail(f"{path} read again"))
+    assert build_cache(cases, tmp_path / "cache", fine)["1"].shape == index["1"].shape
+    assert json.loads((tmp_path / "cache" / "index.json").read_text())["version"] == 2
+    # an entry whose recorded space differs from its folder's (e.g. copied by hand) is rebuilt, not trusted
+    meta = index.root / "cases" / "1.json"
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "space": coarse.to_dict()}))
     reads = []
     monkeypatch.setattr(cache_module, "read_volume", lambda path: reads.append(path.name) or read_volume(path))
-    index = build_cache(cases, tmp_path / "cache")
-    assert reads == ["1.img.nii.gz"] and not old_file.exists()
-    assert index.hu("1").dtype == np.int16 and CacheIndex.load(tmp_path / "cache").case_ids == ["1", "2"]
+    build_cache(cases, tmp_path / "cache", fine)
+    assert reads == ["1.img.nii.gz"]
 
 
 def test_index_loads_cases_and_names_missing_ones(dataset, tmp_path):
-    build_cache(discover_cases(dataset), tmp_path / "cache")
-    index = CacheIndex.load(tmp_path / "cache", ["2"])
+    build_cache(discover_cases(dataset), tmp_path / "cache", None)
+    index = CacheIndex.load(tmp_path / "cache", None, ["2"])
     assert index.case_ids == ["2"] and index.hu("2").shape == (12, 40, 56)
     with pytest.raises(DatasetError, match="not in the cache: 7"):
-        CacheIndex.load(tmp_path / "cache", ["2", "7"])
+        CacheIndex.load(tmp_path / "cache", None, ["2", "7"])
     with pytest.raises(DatasetError, match="cache index not found"):
-        CacheIndex.load(tmp_path / "elsewhere")
+        CacheIndex.load(tmp_path / "elsewhere", None)
     with pytest.raises(DatasetError, match="'1' is not in the cache"):
         index.hu("1")

@@ -43,6 +43,24 @@ def test_bundled_demo_weights_fit_the_budget():
         assert "demo_weights" in config["training"]
 
 
+def test_bundled_weights_record_the_space_of_the_phantoms_they_were_trained_on():
+    """Both were trained on 96 x 128 x 128 phantoms at the generator's default 1.0 x 0.7 x 0.7 mm, stored in LPS
+    order (phantom_affine); the demo-weights recipe trains in that fixed space."""
+    import nibabel as nib
+
+    from seg2refine_core.data.phantom import DEFAULT_SHAPE, DEFAULT_SPACING, phantom_affine
+    from seg2refine_core.training.demo_weights import DemoWeightsConfig
+    from seg2refine_core.training.options import option_default
+
+    space = {"orientation": "LPS", "spacing": list(DEFAULT_SPACING)}
+    assert nib.aff2axcodes(phantom_affine(DEFAULT_SHAPE, DEFAULT_SPACING)) == ("L", "P", "S")
+    assert tuple(option_default(DemoWeightsConfig, "target_spacing")) == DEFAULT_SPACING == (1.0, 0.7, 0.7)
+    for path in BUNDLED.values():
+        config = json.loads(path.with_suffix(".json").read_text())
+        assert config["canonical_space"] == space
+        assert config["training"]["demo_weights"]["data"].endswith(f"shape {list(DEFAULT_SHAPE)}")
+
+
 def test_bundled_weights_refine_a_phantom_they_never_saw():
     """The shipped models on a fresh phantom (seed 2024; training used 0-17): Y beats S on Dice and on
     Betti-0 error (measured: S 0.54 / 83 components off, Y 0.70 / 26)."""

@@ -12,7 +12,9 @@ from qtpy.QtCore import Qt
 from napari_seg2refine import _jobs, _model_chooser, _segment
 from napari_seg2refine._layers import VOLUME_KEY, S, Y
 from napari_seg2refine._registry import registry
-from plugin_support import add_phantom, tiny_checkpoints, wait_for_job
+from plugin_support import SPACING, add_phantom, tiny_checkpoints, tiny_phantom, wait_for_job
+from seg2refine_core import devices
+from seg2refine_core.data.canonical import CanonicalSpace, canonical_affine
 from seg2refine_core.inference.stage2 import count_windows
 
 pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("one_thread")]
@@ -44,6 +46,7 @@ def make_widget(make_napari_viewer, checkpoints, monkeypatch):
     widget.models["stage1"].browse.click()
     registry.add("stage2", s2.with_suffix(".json"), "tiny generator")
     widget.device.setCurrentText("cpu")
+    monkeypatch.setattr(devices, "default_threads", lambda *a, **k: 1)  # one per idle core: 1 here, reproducible
     return viewer, ct, widget
 
 
@@ -122,6 +125,36 @@ def test_clear_errors(make_napari_viewer, qtbot, checkpoints, monkeypatch, error
     assert wait_for_job(qtbot, widget) == "failed"
     assert "attention-gan-3d checkpoint cannot be used for stage1" in errors[-1]
     assert S not in viewer.layers and widget.run_button.isEnabled()
+
+
+def test_a_layer_without_a_file_affine_is_taken_as_canonical_with_its_scale(make_napari_viewer, qtbot, checkpoints,
+                                                                             monkeypatch, errors, tmp_path):
+    """A bare image layer (no reader geometry) is LPS at its layer scale, said once; models recording a coarser
+    canonical space segment it there and the masks come back on the layer's grid."""
+    import json
+
+    viewer, ct, widget = make_widget(make_napari_viewer, checkpoints, monkeypatch)
+    bare = viewer.add_image(tiny_phantom().image.copy(), name="bare CT", scale=SPACING)
+    told: list[str] = []
+    monkeypatch.setattr(_segment, "show_info", told.append)
+    volume = _segment.layer_volume(bare)
+    np.testing.assert_allclose(volume.affine, canonical_affine(bare.data.shape, SPACING))
+    assert volume.spacing == SPACING
+    _segment.layer_volume(bare)
+    assert len(told) == 1 and "layer 'bare CT': no file affine; taken as LPS voxel order" in told[0]
+    s1, s2 = checkpoints
+    for path in (s1, s2):  # the tiny models now record a canonical space at half the in-plane resolution
+        config = json.loads(path.with_suffix(".json").read_text())
+        config["canonical_space"] = CanonicalSpace((2.0, 1.4, 1.4)).to_dict()
+        path.with_suffix(".json").write_text(json.dumps(config))
+    widget.models["stage2"].add(s2)
+    widget.image_combo.select("bare CT")
+    widget.run_button.click()
+    assert wait_for_job(qtbot, widget) == "done", errors
+    for name in (S, Y):
+        assert viewer.layers[name].data.shape == bare.data.shape
+    np.testing.assert_allclose(viewer.layers[Y].scale, bare.scale)
+    assert widget.job.pbar.total == 16 + count_windows((16, 24, 24), (16, 32, 32), 0.25)  # the canonical grid
 
 
 def test_choosers_are_built_from_the_core_lists(qtbot, checkpoints):

@@ -16,6 +16,7 @@ from napari_seg2refine._registry import registry
 from napari_seg2refine._segment import SegmentWidget
 from napari_seg2refine._train import LAYERS, TrainWidget
 from plugin_support import SHAPE, SPACING, add_phantom, tiny_checkpoints, wait_for_job
+from seg2refine_core import devices
 from seg2refine_core.data.phantom import make_phantom, write_phantom_case
 
 pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("one_thread")]
@@ -168,14 +169,23 @@ def test_stage1_from_a_folder_with_a_split_table_fold_crop_and_compile(viewer_an
     monkeypatch.setattr(torch, "compile", lambda module: compiled.append(module) or module)  # stands for it
     widget.compile.setChecked(True)
     widget.augment.setCurrentText("none")
+    widget.target.setCurrentText(_train.FIXED)  # the phantoms are 2.0 x 0.7 x 0.7 mm: train on a coarser grid
+    for spin, value in zip(widget.target_spacing, (2.0, 1.4, 1.4), strict=True):
+        spin.setValue(value)
+    threads = []
+    monkeypatch.setattr(devices, "default_threads", lambda *a, **k: threads.append(1) or 1)
     widget.start_button.click()
     assert wait_for_job(qtbot, widget, TIMEOUT) == "done"
+    assert threads == [1]  # the run took one thread per idle core
     summary = widget.summary
     assert summary["train_cases"] == 1 and summary["val_cases"] == 1 and summary["slice_size"] == [32, 32]
     assert summary["compiled"] and len(compiled) == 1
-    stored = json.loads((tmp_path / "run" / "last.json").read_text())["training"]
+    last = json.loads((tmp_path / "run" / "last.json").read_text())
+    assert last["canonical_space"] == {"orientation": "LPS", "spacing": [2.0, 1.4, 1.4]}
+    stored = last["training"]
     assert stored["cases"] == {"train": ["1"], "val": ["2"]} and stored["config"]["fold"] == 2
     assert stored["config"]["compile"] is True and stored["config"]["augment"] == "none"
+    assert stored["config"]["target_spacing"] == [2.0, 1.4, 1.4]
     # the open layers ignore the folder's split options; stage 2 has no test share or crop of its own
     widget.stage.setCurrentIndex(widget.stage.findData("stage2"))
     assert not widget.test_fraction.isEnabled() and not widget.crop.isEnabled() and not widget.compile.isEnabled()
@@ -208,6 +218,13 @@ def test_defaults_and_tooltips_come_from_the_stage_configs(viewer_and_widgets):
     assert widget.options()["lr_g"] == widget.options()["lr_d"] == option_default(Stage2TrainConfig, "lr_d")
     widget.stage.setCurrentIndex(widget.stage.findData("stage1"))
     assert widget.crop.value() == 0 and widget.samples.text() == "all slices"  # None: whole slices, all slices
+    # the target spacing: derived from the training cases unless fixed; a fixed one starts at the bundled weights'
+    assert widget.target.currentText() == _train.DERIVED and widget.options()["target_spacing"] is None
+    assert widget.target.toolTip() == option_help(Stage1TrainConfig, "target_spacing")
+    assert not any(spin.isEnabled() for spin in widget.target_spacing)
+    widget.target.setCurrentText(_train.FIXED)
+    assert all(spin.isEnabled() for spin in widget.target_spacing)
+    assert widget.options()["target_spacing"] == option_default(DemoWeightsConfig, "target_spacing") == (1.0, 0.7, 0.7)
     assert widget.test_fraction.value() == pytest.approx(option_default(Stage1TrainConfig, "test_fraction"))
     assert widget.variant.currentText() == option_default(Stage1TrainConfig, "variant")
     # the learning-rate tooltip says which default each path uses, with the configs' numbers

@@ -18,6 +18,7 @@ from plugin_support import SHAPE, SPACING, tiny_checkpoints, tiny_phantom
 from seg2refine_core.cli import main
 from seg2refine_core.data.phantom import make_phantom, write_phantom_case
 from seg2refine_core.data.preprocess import PreprocessConfig
+from seg2refine_core.devices import torch_threads
 from seg2refine_core.inference.predictor import Predictor
 from seg2refine_core.io.checkpoint import save_checkpoint
 from seg2refine_core.io.volume import Volume, read_volume
@@ -102,16 +103,48 @@ def test_refusals_are_one_line_messages(case_and_models, tmp_path, capsys):
 
 
 def test_threads_option_sets_torch_threads_and_refuses_zero(case_and_models, tmp_path, capsys, monkeypatch):
+    """--threads N for the command, by default one per idle core (devices.default_threads); the caller's count is
+    restored afterwards."""
+    from seg2refine_core import devices
+
     root, image, (s1, _) = case_and_models
+    before = torch.get_num_threads()
     calls = []
     monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    monkeypatch.setattr(devices, "default_threads", lambda *a, **k: 3)
     out = tmp_path / "pred"
     assert main(["predict", str(image), "--stage1", str(s1), "--out", str(out), "--device", "cpu",
                  "--threads", "1"]) == 0
-    assert calls == [1] and (out / "7.s.nii.gz").is_file()
+    assert calls == [1, before] and (out / "7.s.nii.gz").is_file()
+    assert main(["predict", str(image), "--stage1", str(s1), "--out", str(tmp_path / "o1"), "--device", "cpu"]) == 0
+    assert calls[2:] == [3, before]
     assert main(["predict", str(image), "--stage1", str(s1), "--out", str(tmp_path / "o2"), "--threads", "0"]) == 2
     assert "--threads must be >= 1, got 0" in capsys.readouterr().err
-    assert calls == [1] and not (tmp_path / "o2").exists()
+    assert len(calls) == 4 and not (tmp_path / "o2").exists()
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    assert "default: one per core that is idle when the command starts" in " ".join(capsys.readouterr().out.split())
+
+
+def test_an_old_checkpoint_is_said_in_one_line_and_the_case_line_names_the_grid(case_and_models, tmp_path, capsys):
+    """The tiny checkpoints record no canonical space: one 'note:' line each, then the native grid per case; the
+    bundled weights name their canonical grid."""
+    import shutil
+
+    root, image, (s1, s2) = case_and_models
+    fresh = tmp_path / "fresh-s1.safetensors"  # a path of its own: each distinct notice is shown once per process
+    shutil.copyfile(s1, fresh)
+    shutil.copyfile(s1.with_suffix(".json"), fresh.with_suffix(".json"))
+    assert main(["predict", str(image), "--stage1", str(fresh), "--out", str(tmp_path / "a"), "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    notes = [line for line in captured.err.splitlines() if "note:" in line]
+    assert notes == [f"seg2refine predict: note: {fresh}: no canonical space recorded (older checkpoint); the model "
+                     "runs on the input's native voxel grid and orientation"]
+    assert "(model grid: native grid 16 x 48 x 48 (no canonical space recorded))" in captured.out
+    assert main(["predict", str(image), "--out", str(tmp_path / "b"), "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    assert "(model grid: LPS 1 x 0.7 x 0.7 mm: 32 x 48 x 48 voxels)" in captured.out and "note:" not in captured.err
+    assert read_volume(tmp_path / "b" / "7.y.nii.gz").shape == SHAPE
 
 
 @pytest.mark.parametrize(("option", "message"), [
@@ -198,7 +231,8 @@ def test_a_folder_with_a_dicom_series_and_a_nifti_file(case_and_models, tmp_path
                                        ct.TransformIndexToPhysicalPoint(index), atol=1e-3)
     # voxel for voxel: the probabilities are the model's on the CT as ITK reads it
     itk_ct = Volume.from_array(sitk.GetArrayFromImage(ct).astype(np.float32), ct.GetSpacing()[::-1])
-    expected = Predictor.from_checkpoints(s1, None, device="cpu").predict_volume(itk_ct)
+    with torch_threads(1):  # as the command ran (it gives the caller its thread count back)
+        expected = Predictor.from_checkpoints(s1, None, device="cpu").predict_volume(itk_ct)
     for name, array in (("patient7.s_prob.nii.gz", expected.s_prob), ("patient7.s.nii.gz", expected.s_mask)):
         np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out / name))), array)
     # outputs written into the series folder itself are not inputs the next time
@@ -298,7 +332,8 @@ def test_dicom_refusals_are_one_line_messages(case_and_models, tmp_path, capsys)
     err = capsys.readouterr().err
     assert f"{image}: --output-format dicom-seg needs a DICOM series input (a SEG references its source slices) " \
            "and this is a nifti file; use --output-format nifti" in err
-    assert err.count("\n") == 1 and not (tmp_path / "o1").exists()
+    errors = [line for line in err.splitlines() if ": note: " not in line]  # the tiny models' notice, once
+    assert len(errors) == 1 and not (tmp_path / "o1").exists()
     # a series whose UIDs were blanked cannot be referenced: that case is refused before segmenting, others go on
     cohort = tmp_path / "cohort"
     phantom_series(cohort / "blank", study_uid="")

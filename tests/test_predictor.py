@@ -1,23 +1,33 @@
-"""The core Predictor: bundled weights give the stages' own outputs, the model-space seam, existing S, the baseline
-beside the stages, cohort sharding, bad cases, and input discovery and output names with DICOM series."""
+"""The core Predictor: bundled weights give the stages' own outputs, the model-space seam, the canonical space of
+each stage (four voxel orders, three voxel sizes, stages in different spaces, old checkpoints on the native grid),
+existing S, the baseline beside the stages, cohort sharding, bad cases, and input discovery and output names with
+DICOM series."""
 
+import json
+import shutil
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
 
 from dicom_support import ct_series
 from plugin_support import SHAPE, SPACING, tiny_checkpoints, tiny_phantom
+from seg2refine_core.data.canonical import CanonicalNotice, CanonicalSpace, from_canonical, to_canonical
 from seg2refine_core.data.phantom import make_phantom, write_phantom_case
 from seg2refine_core.data.preprocess import PreprocessConfig, preprocess
-from seg2refine_core.errors import CheckpointError, Seg2RefineError
+from seg2refine_core.errors import CheckpointError, Seg2RefineError, VolumeError
+from seg2refine_core.evaluation.metrics import dice
 from seg2refine_core.inference.inputs import check_output_format, check_outputs, list_inputs, output_path
 from seg2refine_core.inference.models import load_stage
+from seg2refine_core.inference.pipeline import run_pipeline
 from seg2refine_core.inference.predictor import Predictor
+from seg2refine_core.inference.roles import BUNDLED
 from seg2refine_core.inference.stage1 import default_batch_size, segment_slices
 from seg2refine_core.inference.stage2 import count_windows, predict_baseline3d, refine_volume, window_size
-from seg2refine_core.io.checkpoint import save_checkpoint
+from seg2refine_core.io.checkpoint import checkpoint_paths, save_checkpoint
 from seg2refine_core.io.volume import Volume, read_volume, write_mask, write_volume
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -50,18 +60,20 @@ def test_bundled_weights_give_exactly_the_stages_run_by_hand():
     np.testing.assert_array_equal(result.s_mask, s_mask)
     np.testing.assert_array_equal(result.y_prob, y_prob)
     np.testing.assert_array_equal(result.y_mask, (y_prob >= 0.5).astype(np.uint8))
-    assert result.s_mask.any() and result.y_mask.any() and set(result.timings_s) == {"stage1", "stage2"}
+    assert result.s_mask.any() and result.y_mask.any()
+    assert set(result.timings_s) == {"stage1", "stage2", "mapping"}  # the phantom is in the weights' own space
+    assert result.grids["stage1"] == "LPS 1 x 0.7 x 0.7 mm: 40 x 80 x 72 voxels (the input's own grid)"
 
 
 class FlippedModelSpace(Predictor):
-    """A model space that is the input mirrored left-right: what the canonical mapping will plug in."""
+    """A model space that is the canonical one mirrored left-right: the seam decides what every model sees."""
 
-    def to_model_space(self, volume, s_mask=None):
-        flipped = Volume.from_array(volume.array[..., ::-1].copy(), volume.spacing)
-        return flipped, None if s_mask is None else s_mask[..., ::-1].copy()
+    def to_model_space(self, volume, model):
+        array, mapping = super().to_model_space(volume, model)
+        return array[..., ::-1].copy(), mapping
 
-    def from_model_space(self, prob, volume):
-        return prob[..., ::-1].copy()
+    def from_model_space(self, prob, mapping):
+        return super().from_model_space(prob[..., ::-1].copy(), mapping)
 
 
 def test_outputs_come_back_through_the_model_space_seam_and_are_thresholded_there(tiny):
@@ -69,7 +81,7 @@ def test_outputs_come_back_through_the_model_space_seam_and_are_thresholded_ther
     volume = tiny_volume()
     options = {"device": "cpu", "threshold": 0.45}
     plain = Predictor.from_checkpoints(s1, s2, **options)
-    flipped_input = Volume.from_array(volume.array[..., ::-1].copy(), volume.spacing)
+    flipped_input = Volume.from_array(volume.array[..., ::-1].copy(), volume.spacing, volume.affine)
     expected = plain.predict_volume(flipped_input)
     result = FlippedModelSpace.from_checkpoints(s1, s2, **options).predict_volume(volume)
     assert not np.array_equal(result.y_prob, plain.predict_volume(volume).y_prob)  # the mapping matters here
@@ -81,6 +93,124 @@ def test_outputs_come_back_through_the_model_space_seam_and_are_thresholded_ther
     only2 = FlippedModelSpace.from_checkpoints(None, s2, **options).predict_volume(volume, s_mask=result.s_mask)
     np.testing.assert_array_equal(only2.y_prob, result.y_prob)
     assert only2.s_mask is None
+    with pytest.raises(VolumeError, match=r"the S mask has shape \(4, 4, 4\)"):
+        plain.predict_volume(volume, s_mask=np.zeros((4, 4, 4), np.uint8))
+
+
+def with_space(checkpoint: Path, folder: Path, space: CanonicalSpace | None) -> Path:
+    """A copy of ``checkpoint`` in ``folder`` whose JSON records ``space`` (None: no canonical space, an old one)."""
+    weights, config_path = checkpoint_paths(checkpoint)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / weights.name
+    shutil.copyfile(weights, target)
+    config = json.loads(config_path.read_text())
+    config.pop("canonical_space", None)
+    if space is not None:
+        config["canonical_space"] = space.to_dict()
+    target.with_suffix(".json").write_text(json.dumps(config))
+    return target
+
+
+def test_stages_in_different_spaces_each_map_their_input_and_s_goes_through_stage2s_mapping(tiny, tmp_path):
+    """Stage 1 on the phantom's own grid, stage 2 on a coarser one: S (stage 1's probabilities on the input grid)
+    is mapped into stage 2's space like the image and thresholded; Y comes back to the input grid."""
+    space1, space2 = CanonicalSpace(SPACING), CanonicalSpace((1.0, 1.4, 1.4))
+    s1, s2 = with_space(tiny[0], tmp_path / "a", space1), with_space(tiny[1], tmp_path / "b", space2)
+    volume = tiny_volume()
+    seen = []
+    result = Predictor.from_checkpoints(s1, s2, device="cpu").predict_volume(
+        volume, progress=lambda d, t, i: seen.append((d, t)))
+    cpu = torch.device("cpu")
+    m1, m2 = load_stage("stage1", s1, cpu), load_stage("stage2", s2, cpu)
+    assert (m1.space, m2.space) == (space1, space2)
+    by_hand = run_pipeline(volume.array, SPACING, m1, None)  # stage 1's space is the input's grid here
+    np.testing.assert_array_equal(result.s_prob, by_hand.s_prob)
+    image2, mapping2 = to_canonical(volume, space2)
+    s2_input = to_canonical(Volume.from_array(by_hand.s_prob, SPACING, volume.affine), space2)[0] >= 0.5
+    assert mapping2.shape == (32, 24, 24)
+    y2 = refine_volume(m2.model, preprocess(image2, mapping2.spacing, m2.preprocess_config),
+                       s2_input.astype(np.uint8), patch_size=window_size(m2))
+    np.testing.assert_array_equal(result.y_prob, from_canonical(y2, mapping2))
+    assert result.y_prob.shape == volume.shape and result.y_mask.dtype == np.uint8
+    assert "(the input's own grid)" in result.grids["stage1"] and "32 x 24 x 24" in result.grids["stage2"]
+    total = SHAPE[0] + count_windows((32, 24, 24), window_size(m2), 0.25)
+    assert seen[-1] == (total, total) and [d for d, _ in seen] == sorted(d for d, _ in seen)
+    assert set(result.timings_s) == {"stage1", "stage2", "mapping"}
+
+
+def test_an_old_checkpoint_runs_on_the_native_grid_with_a_one_line_notice(tmp_path):
+    """The bundled weights without their canonical_space entry: the notice names the checkpoint, and the models
+    see the file's own voxels (here 2.0 x 1.4 x 1.4 mm, which the recorded space would resample)."""
+    old1 = with_space(BUNDLED["stage1"], tmp_path / "old1", None)
+    old2 = with_space(BUNDLED["stage2"], tmp_path / "old2", None)
+    with pytest.warns(CanonicalNotice) as notices:
+        predictor = Predictor.from_checkpoints(old1, old2, device="cpu")
+    texts = [str(n.message) for n in notices]
+    assert len(texts) == 2 and all("no canonical space recorded (older checkpoint); the model runs on the input's "
+                                   "native voxel grid" in t and "\n" not in t for t in texts)
+    assert str(old1) in texts[0] and str(old2) in texts[1]
+    phantom = make_phantom((24, 32, 32), (2.0, 1.4, 1.4), seed=5)
+    volume = Volume.from_array(phantom.image, phantom.spacing, phantom.affine)
+    result = predictor.predict_volume(volume)
+    native = run_pipeline(phantom.image, phantom.spacing, predictor.stage1, predictor.stage2)
+    np.testing.assert_array_equal(result.y_prob, native.y_prob)
+    np.testing.assert_array_equal(result.s_mask, native.s_mask)
+    assert result.grids["stage1"] == "native grid 24 x 32 x 32 (no canonical space recorded)"
+    recorded = Predictor.from_checkpoints(device="cpu").predict_volume(volume)
+    assert recorded.grids["stage1"] == "LPS 1 x 0.7 x 0.7 mm: 48 x 64 x 64 voxels"
+    assert recorded.y_prob.shape == volume.shape and not np.array_equal(recorded.y_prob, native.y_prob)
+
+
+ORDERS = ("LPS", "RAS", "LPI", "LSP")  # the phantom's own order, two flips, axes permuted (y <-> z)
+
+
+def reoriented(array: np.ndarray, affine: np.ndarray, codes: str) -> tuple[np.ndarray, np.ndarray]:
+    """``array`` (z, y, x) with ``affine`` stored in voxel order ``codes`` (exact: nibabel); (array, affine)."""
+    image = nib.Nifti1Image(np.ascontiguousarray(array.T), affine)
+    image = image.as_reoriented(ornt_transform(io_orientation(affine), axcodes2ornt(tuple(codes))))
+    return np.ascontiguousarray(np.asarray(image.dataobj).T), image.affine
+
+
+def test_one_world_volume_in_four_voxel_orders_gives_the_same_world_masks(tmp_path):
+    """The bundled weights on one phantom stored as LPS, RAS, LPI and with permuted axes (files written and read
+    back): S and Y agree in world space (compared after an exact reorientation back to LPS) at Dice >= 0.99, and
+    are written on each file's own grid with its affine. Before canonical spaces: Y agreed at 0.64 / 0.64 / 0.11
+    (benchmarks/canonical_space.py dice)."""
+    # the demo anatomy (field of view >= 96 x 89.6 x 89.6 mm) with every axis resampled; LSP permutes them
+    phantom = make_phantom((48, 64, 82), (2.0, 1.4, 1.1), seed=1000)
+    predictor = Predictor.from_checkpoints(device="cpu")
+    world = {}
+    for codes in ORDERS:
+        image, affine = reoriented(phantom.image, phantom.affine, codes)
+        path = write_volume(tmp_path / f"{codes}.nii.gz", image, affine=affine)
+        volume = read_volume(path)
+        assert nib.aff2axcodes(volume.affine) == tuple(codes)
+        result = predictor.predict_volume(volume)
+        written = predictor.write_outputs(codes, result, volume, tmp_path / "out")
+        for out in written:
+            back = read_volume(out)
+            assert back.shape == volume.shape and np.allclose(back.affine, volume.affine)
+        world[codes] = [reoriented(m, volume.affine, "LPS")[0] for m in (result.s_mask, result.y_mask)]
+    assert dice(world["LPS"][1], phantom.label) > 0.4  # measured 0.455 (S 0.550)
+    for codes in ORDERS[1:]:
+        for mine, reference in zip(world[codes], world["LPS"], strict=True):
+            assert dice(mine, reference) >= 0.99, codes
+
+
+def test_bundled_weights_score_one_anatomy_at_other_voxel_sizes_close_to_their_own():
+    """The demo phantom's anatomy (seed 1000, field of view 96 x 89.6 x 89.6 mm or a little more) at 1.0 x s x s mm,
+    s = 0.4, 0.7, 1.2: Y Dice within 0.1 of its score at the weights' own 0.7 mm (measured 0.598 / 0.600 / 0.509;
+    before canonical spaces the native grid gave 0.35 / 0.66 / 0.09 on seed 4321; README, Canonical space)."""
+    voxels = {0.7: 128, 0.4: 224, 1.2: 76}  # 76 x 1.2 = 91.2 mm: the same anatomy (scale 1) on whole voxels
+    predictor = Predictor.from_checkpoints(device="cpu")
+    scores = {}
+    for size, n in voxels.items():
+        phantom = make_phantom((96, n, n), (1.0, size, size), seed=1000)
+        result = predictor.predict_volume(Volume.from_array(phantom.image, phantom.spacing, phantom.affine))
+        assert result.y_mask.shape == phantom.label.shape
+        scores[size] = dice(result.y_mask, phantom.label)
+    assert scores[0.7] > 0.55, scores
+    assert abs(scores[0.4] - scores[0.7]) <= 0.1 and abs(scores[1.2] - scores[0.7]) <= 0.1, scores
 
 
 def test_baseline_beside_both_stages_in_one_progress_count(tiny, tmp_path):

@@ -87,6 +87,10 @@ def test_given_options_reach_the_config_with_its_types():
                                                            "--shape", "32", "64", "64"]), DemoWeightsConfig)
     assert demo.n_cases == 4 and demo.shape == (32, 64, 64) and demo.stage1_lr == 1e-3
     assert demo.augment == "none"  # the bundled weights' recipe
+    assert demo.target_spacing == (1.0, 0.7, 0.7)  # the bundled weights' canonical space
+    args = cli.build_parser().parse_args(["train", "baseline3d", "--data", "d", "--out", "o", "--target-spacing",
+                                          "1", "0.7", "0.7"])
+    assert config_from_args(args, Baseline3dTrainConfig).target_spacing == (1.0, 0.7, 0.7)
 
 
 @pytest.mark.parametrize("name", list(COMMANDS))
@@ -152,7 +156,7 @@ def test_older_runs_augment_switch_reads_as_a_preset(config_class, tmp_path):
 
 def test_run_defining_options_are_the_ones_resume_has_always_refused():
     split = {"split", "fold", "val_fraction", "test_fraction", "split_seed", "layout", "seed", "batch_size",
-             "augment"}
+             "augment", "target_spacing"}
     assert set(Stage1TrainConfig.run_defining()) == split | {
         "variant", "width", "lr", "weight_decay", "samples_per_epoch", "positive_fraction", "crop", "preprocess"}
     patches = {"patch_size", "patches_per_epoch", "vessel_fraction"}
@@ -173,6 +177,7 @@ def test_checks_name_the_option():
         (Stage2TrainConfig(**base, stage1=Path("s"), val_fraction=1.0), r"--val-fraction must be in \[0, 1\)"),
         (Baseline3dTrainConfig(**base, vessel_fraction=1.5), r"--vessel-fraction must be in \[0, 1\]"),
         (Baseline3dTrainConfig(**base, num_workers=-1), "--num-workers must be >= 0"),
+        (Stage1TrainConfig(**base, target_spacing=(1.0, 0.0, 0.7)), "--target-spacing needs three positive sizes"),
     ):
         with pytest.raises(Seg2RefineError, match=message):
             config.check()

@@ -1,4 +1,6 @@
-"""Stage-1 training end to end on tiny phantoms: CLI run, checkpoints, logs, resume, stop, overwrite guard, DDP."""
+"""Stage-1 training end to end on tiny phantoms: CLI run, checkpoints, logs, resume, stop, overwrite guard, DDP, and
+the canonical space a run trains in (derived from the training cases' headers, or --target-spacing), recorded in its
+checkpoints and used by the Predictor."""
 
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ from torch import nn
 from ddp_worker import run_ranks
 from seg2refine_core.cli import main
 from seg2refine_core.data.augment import augment_preset
-from seg2refine_core.data.cache import build_cache
+from seg2refine_core.data.cache import CacheIndex, build_cache
+from seg2refine_core.data.canonical import CanonicalSpace, canonical_geometry, header_geometry
 from seg2refine_core.data.datasets import discover_cases
 from seg2refine_core.data.phantom import make_phantom
 from seg2refine_core.data.preprocess import PreprocessConfig, preprocess
@@ -26,7 +29,9 @@ from seg2refine_core.training.stage1 import SliceDataset, Stage1TrainConfig, cos
 
 # 4 phantoms: hold-out 1 val, 1 test, 2 train; 2 epochs of 8 slices in batches of 4 = 4 steps.
 OPTIONS = {"width": 4, "epochs": 2, "batch_size": 4, "samples_per_epoch": 8, "num_workers": 0, "device": "cpu",
-           "val_fraction": 0.25, "test_fraction": 0.25}  # fmt: skip
+           "val_fraction": 0.25, "test_fraction": 0.25, "threads": 1}  # fmt: skip
+#: the phantoms' spacing, the space a run derives from them (they are stored in LPS order)
+SPACE = CanonicalSpace((2.0, 1.5, 1.5))
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -111,6 +116,68 @@ def test_cli_run_writes_loadable_checkpoints_metrics_and_curves(straight_run, ca
     assert (straight_run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_run_records_the_space_it_derived_from_its_training_cases(straight_run, data, cache_dir):
+    _, config = load_checkpoint(straight_run / "best")
+    assert config["canonical_space"] == {"orientation": "LPS", "spacing": [2.0, 1.5, 1.5]}
+    assert config["training"]["target_spacing"] == "nnU-Net's rule over the headers of the 2 training case(s)"
+    assert config["training"]["config"]["target_spacing"] is None
+    assert CacheIndex.load(cache_dir, SPACE).case_ids  # the cache of that space
+
+
+def test_training_space_follows_nnunets_rule_over_the_headers_in_canonical_axes(tmp_path):
+    """Four cases at different spacings, one stored with permuted axes (its slices along the file's y): the target is
+    the per-axis median in canonical (z, y, x) order; the slice axis of strongly anisotropic data takes the 10th
+    percentile; --target-spacing wins. Only headers are read."""
+    from seg2refine_core.data.canonical import target_spacing
+    from seg2refine_core.data.datasets import Case
+    from seg2refine_core.training.cases import training_space
+
+    cases = []
+    for i, spacing in enumerate([(2.5, 0.5, 0.5), (3.0, 0.6, 0.6), (5.0, 0.7, 0.7), (2.0, 0.8, 0.8)]):
+        affine = np.diag([-spacing[2], -spacing[1], spacing[0], 1.0])
+        if i == 3:  # axes permuted: the file's y runs inferior-superior
+            affine = affine[:, [0, 2, 1, 3]]
+        path = write_volume(tmp_path / f"{i}.nii.gz", np.zeros((12, 10, 8), np.int16), affine=affine)
+        cases.append(Case(str(i), path, None))
+    geometry = [canonical_geometry(*header_geometry(c.image)) for c in cases]
+    assert geometry[3][1] == pytest.approx((2.0, 0.8, 0.8)) and geometry[3][0] == (10, 12, 8)
+    space, rule = training_space(Stage1TrainConfig(data=tmp_path, out=tmp_path), cases)
+    assert space.orientation == "LPS" and rule.startswith("nnU-Net's rule over the headers of the 4")
+    assert space.spacing == pytest.approx(target_spacing([g[1] for g in geometry], [g[0] for g in geometry]))
+    # medians: 2.75 > 3 x 0.65, but 12 slices x 3 is not below 8 voxels in-plane, so not "strongly anisotropic"
+    assert space.spacing == pytest.approx((2.75, 0.65, 0.65))
+    strongly = [(6.0, 0.5, 0.5), (5.0, 0.5, 0.5), (2.5, 0.5, 0.5), (5.0, 0.6, 0.6)]
+    assert target_spacing(strongly, [(20, 512, 512)] * 4)[0] == pytest.approx(np.percentile([6, 5, 2.5, 5], 10))
+    given, rule = training_space(Stage1TrainConfig(data=tmp_path, out=tmp_path, target_spacing=(1.0, 0.7, 0.7)),
+                                 cases)
+    assert given == CanonicalSpace((1.0, 0.7, 0.7)) and rule == "given (--target-spacing)"
+
+
+def test_target_spacing_option_sets_the_grid_of_training_and_of_prediction(data, tmp_path, capsys):
+    """--target-spacing 2 3 3: cases are cached on that grid, stage 1 trains on 32 x 32 slices of it, the checkpoint
+    records it, and the Predictor maps a 64 x 64 case there and back."""
+    from seg2refine_core.data.phantom import make_phantom
+    from seg2refine_core.inference.predictor import Predictor
+    from seg2refine_core.io.volume import Volume
+
+    out = tmp_path / "coarse"
+    args = cli_args(data, out, tmp_path / "cache") + ["--epochs", "1", "--target-spacing", "2", "3", "3"]
+    assert main(args) == 0
+    _, config = load_checkpoint(out / "best")
+    assert config["canonical_space"] == {"orientation": "LPS", "spacing": [2.0, 3.0, 3.0]}
+    assert config["input"]["slice_size"] == [32, 32] and config["training"]["target_spacing"].startswith("given")
+    coarse = CanonicalSpace((2.0, 3.0, 3.0))
+    index = CacheIndex.load(tmp_path / "cache", coarse)
+    assert {index[c].shape for c in index.case_ids} == {(16, 32, 32)}
+    assert main(["train", "stage1", "--out", str(out), "--resume", "--epochs", "2", "--target-spacing", "1", "1",
+                 "1"]) == 2
+    assert "--target-spacing" in capsys.readouterr().err
+    phantom = make_phantom((16, 64, 64), (2.0, 1.5, 1.5), seed=9)
+    result = Predictor.from_checkpoints(out / "best", None, device="cpu").predict_volume(
+        Volume.from_array(phantom.image, phantom.spacing, phantom.affine))
+    assert result.s_prob.shape == (16, 64, 64) and result.grids["stage1"] == "LPS 2 x 3 x 3 mm: 16 x 32 x 32 voxels"
+
+
 def test_existing_run_is_not_overwritten(straight_run, data, cache_dir, capsys):
     before = (straight_run / "last.safetensors").stat().st_mtime_ns
     assert main(cli_args(data, straight_run, cache_dir)) == 2
@@ -175,7 +242,7 @@ def test_resume_refuses_a_changed_run_option(straight_run, data, cache_dir):
 
 
 def test_slice_dataset_crops_and_augments_deterministically(data, cache_dir):
-    index = build_cache(discover_cases(data), cache_dir)
+    index = build_cache(discover_cases(data), cache_dir, SPACE)
     config = PreprocessConfig()
     dataset = SliceDataset(index, (48, 32), augment=augment_preset("default", ndim=2), preprocess=config)
     assert len(dataset) == 4 * 16

@@ -1,6 +1,7 @@
 """Stage-2 (Attention-GAN) and 3D-baseline training end to end on tiny tube volumes.
 
-CLI run, loadable checkpoints and logs, the pool rule and overlap refusal, the S cache, stop + resume equal to a
+CLI run, loadable checkpoints and logs, the pool rule and overlap refusal, the S cache (from the cached HU when stage 1
+records stage 2's canonical space, through both mappings from the files when it does not), stop + resume equal to a
 straight run, and two DDP ranks ending with the same generator.
 """
 
@@ -20,6 +21,7 @@ from ddp_worker import run_ranks
 from seg2refine_core.cli import main
 from seg2refine_core.data.augment import augment_preset
 from seg2refine_core.data.cache import CacheIndex
+from seg2refine_core.data.canonical import CanonicalSpace, from_canonical, to_canonical
 from seg2refine_core.data.datasets import discover_cases, holdout_split
 from seg2refine_core.data.preprocess import PreprocessConfig
 from seg2refine_core.errors import CheckpointError, DatasetError
@@ -36,7 +38,9 @@ SHAPE = (32, 64, 64)
 # 2 val cases: 1 stage-2 train case and 1 validation case. 2 epochs of 2 patches of 32³ in batches of 1.
 STAGE1_SPLIT = {"val_fraction": 0.34, "test_fraction": 0.17, "split_seed": 0}
 OPTIONS = {"width": 4, "epochs": 2, "batch_size": 1, "patches_per_epoch": 2, "num_workers": 0, "device": "cpu",
-           "val_fraction": 0.5}  # fmt: skip
+           "val_fraction": 0.5, "threads": 1}  # fmt: skip
+#: The tubes are stored at 1 mm (RAS voxel order): the space stage 2 derives from them, and stage 1's here.
+SPACE = CanonicalSpace((1.0, 1.0, 1.0))
 PATCH = (32, 32, 32)
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -64,11 +68,15 @@ def stage1_ids(data: Path) -> dict[str, list[str]]:
                          STAGE1_SPLIT["split_seed"])
 
 
-def write_stage1(path: Path, data: Path | None, seed: int = 0, provenance: bool = True) -> Path:
-    """An (untrained) SFANet of width 4 with the provenance ``train_stage1`` records for its hold-out split."""
+def write_stage1(path: Path, data: Path | None, seed: int = 0, provenance: bool = True,
+                 space: CanonicalSpace | None = SPACE) -> Path:
+    """An (untrained) SFANet of width 4 with the provenance ``train_stage1`` records for its hold-out split, in
+    canonical ``space`` (None: an older checkpoint without one)."""
     torch.manual_seed(seed)
     model = build_sfanet("sfanet", 4, input_size=SHAPE[1:])
     config = {"architecture": "sfanet", "model": model.config(), "preprocess": {"unsharp_amount": 0.5}}
+    if space is not None:
+        config["canonical_space"] = space.to_dict()
     if provenance:
         ids = stage1_ids(data)
         config["training"] = {"stage": 1, "cases": {"train": ids["train"], "val": ids["val"]},
@@ -158,7 +166,9 @@ def test_cli_run_writes_loadable_generator_metrics_and_curves(straight_run, data
     state = load_resume_state(straight_run / "last.resume.pt")
     assert state["epoch"] == 2 and "discriminator" in state and "opt_d" in state and "opt_g" in state
     # the checkpoint refines a whole volume as inference will call it
-    cache = CacheIndex.load(cache_dir)
+    assert config["canonical_space"] == SPACE.to_dict() and training["stage1"]["canonical_space"] == SPACE.to_dict()
+    assert training["target_spacing"] == "nnU-Net's rule over the headers of the 1 training case(s)"
+    cache = CacheIndex.load(cache_dir, SPACE)
     val_id = training["cases"]["val"][0]
     s_path, _ = stage2.build_s_cache(cache, [val_id], load_stage("stage1", stage1_ckpt, torch.device("cpu")),
                                      training["stage1"]["sha256"])[val_id]
@@ -233,7 +243,7 @@ def test_pool_rule_and_overlap_refusal(data, stage1_ckpt, tmp_path, capsys):
 
 
 def test_s_cache_is_reused_and_keyed_by_the_stage1_model(straight_run, stage1_ckpt, cache_dir, tmp_path, monkeypatch):
-    cache = CacheIndex.load(cache_dir)
+    cache = CacheIndex.load(cache_dir, SPACE)
     case_id = load_checkpoint(straight_run / "last")[1]["training"]["cases"]["train"][0]
     fingerprint = stage2.checkpoint_fingerprint(stage1_ckpt)
     model = load_stage("stage1", stage1_ckpt, torch.device("cpu"))
@@ -241,6 +251,7 @@ def test_s_cache_is_reused_and_keyed_by_the_stage1_model(straight_run, stage1_ck
     assert path.parent.name == fingerprint[:16] and path.parent.parent.name == "stage1-s"
     s = np.load(path)
     assert s.dtype == np.uint8 and s.shape == SHAPE and counts == tuple(s.reshape(SHAPE[0], -1).sum(axis=1))
+    assert json.loads(path.with_name(f"{path.name[:-4]}.json").read_text())["made"] == "from the cached HU"
     mtime = path.stat().st_mtime_ns
 
     def refuse(*args, **kwargs):
@@ -261,6 +272,37 @@ def test_s_cache_is_reused_and_keyed_by_the_stage1_model(straight_run, stage1_ck
     os.utime(cache[case_id].hu_path, ns=(mtime + 10**9, mtime + 10**9))
     assert not stage2._s_entry_fresh(json.loads(path.with_name(f"{path.name[:-4]}.json").read_text()),
                                      path.parent, cache[case_id].hu_path, fingerprint)
+
+
+def test_s_of_a_stage1_in_another_space_comes_from_the_files_through_both_mappings(straight_run, data, cache_dir,
+                                                                                    tmp_path):
+    """An older stage-1 checkpoint (no canonical space) runs on each file's own grid (RAS here): its S on stage 2's
+    grid is what inference gives stage 2, the Predictor's S probabilities mapped into stage 2's space like the image
+    and thresholded; without the cases' files it cannot be made."""
+    from seg2refine_core.data.preprocess import preprocess
+    from seg2refine_core.inference.stage1 import segment_slices
+    from seg2refine_core.io.volume import read_volume
+
+    cache = CacheIndex.load(cache_dir, SPACE)
+    old = write_stage1(tmp_path / "old", None, provenance=False, space=None)
+    assert stage2.checkpoint_fingerprint(old) != stage2.checkpoint_fingerprint(write_stage1(tmp_path / "new", None,
+                                                                                            provenance=False))
+    model = load_stage("stage1", old, torch.device("cpu"))
+    assert model.space is None and cache.space == SPACE
+    case_id, fingerprint = cache.case_ids[0], stage2.checkpoint_fingerprint(old)
+    with pytest.raises(ValueError, match="must be made from its file"):
+        stage2.build_s_cache(cache, [case_id], model, fingerprint)
+    sources = {case.case_id: case for case in discover_cases(data)}
+    path, counts = stage2.build_s_cache(cache, [case_id], model, fingerprint, sources=sources)[case_id]
+    volume = read_volume(sources[case_id].image)
+    prob = segment_slices(model.model, preprocess(volume.array, volume.spacing, model.preprocess_config), batch_size=4)
+    expected = to_canonical(replace(volume, array=prob), SPACE)[0] >= 0.5
+    s = np.load(path)
+    np.testing.assert_array_equal(s, expected)
+    np.testing.assert_array_equal(from_canonical(s.astype(np.float32), to_canonical(volume, SPACE)[1]) >= 0.5,
+                                  prob >= 0.5)  # the file is RAS: S on the LPS grid flips back exactly
+    entry = json.loads(path.with_name(f"{path.name[:-4]}.json").read_text())
+    assert entry["made"] == "from the file, through both canonical mappings" and tuple(entry["counts"]) == counts
 
 
 def test_ddp_ranks_end_with_identical_generators(data, stage1_ckpt, cache_dir, tmp_path):
@@ -288,7 +330,7 @@ def test_baseline3d_trains_one_epoch_end_to_end(data, cache_dir, tmp_path):
     assert config["training"]["augmentation"] == augment_preset("default", ndim=3).to_dict()
     record = read_metrics(out)[0]
     assert isinstance(record["train_loss"], float) and isinstance(record["val_dice"], float)
-    prob = predict_baseline3d(model, CacheIndex.load(cache_dir).xprime(ids["val"][0]), patch_size=PATCH)
+    prob = predict_baseline3d(model, CacheIndex.load(cache_dir, SPACE).xprime(ids["val"][0]), patch_size=PATCH)
     assert prob.shape == SHAPE and prob.dtype == np.float32 and 0.0 <= prob.min() and prob.max() <= 1.0
 
 

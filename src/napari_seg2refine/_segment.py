@@ -3,8 +3,13 @@
 
 Models: the bundled demo weights, a checkpoint picked from disk, or any checkpoint registered in this session
 (e.g. by the Train widget), chosen with :class:`._model_chooser.ModelChooser`. The work runs in a thread worker with a
-napari progress bar and a Stop button; results become the labels layers "S (stage 1)" and "Y (refined)" on the CT's
-grid (re-running replaces them).
+napari progress bar and a Stop button, with torch's CPU threads at one per idle core
+(:func:`seg2refine_core.devices.torch_threads`); results become the labels layers "S (stage 1)" and "Y (refined)" on
+the CT's grid (re-running replaces them).
+
+Each model maps the layer into the canonical space its checkpoint records: a layer read from a file keeps the file's
+affine (its voxel order and spacing); a layer without one is taken in the canonical orientation (LPS) with its
+layer scale as voxel size, said once in a notification (:func:`seg2refine_core.data.canonical.layer_volume`).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from typing import Any
 
 import numpy as np
 from napari.layers import Image, Labels
-from napari.utils.notifications import show_error
+from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
@@ -27,6 +32,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from seg2refine_core.errors import Seg2RefineError
 from seg2refine_core.io.volume import Volume
 
 from ._jobs import Job, JobStatus
@@ -49,23 +55,30 @@ def segment(
     should_stop: Any,
 ) -> Any:
     """Worker body: a Predictor with the chosen ``checkpoints`` (role → path, None = bundled) segments ``volume``."""
+    from seg2refine_core.devices import torch_threads
     from seg2refine_core.inference.predictor import BUNDLED_CHOICE, Predictor
 
     choices = {role: BUNDLED_CHOICE if path is None else path for role, path in checkpoints.items()}
-    predictor = Predictor.from_checkpoints(
-        choices.get("stage1"), choices.get("stage2"), device=device, threshold=threshold, batch_size=batch_size
-    )
-    return predictor.predict_volume(volume, s_mask=s_mask, progress=progress, should_stop=should_stop)
+    with torch_threads(None):
+        predictor = Predictor.from_checkpoints(
+            choices.get("stage1"), choices.get("stage2"), device=device, threshold=threshold, batch_size=batch_size
+        )
+        return predictor.predict_volume(volume, s_mask=s_mask, progress=progress, should_stop=should_stop)
 
 
 def layer_volume(layer: Image) -> Volume:
     """The CT layer as a core :class:`Volume`: its voxels (float32 HU) with the source file's geometry when the
-    reader recorded it, otherwise with the layer's scale as spacing (mm)."""
+    reader recorded it; otherwise :func:`seg2refine_core.data.canonical.layer_volume` (canonical LPS orientation,
+    the layer's scale as spacing in mm), whose one-line notice is shown once as a napari notification."""
     data = np.asarray(layer.data, dtype=np.float32)
     source = layer.metadata.get(VOLUME_KEY)
     if isinstance(source, Volume) and source.shape == data.shape:
         return replace(source, array=data)
-    return Volume.from_array(data, tuple(float(s) for s in layer.scale))
+    from seg2refine_core.data.canonical import layer_volume as canonical_layer_volume
+    from seg2refine_core.data.canonical import notices_to
+
+    with notices_to(show_info):
+        return canonical_layer_volume(data, tuple(float(s) for s in layer.scale), name=f"layer {layer.name!r}")
 
 
 class SegmentWidget(QWidget):
@@ -134,12 +147,17 @@ class SegmentWidget(QWidget):
                 show_error(f"Segment: stage 2 alone needs an '{S}' labels layer of the CT's shape; run stage 1 first")
                 return
             s_mask = (np.asarray(s_layer.data) > 0).astype(np.uint8)
+        try:
+            volume = layer_volume(layer)
+        except Seg2RefineError as err:
+            show_error(str(err))
+            return
         self._source = layer
         self.run_button.setEnabled(False)
         self.stop_button.setEnabled(True)
         self.status.setText("running…")
         args = (
-            layer_volume(layer), {role: self.models[role].checkpoint() for role in stages},
+            volume, {role: self.models[role].checkpoint() for role in stages},
             self.device.currentText(), float(self.threshold.value()), int(self.batch.value()) or None, s_mask,
         )
         self.job = Job(

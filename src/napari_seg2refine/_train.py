@@ -6,10 +6,12 @@ with a single case there is no validation, so "best" is the lowest training loss
 official table (ImageCAS ``.xlsx`` / ``.csv`` and a fold) or, without one, by a seeded hold-out with the
 validation and test shares set here (stage 2: the validation share of the stage-1 model's unseen cases; its test
 cases stay those of the stage-1 run). The main hyper-parameters, the augmentation preset, the stage-1 training crop,
-the output folder and Resume are exposed; everything else takes the core config's defaults (DataLoader workers are 0
-inside napari). Stage 2 trains on S from the chosen stage-1 model, which must not have been trained on the same cases
-(the core refuses otherwise). Loss (per step for stage 1, per epoch) and validation Dice are plotted live; when the run
-ends its best checkpoint is registered, so the Segment widget offers it at once.
+the canonical target spacing (derived from the training cases, or fixed), the output folder and Resume are exposed;
+everything else takes the core config's defaults (DataLoader workers are 0 inside napari; torch's CPU threads one per
+idle core, :func:`seg2refine_core.devices.torch_threads`). Stage 2 trains on S from the chosen stage-1 model, which
+must not have been trained on the same cases (the core refuses otherwise). Loss (per step for stage 1, per epoch) and
+validation Dice are plotted live; when the run ends its best checkpoint is registered, so the Segment widget offers it
+at once.
 
 Every value the widget starts with, and the tooltip of each hyper-parameter, comes from the stage's config dataclass
 (:mod:`seg2refine_core.training.configs`), as the command line's options do, so the two cannot drift apart.
@@ -57,6 +59,7 @@ from ._registry import registry
 from ._scroll import scroll_page
 
 FOLDER, LAYERS = "dataset folder", "open layers (CT + ground truth)"
+DERIVED, FIXED = "from the training cases", "fixed"
 
 
 @dataclass(frozen=True)
@@ -152,8 +155,12 @@ def train(
     on_step = (lambda step, loss: post(StepLoss(int(step), float(loss)))) if stage == "stage1" else None
 
     def run(folder: Path, split: dict[str, Any]) -> dict:
+        from seg2refine_core.devices import torch_threads
+
         config = trainer_class.config_class(data=folder, **{**options, **split})
-        return trainer_class(config, progress, should_stop, lambda record: post(EpochEnded(record)), on_step).run()
+        with torch_threads(config.threads):
+            return trainer_class(config, progress, should_stop, lambda record: post(EpochEnded(record)),
+                                 on_step).run()
 
     if not isinstance(data, tuple):
         return run(Path(data), {})
@@ -237,6 +244,19 @@ class TrainWidget(QWidget):
         self.samples.setSpecialValueText("all slices")
         self.augment = QComboBox()
         self.augment.addItems(list(option_spec(Stage1TrainConfig, "augment").choices))
+        self.target = QComboBox()
+        self.target.addItems([DERIVED, FIXED])
+        self.target.currentTextChanged.connect(self._target_changed)
+        self.target_spacing = []
+        # a fixed spacing starts at the bundled weights' (the demo-weights recipe)
+        for axis, value in zip("zyx", option_default(DemoWeightsConfig, "target_spacing"), strict=True):
+            spin = QDoubleSpinBox()
+            spin.setRange(0.05, 20.0)
+            spin.setDecimals(2)
+            spin.setSingleStep(0.1)
+            spin.setValue(value)
+            spin.setToolTip(f"target voxel size along {axis} (mm)")
+            self.target_spacing.append(spin)
         self.device = DeviceCombo()
         self.compile = QCheckBox("torch.compile")
         self.compile.setChecked(option_default(Stage1TrainConfig, "compile"))
@@ -277,6 +297,11 @@ class TrainWidget(QWidget):
         form.addRow("Learning rate", self.lr)
         form.addRow("Samples/epoch", self.samples)
         form.addRow("Augmentation", self.augment)
+        form.addRow("Target spacing", self.target)
+        target_row = QHBoxLayout()
+        for spin in self.target_spacing:
+            target_row.addWidget(spin, 1)
+        form.addRow("z y x (mm)", target_row)
         form.addRow("Crop", self.crop)
         device_row = QHBoxLayout()
         device_row.addWidget(self.device, 1)
@@ -294,6 +319,7 @@ class TrainWidget(QWidget):
         layout.addWidget(self.status)
         self._source_changed()
         self._stage_changed()
+        self._target_changed()
         self._draw()
 
     @staticmethod
@@ -330,6 +356,10 @@ class TrainWidget(QWidget):
         for widget in (self.ct_combo, self.gt_combo):
             widget.setEnabled(not folder)
 
+    def _target_changed(self, *_: Any) -> None:
+        for spin in self.target_spacing:
+            spin.setEnabled(self.target.currentText() == FIXED)
+
     def _stage_changed(self, *_: Any) -> None:
         """Enable the chosen stage's options and load its config's defaults and help (and its output folder)."""
         stage = self.stage.currentData()
@@ -353,6 +383,8 @@ class TrainWidget(QWidget):
             box.setValue(0 if value is None else value)  # samples None: all slices
         self.augment.setCurrentText(option_default(config, "augment"))
         self.augment.setToolTip(option_help(config, "augment"))
+        self.target.setCurrentText(DERIVED if option_default(config, "target_spacing") is None else FIXED)
+        self.target.setToolTip(option_help(config, "target_spacing"))
         self.out_edit.setText(str(Path.cwd() / "runs" / f"napari-{stage}"))
 
     def options(self) -> dict[str, Any]:
@@ -371,6 +403,8 @@ class TrainWidget(QWidget):
             "fold": int(self.fold.value()),
             "val_fraction": float(self.val_fraction.value()),
             "augment": self.augment.currentText(),
+            "target_spacing": (tuple(float(spin.value()) for spin in self.target_spacing)
+                               if self.target.currentText() == FIXED else None),
         }
         if self.stage.currentData() == "stage1":
             crop = int(self.crop.value())

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from seg2refine_core.errors import Seg2RefineError
@@ -59,7 +61,8 @@ def default_threads(reserve: int = 0, sample_s: float = 0.25) -> int:
     slice and stalls every parallel region of its team, so one thread per core is the worst choice there. Measured
     on this project's 2-core machine, bundled SFANet at 128², batch 4: at load 8 one thread per core ran 643 ms per
     slice, one thread 93, this default 54; with two more spinning processes 1346 against 248 and 204.
-    ``reserve`` keeps cores free for the caller's own work. Sampled once per call: call it again per volume or per
+    ``reserve`` keeps cores free for the caller's own work. Under ``torchrun`` the idle cores are shared out between
+    the processes on this machine (``LOCAL_WORLD_SIZE``). Sampled once per call: call it again per volume or per
     epoch to follow a changing load. The result is between 1 and :func:`available_cores`.
     """
     import psutil
@@ -67,4 +70,21 @@ def default_threads(reserve: int = 0, sample_s: float = 0.25) -> int:
     cores = available_cores()
     busy = psutil.cpu_percent(interval=sample_s) / 100.0 * (psutil.cpu_count() or cores)
     idle = int(cores - busy + 0.5)
-    return max(1, min(cores, idle) - max(0, reserve))
+    local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return max(1, (min(cores, idle) - max(0, reserve)) // local_processes)
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[int]:
+    """torch's intra-op CPU threads set to ``threads`` inside the block (None: :func:`default_threads`), then
+    restored; yields the count used. The napari widgets run their core call inside it, the command line sets the same
+    default for the whole command (``--threads``)."""
+    import torch
+
+    before = torch.get_num_threads()
+    count = default_threads() if threads is None else int(threads)
+    torch.set_num_threads(count)
+    try:
+        yield count
+    finally:
+        torch.set_num_threads(before)

@@ -19,21 +19,30 @@ from seg2refine_core.errors import Seg2RefineError, StopRequested
 SUBCOMMANDS = ("phantom", "evaluate", "models", "train", "predict", "benchmark", "demo", "analyze")
 
 
+#: The help of every command's ``--threads`` (``train``'s comes from its config, with the same default).
+THREADS_HELP = ("CPU threads for torch (default: one per core that is idle when the command starts, at least 1; "
+                "fewer leave cores to napari or other jobs)")
+
+
 def add_threads_option(parser: argparse.ArgumentParser) -> None:
     """``--threads N``: CPU threads for torch in this command (applied by :func:`main` before the command runs)."""
-    parser.add_argument("--threads", type=int, default=None, metavar="N",
-                        help="CPU threads for torch (default: one per core); fewer leave cores to napari or other jobs")
+    parser.add_argument("--threads", type=int, default=None, metavar="N", help=THREADS_HELP)
 
 
-def apply_threads(threads: int | None) -> None:
-    """``torch.set_num_threads(threads)``; None keeps torch's default. Seg2RefineError below 1."""
-    if threads is None:
-        return
-    if threads < 1:
+def apply_threads(threads: int | None) -> int:
+    """``torch.set_num_threads(threads)``, with None meaning :func:`seg2refine_core.devices.default_threads` (one
+    thread per core idle now: on a busy machine one thread per core is several times slower, see
+    ``benchmarks/README.md``, "Threads under contention"). Returns the thread count before; Seg2RefineError below 1.
+    """
+    if threads is not None and threads < 1:
         raise Seg2RefineError(f"--threads must be >= 1, got {threads}")
     import torch
 
-    torch.set_num_threads(threads)
+    from seg2refine_core.devices import default_threads
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(default_threads() if threads is None else threads)
+    return before
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,8 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    before = None
     try:
-        apply_threads(getattr(args, "threads", None))
+        # commands with --threads (train sets its own: the run's config, defaulting the same way)
+        if hasattr(args, "threads") and args.command != "train":
+            before = apply_threads(args.threads)
         result = args.run(args)
     except Seg2RefineError as err:
         print(f"seg2refine {args.command}: error: {err}", file=sys.stderr)
@@ -63,6 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"seg2refine {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if before is not None:  # an in-process caller (a script, a test) gets its thread count back
+            import torch
+
+            torch.set_num_threads(before)
     return int(result or 0)
 
 

@@ -6,6 +6,7 @@ Argument parsing and printing only; the work is :meth:`seg2refine_core.inference
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from seg2refine_core.cli import add_threads_option
@@ -24,7 +25,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "case, named after the folder; a DICOM file given reads its series; the series with the most slices is "
             "read unless --series names one, and the line printed says which). Writes <id>.s.nii.gz (stage 1), "
             "<id>.y.nii.gz (stage 2) and <id>.b.nii.gz (3D baseline) with the input's geometry, or another format "
-            "with --output-format (dicom-seg: a DICOM SEG referencing the source series). With neither --stage1 nor "
+            "with --output-format (dicom-seg: a DICOM SEG referencing the source series). Each model runs in the "
+            "canonical space its checkpoint records (LPS voxel order at its target spacing; the bundled weights: "
+            "1.0 x 0.7 x 0.7 mm): the input is mapped there and the probabilities back onto the input's grid, and the "
+            "line printed per case names the grid; a checkpoint that records none runs on the input's own grid (a "
+            "'note:' line says so). With neither --stage1 nor "
             "--stage2, both stages use the bundled demo weights (none when --baseline3d is given); with --stage1 "
             "alone, only stage 1 runs; with --stage2 alone, stage 1 uses the bundled weights. The models stay loaded "
             "across the cohort and only one volume is held in memory at a time; a case that cannot be read is "
@@ -77,6 +82,13 @@ def resolve_stages(
 
 
 def run(args: argparse.Namespace) -> int:
+    from seg2refine_core.data.canonical import notices_to
+
+    with notices_to(lambda message: print(f"seg2refine predict: note: {message}", file=sys.stderr, flush=True)):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from seg2refine_core import distributed
     from seg2refine_core.inference.predictor import CaseRecord, Predictor
     from seg2refine_core.progress import tqdm_progress
@@ -97,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
             if case.error is not None:
                 print(f"{where}{case.case_id}: error: {case.error}", flush=True)
             else:
-                print(f"{where}{case.case_id}: {case.shape} in {case.seconds:.1f} s -> "
+                print(f"{where}{case.case_id}: {case.shape} in {case.seconds:.1f} s ({case.grid_line()}) -> "
                       f"{', '.join(p.name for p in case.outputs)}", flush=True)
 
         with tqdm_progress("predict", unit="step", disable=not info.is_main) as progress:

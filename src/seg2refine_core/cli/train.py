@@ -164,12 +164,16 @@ def _patch_size(summary: dict) -> str:
 def _run_trainer(name: str, trainer_class: Any, args: argparse.Namespace, describe_input: Callable[[dict], str]) -> int:
     """Run ``trainer_class`` on the parsed options with a progress bar and Ctrl-C handling; print the outcome."""
     from seg2refine_core import distributed
+    from seg2refine_core.data.canonical import notices_to
+    from seg2refine_core.devices import torch_threads
     from seg2refine_core.progress import tqdm_progress
 
     config = config_from_args(args, trainer_class.config_class, trainer_class.stored_options)
     main_rank = os.environ.get("RANK", "0") == "0"
     try:
         with (
+            torch_threads(config.threads),
+            notices_to(lambda message: print(f"seg2refine train {name}: note: {message}", file=sys.stderr)),
             graceful_interrupt() as should_stop,
             tqdm_progress(f"train {name}", unit="step", disable=not main_rank) as bar,
         ):
@@ -197,11 +201,16 @@ def _run_trainer(name: str, trainer_class: Any, args: argparse.Namespace, descri
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    from seg2refine_core.devices import torch_threads
     from seg2refine_core.progress import tqdm_progress
     from seg2refine_core.training.demo_weights import describe, train_demo_weights
 
     config = config_from_args(args, DemoWeightsConfig)
-    with graceful_interrupt() as should_stop, tqdm_progress("train demo", unit="step") as bar:
+    with (
+        torch_threads(config.threads),
+        graceful_interrupt() as should_stop,
+        tqdm_progress("train demo", unit="step") as bar,
+    ):
         summary = train_demo_weights(config, progress=bar, should_stop=should_stop)
     if summary["stage1"]["stopped"] or summary["stage2"]["stopped"]:
         return 130
@@ -214,8 +223,10 @@ def run_demo(args: argparse.Namespace) -> int:
 STAGES: dict[str, Stage] = {
     "stage1": Stage(
         Stage1TrainConfig, "train SFANet (or a Table-1 variant) on axial slices",
-        "Train the stage-1 2D network on a dataset folder (ImageCAS, ASOCA or images/+labels/). Volumes are "
-        "read once into a memory-mapped cache in HU (default RUN_DIR/cache); X' of each slice is made on the fly, "
+        "Train the stage-1 2D network on a dataset folder (ImageCAS, ASOCA or images/+labels/). The run works in "
+        "one canonical space (LPS voxel order at --target-spacing, else derived from the training cases' headers), "
+        "recorded in its checkpoints. Volumes are read once, mapped into it and cached as HU in memory-mapped files "
+        "(default RUN_DIR/cache); X' of each slice is made on the fly, "
         "after the --augment preset's intensity changes. Each epoch draws "
         "--samples-per-epoch slices, --positive-fraction of them from slices that hold vessel pixels; "
         "validation Dice is computed on whole validation volumes. Writes RUN_DIR/best.*, last.*, "
@@ -227,9 +238,11 @@ STAGES: dict[str, Stage] = {
         "Train the stage-2 generator G (and discriminator D) on concat(X', S), where S is the given stage-1 "
         "model's mask on volumes it never trained on: the split's val cases with --split, otherwise the "
         "labelled cases that are neither stage-1 training nor held-out test cases (the stage-1 run's hold-out "
-        "rule). Overlap with the stage-1 training cases is refused. S is computed once and cached beside the "
-        "HU cache (default: the stage-1 run's cache). Writes RUN_DIR/best.*, last.* (G), metrics.jsonl and "
-        "curves.png. Ctrl-C stops after the current step and saves a resumable 'last'.",
+        "rule). Overlap with the stage-1 training cases is refused. Stage 2 trains in its own canonical space "
+        "(--target-spacing, else derived from its training cases) and S comes from the stage-1 model in the space "
+        "that model records. S is computed once and cached beside the HU cache (default: the stage-1 run's "
+        "cache). Writes RUN_DIR/best.*, last.* (G), metrics.jsonl and curves.png. Ctrl-C stops after the current "
+        "step and saves a resumable 'last'.",
         run_stage2,
     ),
     "baseline3d": Stage(

@@ -38,8 +38,10 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -76,6 +78,26 @@ warnings.simplefilter("once", CanonicalNotice)
 
 def _notice(message: str) -> None:
     warnings.warn(message, CanonicalNotice, stacklevel=3)
+
+
+@contextmanager
+def notices_to(show: Callable[[str], None]) -> Iterator[None]:
+    """Inside the block every :class:`CanonicalNotice` goes to ``show(message)`` as one line (each distinct message
+    still once per process) instead of Python's two-line warning format; other warnings are left alone. The command
+    line prints them as ``seg2refine <command>: note: <message>``."""
+    previous = warnings.showwarning
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, CanonicalNotice):
+            show(str(message))
+        else:
+            previous(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = showwarning
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
 
 
 @dataclass(frozen=True)
@@ -160,6 +182,18 @@ def _is_identity(transform: np.ndarray) -> bool:
     return bool(np.array_equal(transform, _IDENTITY))
 
 
+def describe_mapping(mapping: CanonicalMapping) -> str:
+    """One line on the grid a model ran on, e.g. ``"LPS 1.0 x 0.7 x 0.7 mm: 128 x 293 x 293 voxels"`` or
+    ``"native grid 16 x 48 x 48 (no canonical space recorded)"``; ``"... (the input's own grid)"`` when the mapping
+    changed nothing."""
+    shape = " x ".join(str(n) for n in mapping.shape)
+    if mapping.space is None:
+        return f"native grid {shape} (no canonical space recorded)"
+    spacing = " x ".join(f"{s:g}" for s in mapping.space.spacing)
+    same = " (the input's own grid)" if mapping.is_identity else ""
+    return f"{mapping.space.orientation} {spacing} mm: {shape} voxels{same}"
+
+
 def voxel_sizes(affine: np.ndarray) -> Spacing:
     """Voxel sizes (sz, sy, sx) mm of an (x, y, z) -> world affine: its column norms, in array order."""
     norms = np.linalg.norm(np.asarray(affine, dtype=float)[:3, :3], axis=0)
@@ -174,6 +208,34 @@ def canonical_geometry(shape: Sequence[int], affine: np.ndarray,
     transform = ornt_transform(io_orientation(np.asarray(affine, dtype=float)), axcodes2ornt(tuple(orientation)))
     shape_zyx = _to_canonical_axes(transform, [int(n) for n in shape])
     return shape_zyx, _to_canonical_axes(transform, list(voxel_sizes(affine)))  # type: ignore[return-value]
+
+
+def header_geometry(path: str | Path) -> tuple[Shape, np.ndarray]:
+    """Shape (z, y, x) and 4x4 affine (file-order x, y, z -> RAS mm) of the volume at ``path``, as
+    :func:`~seg2refine_core.io.volume.read_volume` would give them: from the header alone for NIfTI (nibabel's lazy
+    image; its spatial unit applied as the reader applies it), by reading the volume for the other formats (NRRD,
+    MetaImage, DICOM). What :func:`canonical_geometry` takes to choose a training run's target spacing. Raises
+    :class:`VolumeError` naming the file."""
+    from seg2refine_core.io.volume import read_volume, volume_format
+
+    path = Path(path)
+    if path.is_file() and volume_format(path) == "nifti":
+        import nibabel as nib
+        from nibabel.filebasedimages import ImageFileError
+
+        from seg2refine_core.io.nifti import MM_PER_UNIT
+
+        try:
+            image = nib.load(str(path))
+        except (ImageFileError, OSError, EOFError, ValueError):
+            image = None  # the reader below names the problem
+        if image is not None and len(image.shape) >= 3 and all(int(n) == 1 for n in image.shape[3:]):
+            affine = np.asarray(image.affine, dtype=float).copy()
+            affine[:3, :] *= MM_PER_UNIT.get(image.header.get_xyzt_units()[0], 1.0)
+            nx, ny, nz = (int(n) for n in image.shape[:3])
+            return (nz, ny, nx), affine
+    volume = read_volume(path)
+    return volume.shape, np.asarray(volume.affine, dtype=float)
 
 
 def _to_canonical_axes(transform: np.ndarray, values_zyx: list) -> tuple:

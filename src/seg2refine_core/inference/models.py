@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from seg2refine_core.data.canonical import CanonicalSpace, space_from_config
 from seg2refine_core.data.preprocess import PreprocessConfig
 from seg2refine_core.devices import autocast_dtype
 from seg2refine_core.errors import CheckpointError
@@ -24,11 +26,22 @@ from seg2refine_core.io.checkpoint import load_checkpoint
 
 @dataclass
 class LoadedModel:
-    """A model in eval mode with its checkpoint config and the path it came from."""
+    """A model in eval mode with its checkpoint config and the path it came from.
+
+    :attr:`space` is the canonical space the checkpoint records.
+    """
 
     model: nn.Module
     config: dict[str, Any]
     path: Path
+
+    @cached_property
+    def space(self) -> CanonicalSpace | None:
+        """The canonical space of the checkpoint (:data:`~seg2refine_core.data.canonical.CONFIG_KEY`), or None for a
+        checkpoint from before canonical spaces: that model runs on the input's native grid, said once (when first
+        asked) as a :class:`~seg2refine_core.data.canonical.CanonicalNotice` naming the checkpoint. Raises
+        :class:`CheckpointError` for a malformed entry."""
+        return space_from_config(self.config, source=str(self.path))
 
     @property
     def preprocess_config(self) -> PreprocessConfig:
@@ -39,7 +52,8 @@ def load_stage(role: str, path: str | Path | None, device: torch.device) -> Load
     """Load the checkpoint at ``path`` for ``role`` (``None`` → the bundled demo weights) onto ``device``.
 
     Raises :class:`CheckpointError` for a missing or unsafe checkpoint, one whose config does not match its weights,
-    and one whose architecture does not fit the role (e.g. a stage-2 generator given as stage 1).
+    one whose architecture does not fit the role (e.g. a stage-2 generator given as stage 1) and one with a malformed
+    canonical space; a checkpoint without one gets its one-line notice here (:attr:`LoadedModel.space`).
     """
     if role not in ROLE_ARCHITECTURES:
         raise ValueError(f"role must be one of {', '.join(ROLE_ARCHITECTURES)}, got {role!r}")
@@ -50,7 +64,9 @@ def load_stage(role: str, path: str | Path | None, device: torch.device) -> Load
         raise CheckpointError(
             f"{path}: a {config['architecture']} checkpoint cannot be used for {role} (expected {expected[0]})"
         )
-    return LoadedModel(model=model, config=config, path=path)
+    loaded = LoadedModel(model=model, config=config, path=path)
+    _ = loaded.space  # a malformed canonical space is refused, and an old checkpoint's notice given, at load time
+    return loaded
 
 
 def autocast(device: torch.device):

@@ -35,7 +35,9 @@ class PipelineResult:
     """Outputs of :func:`run_pipeline` (and of a :class:`~.predictor.Predictor`); absent ones are ``None``.
 
     Masks uint8 {0, 1}, probabilities float32 (z, y, x); ``timings_s`` holds the seconds of each stage run
-    ("stage1", "stage2", "baseline3d").
+    ("stage1", "stage2", "baseline3d") and, from a :class:`~.predictor.Predictor`, of mapping between the input's
+    grid and the models' ("mapping"); ``grids`` says, per role that ran, on which grid
+    (:func:`~seg2refine_core.data.canonical.describe_mapping`; Predictor only).
     """
 
     s_prob: np.ndarray | None = None
@@ -45,6 +47,7 @@ class PipelineResult:
     b_prob: np.ndarray | None = None
     b_mask: np.ndarray | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
+    grids: dict[str, str] = field(default_factory=dict)
 
     def outputs(self) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
         """``{key: (mask, probabilities)}`` for each output present, keys from :data:`OUTPUT_KEYS` in order."""

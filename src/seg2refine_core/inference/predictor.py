@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,15 @@ import numpy as np
 import torch
 
 from seg2refine_core import distributed
+from seg2refine_core.data.canonical import (
+    CanonicalMapping,
+    CanonicalSpace,
+    describe_mapping,
+    from_canonical,
+    to_canonical,
+)
 from seg2refine_core.devices import resolve_device
-from seg2refine_core.errors import Seg2RefineError
+from seg2refine_core.errors import CheckpointError, Seg2RefineError, VolumeError
 from seg2refine_core.inference.inputs import (
     DEFAULT_OUTPUT_FORMAT,
     check_output_format,
@@ -33,11 +40,14 @@ from seg2refine_core.inference.inputs import (
 )
 from seg2refine_core.inference.models import LoadedModel, load_stage
 from seg2refine_core.inference.pipeline import OUTPUT_KEYS, PipelineResult, run_pipeline, threshold_mask
+from seg2refine_core.inference.stage2 import count_windows, window_size
 from seg2refine_core.io.volume import Volume
 from seg2refine_core.progress import ProgressFn, StopFn, check_stop
 
 #: The checkpoint choice that means "the demo weights shipped in the package".
 BUNDLED_CHOICE = "bundled"
+#: Arrays of the canonical size a model holds at once (HU, X', S and Y probabilities), for the memory check.
+MODEL_SPACE_COPIES = 4
 
 Checkpoint = str | Path | None
 
@@ -45,9 +55,10 @@ Checkpoint = str | Path | None
 @dataclass
 class CaseRecord:
     """What happened to one input: its ``case_id`` and ``path``, the volume ``shape`` (z, y, x), the files
-    written, seconds spent, the ``rank`` that did it, the one-line ``error`` when it could not be segmented, and for
+    written, seconds spent, the ``rank`` that did it, the one-line ``error`` when it could not be segmented, for
     a DICOM input which ``series`` was read and what else its folder holds (one line,
-    :meth:`~seg2refine_core.io.dicom.SeriesChoice.message`)."""
+    :meth:`~seg2refine_core.io.dicom.SeriesChoice.message`), and the ``grids`` the models ran on (role → one line,
+    :attr:`PipelineResult.grids <seg2refine_core.inference.pipeline.PipelineResult.grids>`)."""
 
     case_id: str
     path: Path
@@ -57,6 +68,15 @@ class CaseRecord:
     rank: int = 0
     error: str | None = None
     series: str | None = None
+    grids: dict[str, str] = field(default_factory=dict)
+
+    def grid_line(self) -> str:
+        """The models' grids in one line: ``"model grid: <grid>"`` when they share one, else per role."""
+        if not self.grids:
+            return ""
+        if len(set(self.grids.values())) == 1:
+            return f"model grid: {next(iter(self.grids.values()))}"
+        return "; ".join(f"{role} grid: {grid}" for role, grid in self.grids.items())
 
 
 @dataclass
@@ -79,7 +99,7 @@ class PredictionSummary:
             "cases": [
                 {"case_id": c.case_id, "path": str(c.path), "shape": None if c.shape is None else list(c.shape),
                  "outputs": [str(p) for p in c.outputs], "seconds": round(c.seconds, 3), "rank": c.rank,
-                 "error": c.error, "series": c.series}
+                 "error": c.error, "series": c.series, "grids": c.grids}
                 for c in self.cases
             ],
         }
@@ -161,19 +181,21 @@ class Predictor:
                 parts.append(f"{title}: {model.path}")
         return "; ".join(parts)
 
-    def to_model_space(self, volume: Volume, s_mask: np.ndarray | None = None) -> tuple[Volume, np.ndarray | None]:
-        """The input as the models see it: ``volume`` (and an existing S mask on its grid) mapped into the models'
-        space. This is the one place where that mapping happens; :meth:`from_model_space` is its inverse.
+    def to_model_space(self, volume: Volume, model: LoadedModel) -> tuple[np.ndarray, CanonicalMapping]:
+        """``volume`` (HU) as ``model`` sees it: reoriented and resampled into the canonical space its checkpoint
+        records (:func:`~seg2refine_core.data.canonical.to_canonical`, trilinear), or unchanged for a checkpoint that
+        records none (the native grid, with a one-line notice when the checkpoint is loaded). Returns the float32
+        (z, y, x) array in the model's space and the mapping :meth:`from_model_space` inverts. The memory check
+        counts four arrays of the canonical size (HU, X', S and Y probabilities); :class:`VolumeError` (one line)
+        when they would not fit. This and :meth:`from_model_space` are the only places where inputs and outputs
+        change grids."""
+        return to_canonical(volume, model.space, copies=MODEL_SPACE_COPIES)
 
-        Today the models' space is the input's own voxel grid, so both are returned unchanged. The canonical-space
-        issue (``data/canonical.py``) fills it: reorient and resample to the space a checkpoint records.
-        """
-        return volume, s_mask
-
-    def from_model_space(self, prob: np.ndarray, volume: Volume) -> np.ndarray:
-        """Probabilities (float32) made in the models' space, on ``volume``'s exact grid (the inverse of
-        :meth:`to_model_space`; masks are thresholded afterwards). Today: ``prob`` unchanged."""
-        return prob
+    def from_model_space(self, prob: np.ndarray, mapping: CanonicalMapping) -> np.ndarray:
+        """Probabilities (float32, (z, y, x) of ``mapping.shape``) made in a model's space, on the input's exact grid
+        (:func:`~seg2refine_core.data.canonical.from_canonical`: reoriented back, trilinear); ``prob`` itself for
+        the native grid. Masks are thresholded afterwards."""
+        return from_canonical(prob, mapping)
 
     def predict_volume(
         self,
@@ -183,26 +205,86 @@ class Predictor:
         progress: ProgressFn | None = None,
         should_stop: StopFn | None = None,
     ) -> PipelineResult:
-        """Segment one CT volume (HU; wrap a bare array with :meth:`Volume.from_array`): S, Y and/or B on
-        ``volume``'s grid (uint8 masks, float32 probabilities, (z, y, x) of ``volume.shape``).
+        """Segment one CT volume (HU; wrap a bare array with :meth:`Volume.from_array`, or
+        :func:`~seg2refine_core.data.canonical.layer_volume` without a file affine): S, Y and/or B on ``volume``'s
+        grid (uint8 masks, float32 probabilities, (z, y, x) of ``volume.shape``), whatever its voxel order and size.
 
-        ``s_mask``: an existing S on the volume's grid, for stage 2 without stage 1. ``progress(done, total, info)``
-        counts slices then windows; ``should_stop()`` is polled before every batch and raises
-        :class:`~seg2refine_core.errors.StopRequested`. Raises :class:`~seg2refine_core.errors.CheckpointError`
-        when the loaded models cannot make anything from this input (e.g. stage 2 alone without ``s_mask``).
+        Each model runs in the canonical space its checkpoint records (:meth:`to_model_space`); models that share a
+        space share one mapped input, and S goes from stage 1 to stage 2 on that grid. When stage 2 records another
+        space, or S is given (``s_mask``, on the volume's grid, for stage 2 without stage 1), S reaches stage 2
+        through stage 2's own mapping of the input: its probabilities (a given mask as 0/1) on the input's grid are
+        mapped like the image and thresholded (``threshold``; 0.5 for a given mask). Probabilities come back with
+        :meth:`from_model_space` and are thresholded on the input's grid. ``result.grids`` describes the grid each
+        model ran on; ``result.timings_s["mapping"]`` is the time spent mapping between grids.
+
+        ``progress(done, total, info)`` counts slices then windows over all models; ``should_stop()`` is polled
+        before every batch and raises :class:`~seg2refine_core.errors.StopRequested`. Raises
+        :class:`~seg2refine_core.errors.CheckpointError` when the loaded models cannot make anything from this input
+        (e.g. stage 2 alone without ``s_mask``), :class:`~seg2refine_core.errors.VolumeError` for an ``s_mask`` of
+        another shape or a canonical grid that would not fit in memory.
         """
-        model_volume, model_s = self.to_model_space(volume, s_mask)
-        result = run_pipeline(
-            model_volume.array, model_volume.spacing, self.stage1, self.stage2, baseline3d=self.baseline3d,
-            s_mask=model_s, threshold=self.threshold, batch_size=self.batch_size, overlap=self.overlap,
-            sw_batch_size=self.sw_batch_size, device=self.device, progress=progress, should_stop=should_stop,
-        )
-        for key, (_, prob) in result.outputs().items():
-            back = self.from_model_space(prob, volume)
-            if back is not prob:
+        models = {role: m for role, m in (("stage1", self.stage1), ("stage2", self.stage2),
+                                          ("baseline3d", self.baseline3d)) if m is not None}
+        if not models:
+            raise CheckpointError("nothing to run: give a stage-1, stage-2 or 3D baseline model")
+        if self.stage2 is not None and self.stage1 is None and s_mask is None:
+            raise CheckpointError("stage 2 refines S: give a stage-1 model or an existing S mask")
+        if s_mask is not None and tuple(np.shape(s_mask)) != volume.shape:
+            raise VolumeError(f"{volume.name}: the S mask has shape {tuple(np.shape(s_mask))}, the CT {volume.shape}")
+        t0 = time.perf_counter()
+        groups: dict[CanonicalSpace | None, list[str]] = {}
+        for role, model in models.items():
+            groups.setdefault(model.space, []).append(role)
+        mapped = {space: self.to_model_space(volume, models[roles[0]]) for space, roles in groups.items()}
+        mapping_s = time.perf_counter() - t0
+        steps = {space: self._steps(roles, mapped[space][1].shape) for space, roles in groups.items()}
+        total, done = sum(steps.values()), 0
+        result = PipelineResult()
+        for space, roles in groups.items():
+            check_stop(should_stop)
+            array, mapping = mapped.pop(space)
+            group_s = None
+            if "stage2" in roles and "stage1" not in roles:
+                t1 = time.perf_counter()
+                group_s = self._s_for_stage2(volume, result, s_mask)
+                mapping_s += time.perf_counter() - t1
+            part = run_pipeline(
+                array, mapping.spacing, models["stage1"] if "stage1" in roles else None,
+                models["stage2"] if "stage2" in roles else None,
+                baseline3d=models["baseline3d"] if "baseline3d" in roles else None, s_mask=group_s,
+                threshold=self.threshold, batch_size=self.batch_size, overlap=self.overlap,
+                sw_batch_size=self.sw_batch_size, device=self.device, progress=_shifted(progress, done, total),
+                should_stop=should_stop,
+            )
+            del array
+            done += steps[space]
+            result.timings_s.update(part.timings_s)
+            t1 = time.perf_counter()
+            for key, (mask, prob) in part.outputs().items():
+                back = self.from_model_space(prob, mapping)
                 setattr(result, f"{key}_prob", back)
-                setattr(result, f"{key}_mask", threshold_mask(back, self.threshold))
+                setattr(result, f"{key}_mask", mask if back is prob else threshold_mask(back, self.threshold))
+            mapping_s += time.perf_counter() - t1
+            for role in roles:
+                result.grids[role] = describe_mapping(mapping)
+        result.timings_s["mapping"] = mapping_s
         return result
+
+    def _steps(self, roles: list[str], shape: tuple[int, int, int]) -> int:
+        """Progress steps of ``roles`` on a grid of ``shape``: stage-1 slices plus sliding windows."""
+        steps = shape[0] if "stage1" in roles else 0
+        for role in ("stage2", "baseline3d"):
+            if role in roles:
+                steps += count_windows(shape, window_size(getattr(self, role)), self.overlap)
+        return steps
+
+    def _s_for_stage2(self, volume: Volume, result: PipelineResult, s_mask: np.ndarray | None) -> np.ndarray:
+        """S for stage 2 on its own grid: stage 1's probabilities on the input grid (``result.s_prob``), else the
+        given mask, mapped like the image (:meth:`to_model_space` of stage 2) and thresholded."""
+        source, threshold = (result.s_prob, self.threshold) if result.s_prob is not None else (s_mask, 0.5)
+        s_volume = replace(volume, array=np.asarray(source, dtype=np.float32))
+        array, _ = self.to_model_space(s_volume, self.stage2)  # type: ignore[arg-type]
+        return threshold_mask(array, threshold)
 
     def write_outputs(
         self,
@@ -317,6 +399,7 @@ class Predictor:
             progress(done, total, f"{label}: {info}" if info else label)  # type: ignore[misc]
 
         result = self.predict_volume(volume, progress=case_progress if progress else None, should_stop=should_stop)
+        record.grids = dict(result.grids)
         try:
             record.outputs = self.write_outputs(case_id, result, volume, out_dir, save_prob=save_prob,
                                                 output_format=output_format)
@@ -324,3 +407,10 @@ class Predictor:
             record.error = str(err)
         record.seconds = time.perf_counter() - t0
         return record
+
+
+def _shifted(progress: ProgressFn | None, offset: int, total: int) -> ProgressFn | None:
+    """``progress`` of one model group reported as steps ``offset + done`` of the whole run's ``total``."""
+    if progress is None:
+        return None
+    return lambda done, _total, info="": progress(offset + done, total, info)

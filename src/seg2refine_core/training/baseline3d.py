@@ -6,9 +6,10 @@ Seg2RefineNet (design §7; the paper compares against 3D U-Nets).
 - **Cases.** The same rule as stage 1 (:mod:`seg2refine_core.training.stage1`) with the same defaults: the split
   table's ``train``/``val`` cases of ``fold``, or without a table :func:`~seg2refine_core.data.datasets.holdout_split`
   (``val_fraction`` 0.1, ``test_fraction`` 0.2, ``split_seed`` 0). So the baseline trains on stage 1's training
-  cases, selects on its validation cases and leaves the same test cases untouched. The CT comes from the same
-  memmap cache of HU (:mod:`seg2refine_core.data.cache`; pass the stage-1 run's ``--cache-dir`` to reuse it); X' of
-  each patch is made on the fly with ``preprocess``.
+  cases, selects on its validation cases and leaves the same test cases untouched. It trains in its canonical space
+  by stage 1's rule (:func:`~seg2refine_core.training.cases.training_space`; the same cases give the same space),
+  recorded in its checkpoints. The CT comes from the same memmap cache of HU (:mod:`seg2refine_core.data.cache`;
+  pass the stage-1 run's ``--cache-dir`` to reuse it); X' of each patch is made on the fly with ``preprocess``.
 - **Model.** ``monai.networks.nets.UNet(spatial_dims=3, in_channels=1, out_channels=1, channels=w·(1, 2, 4, 8, 16),
   strides=(2, 2, 2, 2), num_res_units)``, checkpoint architecture ``monai-unet-3d``. With ``w = 16`` and one
   residual unit it has 2.4 M parameters against 3.5 M for the stage-2 generator at width 16 (3D part only).

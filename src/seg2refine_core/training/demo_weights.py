@@ -6,6 +6,11 @@ that the stage-1 model produced for the cases it never trained on (its validatio
 with the ImageCAS validation set), and copies both best checkpoints into the package's ``weights/`` folder as
 ``stage1`` and ``stage2`` (float16 on disk to stay small). The demo evaluates on seed 1000, never used here.
 These are demo weights: trained on synthetic data only, not for clinical or research use on real scans.
+
+Both stages train in one fixed, coarse canonical space, LPS at ``target_spacing`` = 1.0 x 0.7 x 0.7 mm (the
+phantoms' own grid, so they need no resampling), recorded in both checkpoints: every input, whatever its voxel
+order and size, is mapped there, so a real-size CT (512 x 512 in-plane at 0.4 mm) is segmented on about
+290 x 290 voxels per slice and stays fast on a CPU.
 """
 
 from __future__ import annotations
@@ -38,6 +43,9 @@ class DemoWeightsConfig:
                                          group="cases")
     val_fraction: float = option(0.4, help="share of the phantoms stage 1 does not train on (its validation cases, "
                                            "stage 2's cases)", metavar="F", group="cases")
+    target_spacing: tuple[float, float, float] = option(
+        (1.0, 0.7, 0.7), help="the canonical spacing (sz sy sx, mm, LPS) both stages train in and record: fixed and "
+                              "coarse, so that real-size CT stays fast on a CPU", metavar=("SZ", "SY", "SX"))
     width: int = option(16, help="width of both networks", metavar="W")
     stage1_epochs: int = option(12, help="stage-1 epochs", metavar="E")
     stage1_samples_per_epoch: int = option(640, help="stage-1 slices per epoch", metavar="N")
@@ -55,7 +63,8 @@ class DemoWeightsConfig:
                                        "weights were trained with none, the paper's recipe", choices=AUGMENT_PRESETS)
     device: str = option("auto", help="auto (cuda, then mps, then cpu), cuda, cuda:N, mps or cpu", metavar="D",
                          group="system")
-    threads: int | None = option(None, help="CPU threads for torch (default: one per core)", metavar="N",
+    threads: int | None = option(None, help="CPU threads for torch (default: one per core that is idle when the "
+                                            "run starts, at least 1)", metavar="N",
                                  group="system")
     num_workers: int = option(1, help="DataLoader worker processes", metavar="N", group="system")
 
@@ -86,7 +95,8 @@ def train_demo_weights(
             split_seed=config.seed, variant="sfanet", width=config.width, epochs=config.stage1_epochs,
             batch_size=config.stage1_batch_size, samples_per_epoch=config.stage1_samples_per_epoch,
             lr=config.stage1_lr, num_workers=config.num_workers, device=config.device, threads=config.threads,
-            seed=config.seed, augment=config.augment, command="seg2refine train demo",
+            seed=config.seed, augment=config.augment, target_spacing=config.target_spacing,
+            command="seg2refine train demo",
         ),
         progress=progress, should_stop=should_stop,
     )
@@ -96,7 +106,7 @@ def train_demo_weights(
             patch_size=config.patch_size, epochs=config.stage2_epochs, batch_size=config.stage2_batch_size,
             patches_per_epoch=config.stage2_patches_per_epoch, num_workers=config.num_workers,
             device=config.device, threads=config.threads, seed=config.seed, augment=config.augment,
-            command="seg2refine train demo",
+            target_spacing=config.target_spacing, command="seg2refine train demo",
         ),
         progress=progress, should_stop=should_stop,
     )

@@ -7,7 +7,9 @@ The loop owns:
 - **the run folder**: the overwrite guard; ``--resume``, refusing a changed run-defining option
   (:meth:`TrainOptions.run_defining <seg2refine_core.training.options.TrainOptions.run_defining>`) or other cases;
   at the end of each epoch ``metrics.jsonl``, ``curves.png``, ``best`` (by the validation score, else the training
-  loss) and ``last`` (:mod:`~seg2refine_core.training.history`, :mod:`~seg2refine_core.training.runlog`);
+  loss) and ``last`` (:mod:`~seg2refine_core.training.history`, :mod:`~seg2refine_core.training.runlog`), whose JSON
+  records the canonical space the trainer's data were mapped to (``canonical_space``, set in
+  :meth:`~Trainer.prepare_data`; :mod:`seg2refine_core.data.canonical`) and how it was chosen;
 - **exact resume, also mid-epoch**: ``last.resume.pt`` holds the epoch and step counters, the summed step values of
   the unfinished epoch, the RNG states and the trainer's own state (optimizers, schedulers, loss scalers, ...); the
   sampler skips what the run already drew, and the RNG states of a mid-epoch stop are restored after the resumed
@@ -55,6 +57,7 @@ import torch
 from torch import nn
 
 from seg2refine_core import distributed
+from seg2refine_core.data.canonical import CONFIG_KEY, CanonicalSpace
 from seg2refine_core.data.sampling import BalancedSampler
 from seg2refine_core.devices import autocast_dtype
 from seg2refine_core.errors import CheckpointError, Seg2RefineError
@@ -147,6 +150,8 @@ class Trainer(ABC, Generic[Config]):
         self.sums: dict[str, float] = {}
         self.stopped = False
         self.pending_rng: dict[str, Any] | None = None  # RNG states to restore once a resumed epoch has begun
+        self.space: CanonicalSpace | None = None  # the canonical space the run trains in, set by prepare_data
+        self.space_rule = ""  # how it was chosen (checkpoint provenance)
 
     # ------------------------------------------------------------------------------------------------ the loop
 
@@ -263,6 +268,7 @@ class Trainer(ABC, Generic[Config]):
         return {
             "architecture": self.architecture,
             **self.checkpoint_entries(),
+            **({CONFIG_KEY: self.space.to_dict()} if self.space is not None else {}),
             "training": {
                 "stage": self.stage,
                 "data": str(config.data),
@@ -273,6 +279,7 @@ class Trainer(ABC, Generic[Config]):
                 "step_in_epoch": self.step,
                 "epochs": config.epochs,
                 "seed": config.seed,
+                **({"target_spacing": self.space_rule} if self.space_rule else {}),
                 **self.training_facts(),
                 **self.history.provenance(self.info.world_size, config.command, self.run_config),
             },
@@ -355,7 +362,9 @@ class Trainer(ABC, Generic[Config]):
 
     @abstractmethod
     def prepare_data(self) -> tuple[Iterable[Any], BalancedSampler]:
-        """``(loader, sampler)``: batches of this rank's share of an epoch, and the sampler that draws it."""
+        """``(loader, sampler)``: batches of this rank's share of an epoch, and the sampler that draws it. Sets
+        ``self.space`` (the canonical space the data were mapped to, recorded in the checkpoints as
+        :data:`~seg2refine_core.data.canonical.CONFIG_KEY`) and ``self.space_rule`` (how it was chosen)."""
 
     @abstractmethod
     def build_networks(self, weights: dict[str, torch.Tensor] | None) -> None:

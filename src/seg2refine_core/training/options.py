@@ -197,10 +197,19 @@ class TrainOptions:
              "paper's recipe (slices: flips, rotation; patches: rotation, masking of S, noise on X'); off = nothing",
         choices=AUGMENT_PRESETS, defines_run=True, former={True: "none", False: "off"}, absent="none",
     )
+    target_spacing: tuple[float, float, float] | None = option(
+        None,
+        help="the model's voxel size in mm (axial slice, row, column): every case is mapped to the canonical space "
+             "(LPS voxel order, this spacing) for training and the checkpoint records it, so inputs are mapped there "
+             "at inference (default: derived from the training cases' headers by nnU-Net's rule; README: Canonical "
+             "space)",
+        metavar=("SZ", "SY", "SX"), defines_run=True,
+    )
     device: str = option("auto", help="auto (cuda, then mps, then cpu), cuda, cuda:N, mps or cpu; under torchrun "
                                       "each rank takes its own GPU", metavar="D", group="system")
-    threads: int | None = option(None, help="CPU threads for torch during the run (default: one per core); fewer "
-                                            "leave cores to napari or other jobs", metavar="N", group="system")
+    threads: int | None = option(None, help="CPU threads for torch during the run (default: one per core that is "
+                                            "idle when the run starts, at least 1); fewer leave cores to napari or "
+                                            "other jobs", metavar="N", group="system")
     num_workers: int = option(2, help="DataLoader worker processes", metavar="N", group="system")
     amp: bool = option(True, help="no mixed precision (autocast and channels-last are used on CUDA only)",
                        group="system")
@@ -267,6 +276,9 @@ class TrainOptions:
         self.check_at_least(0, "num_workers")
         if self.threads is not None:
             self.check_at_least(1, "threads")
+        spacing = self.target_spacing
+        if spacing is not None and not (len(spacing) == 3 and all(0 < float(s) < float("inf") for s in spacing)):
+            raise Seg2RefineError(f"--target-spacing needs three positive sizes in mm (SZ SY SX), got {spacing}")
 
     def check_at_least(self, low: int, *names: str) -> None:
         """Raise :class:`Seg2RefineError` for the first of ``names`` whose value is below ``low``."""

@@ -4,8 +4,11 @@ What one run does (paper: "SFANet is trained using the Adam optimizer ...", desi
 
 - Cases come from ``data`` (ImageCAS / ASOCA / generic layout) and are split by the official table
   (``split`` + ``fold``) or, without one, by a seeded hold-out (``val_fraction``, ``test_fraction``, ``split_seed``).
-  Test cases are never read. Train and val cases are read once into a cache of int16 HU
-  (:mod:`seg2refine_core.data.cache`, default ``<out>/cache``) and streamed from memory-mapped arrays.
+  Test cases are never read. The run works in one canonical space (LPS voxel order; ``target_spacing``, else
+  nnU-Net's rule over the training cases' headers: :func:`~seg2refine_core.training.cases.training_space`),
+  recorded in its checkpoints so that inference maps every input there. Train and val cases are read once, mapped
+  into that space and written into a cache of int16 HU and labels (:mod:`seg2refine_core.data.cache`, default
+  ``<out>/cache``), then streamed from memory-mapped arrays.
 - Each epoch draws ``samples_per_epoch`` slices with the vessel-aware rule of
   :class:`~seg2refine_core.data.sampling.BalancedSampler` (default: as many samples as there are training slices,
   80 % of them from vessel-bearing slices). Every sample is padded (zeros) and randomly cropped to the slice size
@@ -19,9 +22,10 @@ What one run does (paper: "SFANet is trained using the Adam optimizer ...", desi
 - Loss :class:`~.losses.WeightedBCEDiceLoss` (α = 0.5), Adam (lr 1e-4, weight decay 1e-5), cosine
   learning-rate decay over the epochs (to 1 % of lr, :func:`cosine_decay`), mixed precision (bf16/fp16
   autocast) and channels-last on CUDA only.
-- After each epoch every validation volume is segmented whole (every axial slice, threshold 0.5), Dice is taken
-  per volume with :func:`~.metrics.dice` and averaged. ``best`` keeps the highest mean validation
-  Dice (the lowest training loss when there are no validation cases); ``last`` is the latest state.
+- After each epoch every validation volume is segmented whole (every axial slice, threshold 0.5) on its canonical
+  grid, Dice is taken per volume against the canonical label with :func:`~.metrics.dice` and averaged. ``best``
+  keeps the highest mean validation Dice (the lowest training loss when there are no validation cases); ``last`` is
+  the latest state.
 - Under ``torchrun`` the model is wrapped in DistributedDataParallel; every rank draws the same epoch sample and
   takes its shard, validation volumes are shared out between ranks, batch-norm buffers are copied from rank 0 at
   the end of each epoch, and only rank 0 writes checkpoints and logs.

@@ -15,14 +15,21 @@ What one run does:
   stage-1 model trained on another dataset with coinciding ids is refused too). A stage-1 checkpoint that
   records no training cases is refused unless ``allow_unknown_stage1``. The pool is split into stage-2 train
   and validation cases by :func:`~seg2refine_core.data.datasets.holdout_split` (``val_fraction``, ``split_seed``).
-- **Inputs.** The CT comes from the memmap cache of HU (:mod:`seg2refine_core.data.cache`); X' is made from it with
-  the stage-1 checkpoint's preprocessing (stage 2 must see the same X'), per patch on the fly and for whole volumes
-  when S is made and when validating. S is made once per pool case with
-  :func:`~seg2refine_core.inference.stage1.segment_slices` and thresholded at 0.5 into a uint8 mask, stored beside the
-  HU cache under ``stage1-s/<fingerprint>/`` (fingerprint = SHA-256 of the stage-1 weights, model config and
-  preprocessing): another stage-1 model gets its own folder, a rebuilt HU file is noticed by its size and mtime.
-  G's input is ``concat(X', S)`` with S the float {0, 1} mask, exactly what
-  :func:`~seg2refine_core.inference.stage2.refine_volume` gets at inference time.
+- **Canonical space.** Stage 2 trains in its own canonical space (``target_spacing``, else nnU-Net's rule over its
+  training cases' headers, :func:`~seg2refine_core.training.cases.training_space`), recorded in its checkpoints;
+  stage 1 keeps the space its checkpoint records. Each stage maps its own input, as the
+  :class:`~seg2refine_core.inference.predictor.Predictor` does at inference.
+- **Inputs.** The CT comes from the memmap cache of HU in stage 2's space (:mod:`seg2refine_core.data.cache`); X' is
+  made from it with the stage-1 checkpoint's preprocessing (stage 2 must see the same X'), per patch on the fly and
+  for whole volumes when S is made and when validating. S is made once per pool case and thresholded at 0.5 into a
+  uint8 mask on stage 2's grid: when stage 1 records the same space, by
+  :func:`~seg2refine_core.inference.stage1.segment_slices` on the cached HU; otherwise (another space, or an older
+  stage-1 checkpoint that records none and runs on the native grid) by the Predictor's stage 1 on the case's file
+  in stage 1's space, its probabilities mapped back to the file's grid and then into stage 2's space, exactly the
+  path of S at inference. S is stored beside the HU cache under ``stage1-s/<fingerprint>/`` (fingerprint = SHA-256
+  of the stage-1 weights, model config, preprocessing and canonical space): another stage-1 model gets its own
+  folder, a rebuilt HU file is noticed by its size and mtime. G's input is ``concat(X', S)`` with S the float
+  {0, 1} mask, exactly what :func:`~seg2refine_core.inference.stage2.refine_volume` gets at inference time.
 - **Patches.** :mod:`seg2refine_core.data.patches` (vessel-centred and random patches, seeded per patch and sharded
   across ranks), augmented by the ``augment`` preset (:mod:`seg2refine_core.data.augment`): intensity on the HU of
   the patch (CT only), spatial transforms on X', S and T together, random masking of S; ``none`` is the recipe
@@ -50,7 +57,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +69,7 @@ from torch.utils.data import DataLoader
 from seg2refine_core import distributed
 from seg2refine_core.data.augment import augment_preset
 from seg2refine_core.data.cache import CacheIndex
+from seg2refine_core.data.canonical import CONFIG_KEY, CanonicalSpace, to_canonical
 from seg2refine_core.data.datasets import Case, discover_cases, holdout_split, read_split
 from seg2refine_core.data.patches import PatchConfig, PatchDataset, patch_loader, patch_sources
 from seg2refine_core.data.sampling import BalancedSampler
@@ -71,9 +80,10 @@ from seg2refine_core.inference.stage1 import segment_slices
 from seg2refine_core.inference.stage2 import refine_volume
 from seg2refine_core.io.atomic import atomic_path, write_text_atomic
 from seg2refine_core.io.checkpoint import checkpoint_paths, load_state_strict, read_config
+from seg2refine_core.io.volume import read_volume
 from seg2refine_core.nets.attention_gan import AttentionGenerator3d, PatchDiscriminator3d
 from seg2refine_core.progress import ProgressFn, StopFn
-from seg2refine_core.training.cases import prepare_hu_cache
+from seg2refine_core.training.cases import prepare_hu_cache, training_space
 from seg2refine_core.training.configs import Stage2TrainConfig
 from seg2refine_core.training.gan_losses import GeneratorLoss, discriminator_loss
 from seg2refine_core.training.history import EpochFn
@@ -97,7 +107,8 @@ PANELS = {
 
 
 def checkpoint_fingerprint(path: str | Path) -> str:
-    """SHA-256 (hex) of a checkpoint's weights file and its architecture, model and preprocessing settings."""
+    """SHA-256 (hex) of a checkpoint's weights file and its architecture, model and preprocessing settings, and its
+    canonical space when it records one."""
     weights, _ = checkpoint_paths(path)
     config = read_config(path)
     digest = hashlib.sha256()
@@ -105,6 +116,8 @@ def checkpoint_fingerprint(path: str | Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     facts = {k: config.get(k) for k in ("architecture", "model", "preprocess")}
+    if CONFIG_KEY in config:  # checkpoints from before canonical spaces keep their fingerprint
+        facts[CONFIG_KEY] = config[CONFIG_KEY]
     digest.update(json.dumps(facts, sort_keys=True).encode())
     return digest.hexdigest()
 
@@ -176,7 +189,7 @@ def default_cache_dir(config: Stage2TrainConfig, stage1_config: dict[str, Any]) 
         return Path(config.cache_dir)
     stored = ((stage1_config.get("training") or {}).get("config") or {}).get("cache_dir")
     for candidate in (stored, Path(config.stage1).parent / "cache"):
-        if candidate and (Path(candidate) / "index.json").is_file():
+        if candidate and any(Path(candidate).glob("*/index.json")):
             return Path(candidate)
     return Path(config.out) / "cache"
 
@@ -200,6 +213,7 @@ def build_s_cache(
     stage1: LoadedModel,
     fingerprint: str,
     *,
+    sources: Mapping[str, Case] | None = None,
     device: torch.device | str = "cpu",
     batch_size: int = 4,
     progress: ProgressFn | None = None,
@@ -207,19 +221,23 @@ def build_s_cache(
     rank: int = 0,
     world_size: int = 1,
 ) -> dict[str, tuple[Path, tuple[int, ...]]]:
-    """Stage-1 masks S (uint8, threshold 0.5) of ``case_ids`` beside the HU cache; ``{id: (npy path, counts)}``.
+    """Stage-1 masks S (uint8, threshold 0.5) of ``case_ids`` on the HU cache's grid, stored beside it;
+    ``{id: (npy path, counts)}``.
 
-    S is the stage-1 model on the whole volume's X', made from the cached HU with the model's preprocessing.
-    Files: ``<cache>/stage1-s/<fingerprint[:16]>/<name>.s.npy`` and ``<name>.s.json`` (foreground voxels per
-    axial slice, the stage-1 fingerprint and the HU file's size and mtime). Up-to-date files are reused. This
-    rank makes its share ``case_ids[rank::world_size]``; call :func:`~seg2refine_core.distributed.barrier`
-    and then again with ``world_size=1`` to read all entries.
+    When ``stage1`` records the cache's canonical space, S is the stage-1 model on the whole volume's X', made from
+    the cached HU with the model's preprocessing. Otherwise each case is read from its file in ``sources`` and S is
+    what inference gives (:func:`stage1_s_on`). Files: ``<cache>/stage1-s/<fingerprint[:16]>/<name>.s.npy`` and
+    ``<name>.s.json`` (foreground voxels per axial slice, the stage-1 fingerprint and the HU file's size and mtime).
+    Up-to-date files are reused. This rank makes its share ``case_ids[rank::world_size]``; call
+    :func:`~seg2refine_core.distributed.barrier` and then again with ``world_size=1`` to read all entries. Raises
+    ValueError when S must come from the files and ``sources`` lacks a case.
     """
     folder = cache.root / S_DIR / fingerprint[:16]
     folder.mkdir(parents=True, exist_ok=True)
     about = folder / "stage1.json"
     if not about.is_file():
         write_text_atomic(about, json.dumps({"stage1": str(stage1.path), "fingerprint": fingerprint}) + "\n")
+    same_space = stage1.space == cache.space
     out: dict[str, tuple[Path, tuple[int, ...]]] = {}
     mine = list(case_ids)[rank::world_size]
     for done, case_id in enumerate(mine):
@@ -232,16 +250,26 @@ def build_s_cache(
             entry = {}
         if not _s_entry_fresh(entry, folder, cached.hu_path, fingerprint):
             stat = cached.hu_path.stat()
-            xprime = cache.xprime(case_id, stage1.preprocess_config)
-            prob = segment_slices(stage1.model, xprime, batch_size=batch_size, device=device, should_stop=should_stop)
-            del xprime
-            mask = (prob >= THRESHOLD).astype(np.uint8)
-            del prob
+            if same_space:
+                xprime = cache.xprime(case_id, stage1.preprocess_config)
+                prob = segment_slices(stage1.model, xprime, batch_size=batch_size, device=device,
+                                      should_stop=should_stop)
+                del xprime
+                mask = (prob >= THRESHOLD).astype(np.uint8)
+                del prob
+            else:
+                if sources is None or case_id not in sources:
+                    raise ValueError(f"S of case {case_id!r} must be made from its file: give its Case in sources")
+                mask = stage1_s_on(sources[case_id], stage1, cache.space, device=device, batch_size=batch_size,
+                                   should_stop=should_stop)
+                if mask.shape != cached.shape:
+                    raise DatasetError(f"case {case_id!r}: S on {mask.shape} does not match its cache {cached.shape}")
             with atomic_path(folder / f"{name}.s.npy") as tmp:
                 np.save(tmp, mask)
             entry = {
                 "version": S_VERSION, "case_id": case_id, "file": f"{name}.s.npy", "stage1": fingerprint,
                 "hu": {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}, "threshold": THRESHOLD,
+                "made": "from the cached HU" if same_space else "from the file, through both canonical mappings",
                 "counts": [int(n) for n in mask.reshape(mask.shape[0], -1).sum(axis=1, dtype=np.int64)],
             }
             write_text_atomic(meta, json.dumps(entry) + "\n")
@@ -249,6 +277,22 @@ def build_s_cache(
         if progress is not None:
             progress(done + 1, len(mine), f"stage-1 S: {case_id}")
     return out
+
+
+def stage1_s_on(
+    case: Case, stage1: LoadedModel, space: CanonicalSpace | None, *, device: torch.device | str = "cpu",
+    batch_size: int = 4, should_stop: StopFn | None = None,
+) -> np.ndarray:
+    """S of ``case`` (uint8, threshold 0.5) on the grid of ``space``, made as inference makes stage 2's S input:
+    stage 1 in its own space (:class:`~seg2refine_core.inference.predictor.Predictor`), its probabilities on the
+    file's grid, mapped into ``space`` like the image (trilinear) and thresholded."""
+    from seg2refine_core.inference.predictor import Predictor
+
+    volume = read_volume(case.image)
+    predictor = Predictor(stage1=stage1, device=str(device), batch_size=batch_size, threshold=THRESHOLD)
+    s_prob = predictor.predict_volume(volume, should_stop=should_stop).s_prob
+    mapped, _ = to_canonical(replace(volume, array=s_prob), space)
+    return (mapped >= THRESHOLD).astype(np.uint8)
 
 
 # --------------------------------------------------------------------------------------------------- training
@@ -285,14 +329,19 @@ class Stage2Trainer(Trainer[Stage2TrainConfig]):
                                   "started with")
 
     def prepare_data(self) -> tuple[DataLoader, BalancedSampler]:
-        """The HU cache, then S (both shared out between ranks), then the patches (X' with the stage-1 model's
-        preprocessing)."""
+        """The run's canonical space (:func:`~seg2refine_core.training.cases.training_space` over the stage-2
+        training cases), the HU cache in it, then S on its grid (both shared out between ranks), then the patches
+        (X' with the stage-1 model's preprocessing)."""
         config, info = self.config, self.info
         ids = self.cases["train"] + self.cases["val"]
         self.preprocess = self.stage1.preprocess_config
+        self.stage1_space = self.stage1.space
+        self.space, self.space_rule = training_space(config, [self.by_id[i] for i in self.cases["train"]])
         cache_dir = default_cache_dir(config, self.stage1.config)
-        self.cache = prepare_hu_cache([self.by_id[i] for i in ids], cache_dir, info, self.progress, self.should_stop)
-        s_args = {"device": info.device, "batch_size": config.s_batch_size, "should_stop": self.should_stop}
+        self.cache = prepare_hu_cache([self.by_id[i] for i in ids], cache_dir, self.space, info, self.progress,
+                                      self.should_stop)
+        s_args = {"device": info.device, "batch_size": config.s_batch_size, "should_stop": self.should_stop,
+                  "sources": self.by_id}
         build_s_cache(self.cache, ids, self.stage1, self.fingerprint, rank=info.rank, world_size=info.world_size,
                       progress=self.progress if info.is_main else None, **s_args)
         distributed.barrier()
@@ -408,7 +457,8 @@ class Stage2Trainer(Trainer[Stage2TrainConfig]):
         patches = self.patch_config().to_dict()
         augmentation = patches.pop("augment")
         return {
-            "stage1": {"path": str(config.stage1), "sha256": self.fingerprint},
+            "stage1": {"path": str(config.stage1), "sha256": self.fingerprint,
+                       CONFIG_KEY: None if self.stage1_space is None else self.stage1_space.to_dict()},
             "lambda": config.lam,
             "delta_b0": config.delta_b0,
             "topology": config.topology,
