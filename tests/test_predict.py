@@ -355,3 +355,26 @@ def test_dicom_refusals_are_one_line_messages(case_and_models, tmp_path, capsys)
     assert main(["predict", str(tmp_path / "pacs"), *args, "--out", str(tmp_path / "o4")]) == 2
     assert "several inputs share the case id(s) SE0 (" in capsys.readouterr().err
     assert not (tmp_path / "o3").exists() and not (tmp_path / "o4").exists()
+
+
+def test_analyze_runs_the_vessel_analysis_on_y_as_analyze_does(case_and_models, tmp_path, capsys):
+    import json
+
+    root, image, (s1, s2) = case_and_models
+    out = tmp_path / "pred"
+    assert main(["predict", str(image), "--stage1", str(s1), "--stage2", str(s2), "--out", str(out),
+                 "--device", "cpu", "--analyze"]) == 0
+    assert "7: vessel analysis of 7.y.nii.gz -> 7.y.analysis.json, 7.y.analysis.png" in capsys.readouterr().out
+    report = json.loads((out / "7.y.analysis.json").read_text())
+    assert {"trees", "branches", "stenoses"} <= set(report) and (out / "7.y.analysis.png").stat().st_size > 0
+    # the same report as `seg2refine analyze` on the mask written
+    assert main(["analyze", str(out / "7.y.nii.gz"), "--json", str(tmp_path / "again.json")]) == 0
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert again == report
+    # stage 1 alone: S is analysed; a DICOM SEG cannot be read back, so --analyze refuses it up front
+    assert main(["predict", str(image), "--stage1", str(s1), "--out", str(tmp_path / "s"), "--device", "cpu",
+                 "--analyze"]) == 0
+    assert (tmp_path / "s" / "7.s.analysis.json").is_file()
+    assert main(["predict", str(image), "--out", str(tmp_path / "seg"), "--output-format", "dicom-seg",
+                 "--analyze"]) == 2
+    assert "--analyze reads the masks written" in capsys.readouterr().err

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -92,3 +93,25 @@ def summary(analysis: TreeAnalysis) -> str:
     if not analysis.stenoses:
         lines.append("no stenosis candidate >= 25 %")
     return "\n".join(lines)
+
+
+def analyze_file(mask_path: str | Path, *, image_path: str | Path | None = None, json_path: str | Path | None = None,
+                 png_path: str | Path | None = None, options: Any = None) -> TreeAnalysis:
+    """Analyse the mask file ``mask_path`` (any format :func:`~seg2refine_core.io.volume.read_volume` reads; voxels
+    > 0.5 are lumen) and write the reports asked for. ``image_path``: its CT, on the same grid, for the figure's
+    CPR panels. ``options``: :class:`~seg2refine_core.analysis.stenosis.StenosisOptions`. Raises
+    :class:`~seg2refine_core.errors.VolumeError` for an unreadable file or a CT on another grid."""
+    from seg2refine_core.analysis.analyze import analyze_mask
+    from seg2refine_core.io.volume import check_same_geometry, read_volume
+
+    volume = read_volume(mask_path)
+    image = None
+    if image_path is not None:
+        ct = read_volume(image_path)
+        check_same_geometry(ct, volume)
+        image = ct.array
+    mask = volume.array > 0.5
+    analysis = analyze_mask(mask, volume.spacing, volume.affine, options=options, source=str(mask_path))
+    write_reports(analysis, json_path=json_path, png_path=png_path, image=image, mask=mask)
+    return analysis
+

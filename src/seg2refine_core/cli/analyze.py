@@ -79,10 +79,9 @@ def _image_for(mask: Path, image: str | None, several: bool) -> Path | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from seg2refine_core.analysis import analyze_mask
-    from seg2refine_core.analysis.report import summary, write_csv, write_json
+    from seg2refine_core.analysis.report import analyze_file, summary, write_csv
     from seg2refine_core.analysis.stenosis import StenosisOptions
-    from seg2refine_core.io.volume import check_same_geometry, read_volume, strip_suffix
+    from seg2refine_core.io.volume import strip_suffix
     from seg2refine_core.progress import tqdm_progress
 
     if args.min_reference < 0:
@@ -98,24 +97,12 @@ def run(args: argparse.Namespace) -> int:
     with tqdm_progress("analyze", unit="mask") as progress:
         progress(0, len(masks), "")
         for done, path in enumerate(masks, start=1):
-            volume = read_volume(path)
-            image_path = _image_for(path, args.image, several)
-            image = None
-            if image_path is not None:
-                ct = read_volume(image_path)
-                check_same_geometry(ct, volume)
-                image = ct.array
-            mask = volume.array > 0.5
-            analysis = analyze_mask(mask, volume.spacing, volume.affine, options=options, source=str(path))
-            analyses.append(analysis)
             stem = strip_suffix(path)
-            if args.json:
-                write_json(analysis, Path(args.json) / f"{stem}.analysis.json" if several else args.json)
-            if args.png:
-                from seg2refine_core.analysis.figure import write_figure
-
-                write_figure(analysis, Path(args.png) / f"{stem}.analysis.png" if several else args.png,
-                             image=image, mask=mask, title=path.name)
+            json_path = (Path(args.json) / f"{stem}.analysis.json" if several else args.json) if args.json else None
+            png_path = (Path(args.png) / f"{stem}.analysis.png" if several else args.png) if args.png else None
+            analysis = analyze_file(path, image_path=_image_for(path, args.image, several), json_path=json_path,
+                                    png_path=png_path, options=options)
+            analyses.append(analysis)
             print(f"{path}:\n" + "\n".join(f"  {line}" for line in summary(analysis).splitlines()))
             progress(done, len(masks), path.name)
     if args.csv:

@@ -43,5 +43,7 @@ def run(args: argparse.Namespace) -> int:
     secs = summary["seconds"]
     print(f"pipeline {secs['pipeline']:.1f} s on {summary['device']} (stage 1 {secs.get('stage1', 0):.1f} s, "
           f"stage 2 {secs.get('stage2', 0):.1f} s); total {secs['total']:.1f} s")
+    if summary["busy_note"]:
+        print(summary["busy_note"])
     print(f"outputs in {args.out}/: demo.s.nii.gz, demo.y.nii.gz, metrics.json, slice_dice.png, overlay.png")
     return 0

@@ -62,6 +62,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sw-batch-size", type=int, default=None,
                    help="stage-2 and baseline windows per forward (default: 1 on CPU, 8 on GPUs)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
+    p.add_argument("--analyze", action="store_true",
+                   help="then run the vessel analysis (as `seg2refine analyze`) on each case's Y (S when stage 2 does "
+                        "not run, else B): <id>.<key>.analysis.json and .png beside the masks")
     add_threads_option(p)
     p.set_defaults(run=run)
 
@@ -81,8 +84,19 @@ def resolve_stages(
     return stage1 or BUNDLED_CHOICE, stage2
 
 
+def analysis_mask(outputs: list[Path]) -> tuple[str, Path] | None:
+    """The written mask ``--analyze`` reads, as (key, path): Y, else S, else B; None when none was written."""
+    from seg2refine_core.io.volume import strip_suffix
+
+    masks = {strip_suffix(path).rsplit(".", 1)[-1]: path for path in outputs}
+    return next(((key, masks[key]) for key in ("y", "s", "b") if key in masks), None)
+
+
 def run(args: argparse.Namespace) -> int:
     from seg2refine_core.data.canonical import notices_to
+
+    if args.analyze and args.output_format == "dicom-seg":
+        raise Seg2RefineError("--analyze reads the masks written: use --output-format nifti, nrrd or metaimage")
 
     with notices_to(lambda message: print(f"seg2refine predict: note: {message}", file=sys.stderr, flush=True)):
         return _run(args)
@@ -90,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from seg2refine_core import distributed
+    from seg2refine_core.clock import Stopwatch
     from seg2refine_core.inference.predictor import CaseRecord, Predictor
     from seg2refine_core.progress import tqdm_progress
 
@@ -111,7 +126,26 @@ def _run(args: argparse.Namespace) -> int:
             else:
                 print(f"{where}{case.case_id}: {case.shape} in {case.seconds:.1f} s ({case.grid_line()}) -> "
                       f"{', '.join(p.name for p in case.outputs)}", flush=True)
+                if args.analyze:
+                    analyze(case)
 
+        def analyze(case: CaseRecord) -> None:
+            from seg2refine_core.analysis.report import analyze_file, summary
+
+            found = analysis_mask(case.outputs)
+            if found is None:
+                return
+            key, mask = found
+            base = f"{case.case_id}.{key}.analysis"
+            analysis = analyze_file(
+                mask, image_path=case.path if args.series is None else None,  # the CPR panels' CT
+                json_path=args.out / f"{base}.json", png_path=args.out / f"{base}.png",
+            )
+            lines = "\n".join(f"{where}  {line}" for line in summary(analysis).splitlines())
+            print(f"{where}{case.case_id}: vessel analysis of {mask.name} -> {base}.json, {base}.png\n{lines}",
+                  flush=True)
+
+        clock = Stopwatch()
         with tqdm_progress("predict", unit="step", disable=not info.is_main) as progress:
             summary = predictor.predict_files(
                 args.inputs, args.out, save_prob=args.save_prob, overwrite=args.overwrite, series=args.series,
@@ -124,6 +158,8 @@ def _run(args: argparse.Namespace) -> int:
     done = len(summary.cases) - len(summary.failed)
     ranks = f" on {summary.world_size} ranks" if summary.world_size > 1 else ""
     print(f"{done} of {len(summary.cases)} case(s) segmented in {summary.seconds:.1f} s{ranks} -> {args.out}")
+    if note := clock.busy_note(str(predictor.device)):
+        print(note)
     if summary.failed:
         raise Seg2RefineError(f"{len(summary.failed)} case(s) failed: {', '.join(c.case_id for c in summary.failed)}")
     return 0

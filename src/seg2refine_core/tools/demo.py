@@ -40,6 +40,7 @@ def run_demo(
     ``seed``, segmented by a :class:`~seg2refine_core.inference.predictor.Predictor` with the checkpoints
     ``stage1``/``stage2`` (None: the bundled demo weights) on ``device``.
     """
+    from seg2refine_core.clock import Stopwatch
     from seg2refine_core.data.phantom import make_phantom, preview_png, write_phantom_case
     from seg2refine_core.evaluation.figures import plot_overlay, plot_slice_dice
     from seg2refine_core.evaluation.metrics import evaluate_case
@@ -54,9 +55,10 @@ def run_demo(
     image_path, label_path = write_phantom_case(phantom, out, CASE_ID)
     preview_png(phantom, out / f"{CASE_ID}.preview.png")
     volume = read_volume(image_path)
-    t_pipe = time.perf_counter()
+    clock = Stopwatch()
     result = predictor.predict_volume(volume, progress=progress, should_stop=should_stop)
-    pipeline_s = time.perf_counter() - t_pipe
+    pipeline_s = clock.wall_s()
+    busy_note = clock.busy_note(str(predictor.device))
     predictor.write_outputs(CASE_ID, result, volume, out)
 
     gt = phantom.label
@@ -80,6 +82,7 @@ def run_demo(
         "weights": {"stage1": str(predictor.stage1.path), "stage2": str(predictor.stage2.path)},
         "device": str(predictor.device),
         "threshold_hu": threshold_hu,
+        "busy_note": busy_note,
         "seconds": {"pipeline": round(pipeline_s, 2), **{k: round(v, 2) for k, v in result.timings_s.items()},
                     "total": round(time.perf_counter() - t0, 2)},
         "metrics": {k: {m: v for m, v in c.items() if m != "slice_dice"} for k, c in cases.items()},
