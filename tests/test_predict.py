@@ -177,7 +177,7 @@ def test_torchrun_shares_the_cohort_out_across_two_processes(tmp_path):
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     by_rank = re.findall(r"^\[rank (\d)/2\] (c\d): \(16, 48, 48\) in", done.stdout, re.M)
-    assert sorted(case for _, case in by_rank) == [f"c{i}" for i in range(5)]
+    assert sorted(case for _, case in by_rank) == [f"c{i}" for i in range(5)], done.stdout[-3000:]
     assert {case: int(rank) for rank, case in by_rank} == {f"c{i}": i % 2 for i in range(5)}
     assert done.stdout.count("case(s) segmented") == 1 and "5 of 5 case(s) segmented" in done.stdout
     assert "on 2 ranks" in done.stdout
