@@ -79,7 +79,8 @@ def write_figure(analysis: TreeAnalysis, path: str | Path, image: np.ndarray | N
     ax.set_ylabel("lumen diameter (mm)")
     ax.set_title("lumen diameter along the main branches (dashed: QCA reference)", fontsize=10)
     ax.grid(True, lw=0.4)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[1]:  # no branch long enough to plot: no legend
+        ax.legend(fontsize=8)
 
     for col, branch_id in enumerate(cpr_branches):
         b = analysis.branches[branch_id]
