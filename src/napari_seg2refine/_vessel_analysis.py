@@ -59,14 +59,9 @@ def run_analysis(mask: np.ndarray, spacing: tuple[float, float, float], affine: 
 
 def brief_summary(analysis: Any) -> str:
     """Two short lines: each main tree's branches, length and named vessels; the stenosis candidates by grade."""
-    trees = []
-    for t in analysis.trees:
-        if t.side == "other":
-            continue
-        names = [analysis.branches[i].name for i in t.branch_ids if analysis.branches[i].name != "unnamed"]
-        length = sum(analysis.branches[i].length_mm for i in t.branch_ids)
-        trees.append(f"<b>{t.side}</b> {len(t.branch_ids)} branches, {length:.0f} mm"
-                     + (f" ({', '.join(names)})" if names else ""))
+    from seg2refine_core.analysis.report import tree_lines
+
+    trees = [f"<b>{side}</b> {text}" for side, text in tree_lines(analysis)]
     grades = {g: sum(1 for s in analysis.stenoses if s.grade == g) for g in ("severe", "moderate", "mild")}
     stenoses = ", ".join(f"{n} {g}" for g, n in grades.items() if n) or "none"
     return "; ".join(trees or ["no tree found"]) + f"<br>stenosis candidates: {stenoses}"

@@ -71,16 +71,22 @@ def write_reports(analysis: TreeAnalysis, *, json_path: str | Path | None = None
     return written
 
 
-def summary(analysis: TreeAnalysis) -> str:
-    """A few lines for a terminal: trees, named branches, stenosis candidates."""
+def tree_lines(analysis: TreeAnalysis) -> list[tuple[str, str]]:
+    """``(side, "N branches, L mm (named vessels)")`` for each left or right tree (fragments left out)."""
     lines = []
     for t in analysis.trees:
         if t.side == "other":
             continue
         names = [analysis.branches[i].name for i in t.branch_ids if analysis.branches[i].name != "unnamed"]
         length = sum(analysis.branches[i].length_mm for i in t.branch_ids)
-        lines.append(f"{t.side} tree: {len(t.branch_ids)} branches, {length:.0f} mm"
-                     + (f" ({', '.join(names)})" if names else ""))
+        lines.append((t.side, f"{len(t.branch_ids)} branches, {length:.0f} mm"
+                      + (f" ({', '.join(names)})" if names else "")))
+    return lines
+
+
+def summary(analysis: TreeAnalysis) -> str:
+    """A few lines for a terminal: trees, named branches, stenosis candidates."""
+    lines = [f"{side} tree: {text}" for side, text in tree_lines(analysis)]
     others = sum(1 for t in analysis.trees if t.side == "other")
     if others:
         lines.append(f"{others} other fragment(s)")
