@@ -88,3 +88,27 @@ def ct_series(
         ds.save_as(path, enforce_file_format=True)
         files.append(path)
     return files
+
+
+def assert_seg_matches_source(path: Path, source, mask: np.ndarray, series_uid: str) -> None:
+    """The DICOM SEG at ``path`` lies in ``source``'s study and frame of reference, references every slice of
+    series ``series_uid``, and holds one frame per non-empty slice of ``mask`` (z, y, x) at that slice's position,
+    equal to the mask there and derived from that slice."""
+    import highdicom as hd
+    import pydicom
+
+    seg = hd.seg.segread(path)
+    assert seg.Modality == "SEG" and seg.StudyInstanceUID == source.header[0].StudyInstanceUID
+    assert seg.FrameOfReferenceUID == source.header[0].FrameOfReferenceUID
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series_uid
+    referenced = {i.ReferencedSOPInstanceUID for i in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+    assert referenced == {ds.SOPInstanceUID for ds in source.header}
+    assert seg.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0].CodeValue == "41801008"
+    by_position = {tuple(np.round(ds.ImagePositionPatient, 4)): k for k, ds in enumerate(source.header)}
+    frames = pydicom.dcmread(path).pixel_array.reshape(-1, *mask.shape[1:])
+    assert len(frames) == int(mask.any(axis=(1, 2)).sum())
+    for frame, group in zip(frames, seg.PerFrameFunctionalGroupsSequence, strict=True):
+        k = by_position[tuple(np.round(group.PlanePositionSequence[0].ImagePositionPatient, 4))]
+        np.testing.assert_array_equal(frame, mask[k])
+        assert group.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID == \
+            source.header[k].SOPInstanceUID

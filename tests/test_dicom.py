@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dicom_support import ct_series
+from dicom_support import assert_seg_matches_source, ct_series
 from seg2refine_core.errors import VolumeError
 from seg2refine_core.io.dicom import dicom_folders, list_series
 from seg2refine_core.io.volume import case_name, read_mask, read_volume, write_mask, write_volume
@@ -155,32 +155,14 @@ def test_nifti_mask_of_a_series_has_its_geometry(tmp_path, hu, sitk):
 
 
 def test_dicom_seg_references_the_source_series(tmp_path, hu):
-    import highdicom as hd
-    import pydicom
-
     folder = tmp_path / "ct"
     ct_series(folder, hu, orientation=OBLIQUE, series_uid="1.2.3.77")
     vol = read_volume(folder)
     mask = (vol.array > 800).astype(np.uint8)
     mask[0] = 0  # an empty slice: left out of the SEG
     out = write_mask(tmp_path / "ct.y.seg.dcm", mask, like=vol)
-    seg = hd.seg.segread(out)
-    assert seg.Modality == "SEG" and seg.StudyInstanceUID == vol.header[0].StudyInstanceUID
-    assert seg.FrameOfReferenceUID == vol.header[0].FrameOfReferenceUID
-    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == "1.2.3.77"
-    referenced = {item.ReferencedSOPInstanceUID for item in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
-    assert referenced == {ds.SOPInstanceUID for ds in vol.header}
-    assert seg.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0].CodeValue == "41801008"
     # each frame sits at its source slice's position and holds that slice's mask
-    by_position = {tuple(np.round(ds.ImagePositionPatient, 4)): k for k, ds in enumerate(vol.header)}
-    frames = pydicom.dcmread(out).pixel_array.reshape(-1, *mask.shape[1:])
-    assert len(frames) == int(mask.any(axis=(1, 2)).sum())
-    for frame, group in zip(frames, seg.PerFrameFunctionalGroupsSequence, strict=True):
-        k = by_position[tuple(np.round(group.PlanePositionSequence[0].ImagePositionPatient, 4))]
-        np.testing.assert_array_equal(frame, mask[k])
-        source = group.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
-        assert source == vol.header[k].SOPInstanceUID
-
+    assert_seg_matches_source(out, vol, mask, "1.2.3.77")
 
 def test_dicom_seg_refusals(tmp_path, hu):
     ct_series(tmp_path / "blank", hu, study_uid="")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from dicom_support import ct_series
+from dicom_support import assert_seg_matches_source, ct_series
 from plugin_support import SHAPE, SPACING, tiny_checkpoints, tiny_phantom
 from seg2refine_core.cli import main
 from seg2refine_core.data.phantom import make_phantom, write_phantom_case
@@ -294,9 +294,6 @@ def test_series_option_reads_the_other_series_and_the_line_names_it(case_and_mod
 def test_dicom_seg_output_references_the_source_series(tmp_path, capsys):
     """``--output-format dicom-seg``: one SEG per mask in the source's study and frame of reference, referencing
     every source slice, each frame at its slice holding the predicted mask there; probabilities stay NIfTI."""
-    import highdicom as hd
-    import pydicom
-
     series = tmp_path / "ct"
     phantom_series(series, orientation=OBLIQUE, series_uid="1.2.3.77")
     args = ["predict", str(series), "--device", "cpu", "--threads", "1"]  # the bundled weights: a Y with vessels
@@ -307,22 +304,7 @@ def test_dicom_seg_output_references_the_source_series(tmp_path, capsys):
     source = read_volume(series)
     mask = Predictor.from_checkpoints(device="cpu").predict_volume(source).y_mask
     assert mask.any() and not mask[0].any()  # some slices have no vessel: their frames are left out
-    path = tmp_path / "seg" / "ct.y.seg.dcm"
-    seg = hd.seg.segread(path)
-    assert seg.Modality == "SEG" and seg.StudyInstanceUID == source.header[0].StudyInstanceUID
-    assert seg.FrameOfReferenceUID == source.header[0].FrameOfReferenceUID
-    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == "1.2.3.77"
-    referenced = {i.ReferencedSOPInstanceUID for i in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
-    assert referenced == {ds.SOPInstanceUID for ds in source.header}
-    by_position = {tuple(np.round(ds.ImagePositionPatient, 4)): k for k, ds in enumerate(source.header)}
-    frames = pydicom.dcmread(path).pixel_array.reshape(-1, *mask.shape[1:])
-    assert len(frames) == int(mask.any(axis=(1, 2)).sum())
-    for frame, group in zip(frames, seg.PerFrameFunctionalGroupsSequence, strict=True):
-        k = by_position[tuple(np.round(group.PlanePositionSequence[0].ImagePositionPatient, 4))]
-        np.testing.assert_array_equal(frame, mask[k])
-        assert group.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID == \
-            source.header[k].SOPInstanceUID
-
+    assert_seg_matches_source(tmp_path / "seg" / "ct.y.seg.dcm", source, mask, "1.2.3.77")
 
 def test_dicom_refusals_are_one_line_messages(case_and_models, tmp_path, capsys):
     root, image, (s1, _) = case_and_models
