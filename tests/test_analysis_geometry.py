@@ -97,6 +97,34 @@ def test_tube_with_a_known_narrowing():
     assert 2.0 < s.length_mm < 8.0
 
 
+def test_ostial_narrowing_takes_the_distal_reference():
+    """A tube cut bluntly at its origin (the aortic wall) whose 60 % narrowing starts there (centre 1.5 mm in,
+    sigma 2.5 mm): the ostium stays at the cut although the widest lumen lies past the lesion, and the lesion is
+    graded against the distal healthy segment alone (clinical QCA's rule for an ostial lesion)."""
+    spacing = (0.5, 0.5, 0.5)
+    u = np.array([0.2, 0.4, 1.0]) / np.linalg.norm([0.2, 0.4, 1.0])
+    a = np.array([8.0, 8.0, 5.0])
+    length, at, sigma, severity = 45.0, 1.5, 2.5, 0.6
+
+    def narrowing(t):
+        return 1.0 - severity * np.exp(-0.5 * ((t * length - at) / sigma) ** 2)
+
+    shape = (48, 72, 120)
+    mask = tube_mask(shape, spacing, [(a, a + length * u, 1.8, 1.3, narrowing)])
+    grid = np.stack(np.meshgrid(*[np.arange(n) * 0.5 for n in shape], indexing="ij"), -1)
+    mask &= (grid - a) @ u >= 0.0  # no cap at the ostium: the lumen is cut at the aortic wall
+    analysis = analyze_mask(mask, spacing)
+    (br,) = analysis.branches
+    assert (analysis.trees[0].root_voxel * 0.5 - a) @ u < 2.0  # the ostium is the cut, not the far tip
+    (s,) = analysis.stenoses
+    assert (br.voxels[s.index] * 0.5 - a) @ u == pytest.approx(at, abs=1.5)
+    assert s.arc_mm < 3.0
+    assert s.severity_pct == pytest.approx(60.0, abs=10.0) and s.grade == "moderate"
+    # the reference is the healthy lumen 3-11 mm distal to the lesion (diameter 3.6 -> 3.3 mm there)
+    healthy = 2 * (1.8 - 0.5 * (at + 7.0) / length)
+    assert s.reference_diameter_mm == pytest.approx(healthy, abs=0.3)
+
+
 def test_branching_tube_known_lengths():
     """A 40 mm trunk (r 1.5) and a 25 mm side branch (r 1.0) leaving 15 mm from its start at 60 degrees."""
     spacing = (0.5, 0.5, 0.5)

@@ -13,8 +13,13 @@ those of CAD-RADS 2.0, Cury et al., JCCT 2022). Along each branch:
    ``gap_mm`` 3, ``window_mm`` 8): linear interpolation between the healthy segments on both sides, evaluated
    mid-way. The gap keeps the lesion's core out of its reference; a median over the window keeps the lesion's
    shoulders, a neighbouring lesion or a side branch's flare from moving it. (Over 30 phantoms, gap/window 3/8 mm
-   found as many stenoses as 4/6 and 5/4 with the fewest false candidates.) Near an end of the branch, only the
-   side that has lumen is used (an ostial lesion).
+   found as many stenoses as 4/6 and 5/4 with the fewest false candidates.) A side counts only where the branch's
+   reliable points cover at least half its window (``min_cover`` 0.5): near the origin there is no healthy
+   proximal segment, and a few points of the lesion itself between the origin and the window would drag the
+   reference down. **Ostial lesions** (clinical QCA's rule for a lesion at the ostium, where no proximal segment
+   exists): where only the distal window counts, the reference is the distal healthy segment alone; likewise the
+   proximal one alone near the branch's distal end. The ostium itself is found by :mod:`.trees` even when it is
+   narrowed.
 3. ``%DS(s) = 100 * (1 - D(s) / D_ref(s))``. Every run of points with ``%DS >= min_pct`` (25) is one candidate:
    its centre is the point of largest %DS, its severity that %DS, its length the extent (mm) around the centre
    where %DS stays at or above half the severity (the lesion's full width at half maximum).
@@ -45,6 +50,7 @@ class StenosisOptions:
     gap_mm: float = 3.0
     window_mm: float = 8.0
     min_reference_mm: float = 1.5
+    min_cover: float = 0.5
 
 
 @dataclass
@@ -87,8 +93,15 @@ def reference_diameter(branch: Branch, options: StenosisOptions = StenosisOption
     hi_p = np.searchsorted(use_s, s - options.gap_mm, side="right")
     lo_d = np.searchsorted(use_s, s + options.gap_mm, side="left")
     hi_d = np.searchsorted(use_s, s + options.gap_mm + options.window_mm, side="right")
+    # a window counts where the branch's reliable points span at least min_cover of it (an ostial lesion: distal only)
+    first, last = (use_s[0], use_s[-1]) if len(use_s) else (0.0, 0.0)
+    need = options.min_cover * options.window_mm
+    prox_ok = s - options.gap_mm - first >= need
+    dist_ok = last - s - options.gap_mm >= need
     for i in np.nonzero(ok)[0]:
-        sides = [float(np.median(use_d[a:b])) for a, b in ((lo_p[i], hi_p[i]), (lo_d[i], hi_d[i])) if b - a >= 2]
+        sides = [float(np.median(use_d[a:b])) for a, b, good in ((lo_p[i], hi_p[i], prox_ok[i]),
+                                                                 (lo_d[i], hi_d[i], dist_ok[i]))
+                 if good and b - a >= 2]
         if sides:
             ref[i] = float(np.mean(sides))
     d = np.where(ok, d, np.nan)

@@ -6,7 +6,10 @@ Per connected component (one :class:`~.centerline.CenterlineGraph`), on the grap
   centerline voxel of largest lumen radius (radius averaged over its graph neighbours within about 2 mm). If an
   unbranched direction from there runs to an end point that is still wide (somewhere in its distal half at least
   ``STUB_RADIUS_FRACTION`` of that radius: a blunt end, the cut at the aortic wall, even past an ostial
-  narrowing), the nearest such end point is the ostium; otherwise (a left main shorter than its own radius loses
+  narrowing), the nearest such end point is the ostium. An unbranched direction that reaches an end point within
+  ``OSTIAL_STUB_MM`` qualifies whatever its width: an ostial stenosis narrows the lumen from the ostium on, so
+  the widest point lies just past it and the ostium's own stub is narrow (the nearest qualifying end still wins,
+  so a long tapering vessel's distal tip never beats it). Otherwise (a left main shorter than its own radius loses
   its skeleton to spur pruning) the widest voxel itself is the root.
 * **Flow direction**: every centerline voxel's parent is its predecessor on the shortest path from the root
   (``scipy.sparse.csgraph.dijkstra``); loops are broken there.
@@ -43,6 +46,9 @@ from seg2refine_core.analysis.sides import HEART_AXIS_RAS, assign_sides, ras_dir
 
 #: a direction from the widest voxel that stays this fraction as wide to an end point is the proximal stub
 STUB_RADIUS_FRACTION = 0.75
+#: an unbranched run from the widest voxel to an end point at most this long (mm) is the ostium's stub even when
+#: narrowed (an ostial lesion)
+OSTIAL_STUB_MM = 15.0
 #: a centerline point within a junction's inscribed radius plus this (mm) does not measure its own vessel
 JUNCTION_MARGIN_MM = 1.0
 #: arc length (mm) over which the directions at a junction are compared
@@ -163,7 +169,7 @@ class _PixelTree:
         for _ in range(3):  # average over graph neighbours within ~2 mm
             smooth = (a @ smooth + smooth) / deg
         widest = int(np.argmax(smooth))
-        _, pred = csgraph.dijkstra(self.adjacency, indices=widest, return_predecessors=True)
+        from_widest, pred = csgraph.dijkstra(self.adjacency, indices=widest, return_predecessors=True)
         children: list[list[int]] = [[] for _ in range(n)]
         for v in range(n):
             if pred[v] >= 0:
@@ -175,7 +181,8 @@ class _PixelTree:
                 v = children[v][0]
                 run.append(v)
             distal = self.radius[run[len(run) // 2 :]]
-            if not children[v] and distal.max() >= STUB_RADIUS_FRACTION * self.radius[widest]:
+            short = float(from_widest[v]) <= OSTIAL_STUB_MM
+            if not children[v] and (short or distal.max() >= STUB_RADIUS_FRACTION * self.radius[widest]):
                 stubs.append((len(run), v))
         if stubs and len(children[widest]) >= 2:
             return int(min(stubs)[1])
