@@ -93,10 +93,11 @@ def score(analysis, truth) -> dict:
         found.append(bool(c) and min(c) <= STENOSIS_MATCH_MM)
         graded.append(s.reference_diameter_mm >= analysis.options.min_reference_mm)
         ostial.append(s.vessel in OSTIAL)
-    centres = np.array([s.center_ras_mm for s in truth.stenoses])
-    false = sum(
+    centres = np.array([s.center_ras_mm for s in truth.stenoses]).reshape(-1, 3)
+    false = sum(  # with no true stenosis (cohort cases may have none) every candidate is false
         1 for x in analysis.stenoses
-        if np.linalg.norm(centres - analysis.world(x.voxel[None])[0], axis=1).min() > STENOSIS_MATCH_MM
+        if not len(centres)
+        or np.linalg.norm(centres - analysis.world(x.voxel[None])[0], axis=1).min() > STENOSIS_MATCH_MM
     )
     return {
         "tree_ok": int((side[matched] == gt_tree[i[matched]]).sum()), "tree_n": int(matched.sum()),
