@@ -1,5 +1,6 @@
 """Vessel analysis on analytic tubes: radii, lengths, a known narrowing, branching, anisotropic spacing, CPR."""
 
+import cc3d
 import numpy as np
 import pytest
 
@@ -187,3 +188,49 @@ def test_cpr_straightens_the_lumen():
     assert middle[:, centre].min() > 300.0 and middle[:, 0].max() < 0.0  # lumen in the middle, background aside
     width = (cpr.lumen[len(cpr.arc_mm) // 2] >= 0.5).sum() * (cpr.offset_mm[1] - cpr.offset_mm[0])
     assert width == pytest.approx(3.0, abs=0.6)
+
+
+def _two_trees_touching(far_end_radius: float = 2.0, tip_radius: float = 0.6):
+    """Two tubes from two blunt ends 22 mm apart on one side of the box (two ostia on the aortic root), each running
+    42 mm away from them and turning towards the other, tapering to ``tip_radius`` where their tips meet: one
+    connected component. The second tube's blunt end has ``far_end_radius``."""
+    spacing = (0.5, 0.5, 0.5)
+    z = 5.0
+    pieces = [((z, 8.0, 14.0), (z, 50.0, 14.0), 2.0, 1.0 + tip_radius / 2), ((z, 50.0, 14.0), (z, 50.0, 24.5),
+                                                                           1.0 + tip_radius / 2, tip_radius),
+              ((z, 8.0, 36.0), (z, 50.0, 36.0), far_end_radius, 1.0 + tip_radius / 2),
+              ((z, 50.0, 36.0), (z, 50.0, 25.5), 1.0 + tip_radius / 2, tip_radius)]
+    mask = tube_mask((20, 110, 100), spacing, pieces)
+    mask[:, : int(8.0 / 0.5)] = False  # blunt ostia: the lumen is cut at the aortic wall
+    return mask, spacing
+
+
+def test_two_trees_touching_in_the_mask_are_split_at_their_neck():
+    """A component holding two trees (the LCX's end against the RCA's, as in co-dominant hearts) gets two ostia,
+    two sides, and every centerline point on the tree of the tube it lies in; the old analysis gave one tree."""
+    mask, spacing = _two_trees_touching()
+    assert cc3d.connected_components(mask, connectivity=26, return_N=True)[1] == 1
+    analysis = analyze_mask(mask, spacing)
+    assert len(analysis.trees) == 2
+    ostia_x = sorted(float(t.root_voxel[2]) * 0.5 for t in analysis.trees)
+    assert ostia_x == [pytest.approx(14.0, abs=1.5), pytest.approx(36.0, abs=1.5)]
+    assert all(t.root_voxel[1] * 0.5 < 10.0 for t in analysis.trees)  # the ostia are the blunt cuts
+    # the default affine maps array x to RAS x: the tree at smaller x lies to the patient's left
+    left = next(t for t in analysis.trees if t.side == "left")
+    assert left.root_voxel[2] * 0.5 == pytest.approx(14.0, abs=1.5)
+    assert {t.side for t in analysis.trees} == {"left", "right"}
+    for b in analysis.branches:  # the cut lies within 5 mm of where the tips meet (x = 25 mm, y = 50 mm)
+        x = b.voxels[:, 2] * 0.5
+        far = np.linalg.norm(b.voxels[:, 1:] * 0.5 - [50.0, 25.0], axis=1) > 5.0
+        own = x < 25.0 if analysis.trees[b.tree].side == "left" else x > 25.0
+        assert own[far].all()
+    assert sum(b.length_mm for b in analysis.branches) > 0.9 * 2 * (42.0 + 10.5)
+
+
+@pytest.mark.parametrize(("far_end_radius", "tip_radius"), [(0.6, 0.6), (2.0, 1.4)])
+def test_one_vessel_turning_back_is_not_split(far_end_radius, tip_radius):
+    """The same shape is one vessel when its far end is narrow (no second ostium) or when it never narrows to half
+    its ostia's width on the way (no neck between two trees)."""
+    mask, spacing = _two_trees_touching(far_end_radius, tip_radius)
+    analysis = analyze_mask(mask, spacing)
+    assert len(analysis.trees) == 1

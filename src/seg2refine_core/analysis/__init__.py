@@ -3,9 +3,10 @@
 Entry point: :func:`analyze_mask` (a mask array with its spacing and affine), returning a :class:`TreeAnalysis`;
 :func:`~seg2refine_core.analysis.report.write_reports` writes its JSON, CSV and figure.
 One step per module, in order: :mod:`.centerline` (skeleton and graph), :mod:`.radius` (distance transform),
-:mod:`.trees` (ostium, flow, branches), :mod:`.sides` (left/right, world coordinates), :mod:`.naming` (LM, LAD,
-LCX, RCA), :mod:`.cross_section` (equivalent diameters), :mod:`.stenosis` (QCA-style candidates), :mod:`.result`
-(the report's schema), :mod:`.report` and :mod:`.figure` (files), :mod:`.cpr` (straightened CPR).
+:mod:`.joined` (a component holding both trees split in two), :mod:`.trees` (ostium, flow, branches), :mod:`.sides`
+(left/right, world coordinates), :mod:`.naming` (LM, LAD, LCX, RCA), :mod:`.cross_section` (equivalent diameters),
+:mod:`.stenosis` (QCA-style candidates), :mod:`.result` (the report's schema), :mod:`.report` and :mod:`.figure`
+(files), :mod:`.cpr` (straightened CPR).
 Positions are reported in world RAS mm through the mask's affine.
 """
 

@@ -1,4 +1,5 @@
-"""Vessel analysis of a coronary mask, end to end: centerline graph -> trees and branches -> names -> stenoses."""
+"""Vessel analysis of a coronary mask, end to end: centerline graph -> joined trees split -> trees and branches ->
+names -> stenoses."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import numpy as np
 
 from seg2refine_core.analysis.centerline import MIN_LENGTH_MM, SPUR_MM, centerline_graphs
 from seg2refine_core.analysis.cross_section import equivalent_diameters
+from seg2refine_core.analysis.joined import separate_joined_trees
 from seg2refine_core.analysis.naming import name_trees
 from seg2refine_core.analysis.result import TreeAnalysis
 from seg2refine_core.analysis.stenosis import StenosisOptions, find_stenoses
@@ -52,6 +54,7 @@ def analyze_mask(
 
     graphs = centerline_graphs(mask, spacing, spur_mm=spur_mm, min_length_mm=min_length_mm,
                                progress=components, should_stop=should_stop)
+    graphs = separate_joined_trees(mask, graphs, spacing, spur_mm=spur_mm, min_length_mm=min_length_mm)
     trees, branches = build_trees(graphs, spacing, affine)
     for b in branches:
         check_stop(should_stop)

@@ -100,19 +100,30 @@ def centerline_graphs(
     for done, k in enumerate(order, start=1):
         check_stop(should_stop)
         box = stats["bounding_boxes"][k]
-        comp = np.pad(labels[box] == k, 1)
-        offset = np.array([s.start - 1 for s in box])
-        graph = _component_graph(comp, sp, spur_mm)
+        graph = component_graph(np.pad(labels[box] == k, 1), np.array([s.start - 1 for s in box]), sp, spur_mm)
         if graph is not None and graph.length_mm >= min_length_mm:
             graph.component = int(k)
-            graph.voxel_count = int(counts[k - 1])
-            graph.nodes = graph.nodes + offset
-            for seg in graph.segments:
-                seg.voxels = seg.voxels + offset
             graphs.append(graph)
         if progress is not None:
             progress(done, n, f"component {done}/{n}")
     return graphs
+
+
+def component_graph(comp: np.ndarray, offset: np.ndarray, spacing: tuple[float, float, float],
+                    spur_mm: float = SPUR_MM) -> CenterlineGraph | None:
+    """The centerline graph of one connected component, or None if it has no skeleton.
+
+    comp: bool (z, y, x), the component cropped with at least one voxel of background around it; offset (3,) int:
+    the volume index of ``comp[0, 0, 0]`` (the graph's voxels are volume indices); spacing (sz, sy, sx) mm.
+    """
+    graph = _component_graph(comp, spacing, spur_mm)
+    if graph is None:
+        return None
+    graph.voxel_count = int(np.count_nonzero(comp))
+    graph.nodes = graph.nodes + offset
+    for seg in graph.segments:
+        seg.voxels = seg.voxels + offset
+    return graph
 
 
 def _component_graph(comp: np.ndarray, spacing: tuple[float, float, float], spur_mm: float

@@ -106,8 +106,11 @@ class Tree:
     side: str = "other"
 
 
-class _PixelTree:
-    """The centerline voxels of one graph as a rooted tree (parents from the shortest paths to the root)."""
+class PixelTree:
+    """The centerline voxels of one graph as a rooted tree (parents from the shortest paths to the root).
+
+    voxels (n, 3) int (z, y, x), mm (n, 3) their positions in array mm, radius (n,) lumen radius mm, adjacency
+    (n, n) sparse edge lengths mm, root the ostium's index, parent/children/dist the shortest-path tree from it."""
 
     def __init__(self, graph: CenterlineGraph, spacing: tuple[float, float, float], affine: np.ndarray) -> None:
         sp = np.asarray(spacing, dtype=float)
@@ -158,17 +161,21 @@ class _PixelTree:
                 self.longest[self.parent[v]] = max(self.longest[self.parent[v]], self.longest[v] + self.step[v])
         self.apex = ras_direction_in_array_mm(HEART_AXIS_RAS, affine, spacing)  # base to apex, array mm (z, y, x)
 
+    def width(self) -> np.ndarray:
+        """Lumen radius (mm, (n,)) averaged over each voxel's graph neighbours within about 2 mm."""
+        a = (self.adjacency > 0).astype(float)
+        smooth = self.radius.copy()
+        deg = np.asarray(a.sum(axis=1)).ravel() + 1.0
+        for _ in range(3):
+            smooth = (a @ smooth + smooth) / deg
+        return smooth
+
     def _find_root(self) -> int:
         """The ostium (see the module docstring)."""
         n = len(self.voxels)
         if n == 1:
             return 0
-        a = (self.adjacency > 0).astype(float)
-        smooth = self.radius.copy()
-        deg = np.asarray(a.sum(axis=1)).ravel() + 1.0
-        for _ in range(3):  # average over graph neighbours within ~2 mm
-            smooth = (a @ smooth + smooth) / deg
-        widest = int(np.argmax(smooth))
+        widest = int(np.argmax(self.width()))
         from_widest, pred = csgraph.dijkstra(self.adjacency, indices=widest, return_predecessors=True)
         children: list[list[int]] = [[] for _ in range(n)]
         for v in range(n):
@@ -204,7 +211,7 @@ def build_trees(graphs: list[CenterlineGraph], spacing: tuple[float, float, floa
 
     graphs: largest first; spacing: (sz, sy, sx) mm; affine: 4x4, (x, y, z) voxel indices to world RAS mm.
     """
-    pixel_trees = [_PixelTree(graph, spacing, affine) for graph in graphs]
+    pixel_trees = [PixelTree(graph, spacing, affine) for graph in graphs]
     sides = assign_sides([voxels_to_ras(pt.voxels, affine) for pt in pixel_trees],
                          [voxels_to_ras(pt.voxels[pt.root][None], affine)[0] for pt in pixel_trees])
     trees: list[Tree] = []
@@ -231,7 +238,7 @@ def build_trees(graphs: list[CenterlineGraph], spacing: tuple[float, float, floa
     return trees, branches
 
 
-def _continuation(pt: _PixelTree, path: list[int], junction: int, in_groove: bool = False) -> int:
+def _continuation(pt: PixelTree, path: list[int], junction: int, in_groove: bool = False) -> int:
     """The child of ``junction`` the current vessel continues into (see the module docstring)."""
     kids = pt.children[junction]
     reach = np.array([pt.longest[k] + pt.step[k] for k in kids])
@@ -252,7 +259,7 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return v / max(float(np.linalg.norm(v)), 1e-9)
 
 
-def _back(pt: _PixelTree, path: list[int], reach_mm: float) -> int | None:
+def _back(pt: PixelTree, path: list[int], reach_mm: float) -> int | None:
     """The voxel of ``path`` about ``reach_mm`` before its end (None if the path is shorter than 1 mm)."""
     travelled, i = 0.0, len(path) - 1
     while i > 0 and travelled < reach_mm:
@@ -261,7 +268,7 @@ def _back(pt: _PixelTree, path: list[int], reach_mm: float) -> int | None:
     return path[i] if travelled >= 1.0 else None
 
 
-def _branch(branch_id: int, tree_id: int, pt: _PixelTree, path: list[int], parent: int | None,
+def _branch(branch_id: int, tree_id: int, pt: PixelTree, path: list[int], parent: int | None,
             origin: int | None) -> Branch:
     junctions = [v for v in path if len(pt.children[v]) > 1] + ([path[0]] if parent is not None else [])
     ends = [path[-1]] + ([path[0]] if parent is None else [])
