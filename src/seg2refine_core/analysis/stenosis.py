@@ -5,8 +5,9 @@ The rule follows quantitative coronary angiography (QCA), where the percent diam
 lesion (the "interpolated reference diameter" of QCA software; Reiber et al., Circulation 1985; the grades are
 those of CAD-RADS 2.0, Cury et al., JCCT 2022). Along each branch:
 
-1. The lumen diameter ``D(s)`` (twice the radius of :mod:`.radius`) at the branch's centerline points, median
-   filtered over 3 points (one-voxel noise). Points inside a junction's or an end's inscribed ball are not used:
+1. The lumen diameter ``D(s)`` (the branch's ``diameter_mm``: the cross-section's equivalent diameter of
+   :mod:`.cross_section` after :func:`~.analyze.analyze_mask`) at its centerline points, median filtered over 3
+   points (one-voxel noise). Points inside a junction's or an end's inscribed ball are not used:
    the distance transform measures the bifurcation or the blunt end there, not this vessel.
 2. At each point the reference is the mean of two medians: of ``D`` over the proximal window
    ``[s - gap - window, s - gap]`` and over the distal window ``[s + gap, s + gap + window]`` (mm along the branch;
@@ -24,7 +25,14 @@ those of CAD-RADS 2.0, Cury et al., JCCT 2022). Along each branch:
    its centre is the point of largest %DS, its severity that %DS, its length the extent (mm) around the centre
    where %DS stays at or above half the severity (the lesion's full width at half maximum).
 4. Candidates with ``D_ref < min_reference_mm`` (1.5 mm) are dropped: CAD-RADS grades vessels of at least 1.5 mm,
-   and below that a single voxel is a large fraction of the lumen.
+   and below that a single voxel is a large fraction of the lumen. So are candidates with ``D_ref`` below
+   ``min_reference_voxels`` (0.9) times the largest voxel spacing (the slice spacing of thick-slice scans): a binary
+   mask draws a vessel narrower than a slice at least a slice thick wherever it runs through the slices, so the
+   cross-section reads it too wide (on the cohort phantoms at 1.4-1.9 mm slices: +0.39 mm for vessels under 1 mm,
+   +0.13 mm for 1-1.5 mm, and a quarter of the 1-1.5 mm vessels' points read >= 1.5 mm, against 5 % at thinner
+   slices) and its staircase makes 25-45 % dips that are no lesion. On the cohort phantoms at matrix 256 this cut
+   the false candidates from 1.70 to 1.30 per volume (seeds 3000-3019) and from 1.75 to 1.00 (4000-4019) and lost
+   no true stenosis; a factor of 1.0 lost one.
 
 Grades: 25-49 % mild, 50-69 % moderate, 70-99 % severe.
 """
@@ -51,6 +59,7 @@ class StenosisOptions:
     window_mm: float = 8.0
     min_reference_mm: float = 1.5
     min_cover: float = 0.5
+    min_reference_voxels: float = 0.9
 
 
 @dataclass
@@ -108,8 +117,10 @@ def reference_diameter(branch: Branch, options: StenosisOptions = StenosisOption
     return d, ref
 
 
-def find_stenoses(branch: Branch, options: StenosisOptions = StenosisOptions()) -> list[Stenosis]:
-    """Stenosis candidates along one branch (see the module docstring), proximal first."""
+def find_stenoses(branch: Branch, options: StenosisOptions = StenosisOptions(), voxel_mm: float = 0.0
+                  ) -> list[Stenosis]:
+    """Stenosis candidates along one branch (see the module docstring), proximal first. voxel_mm: the mask's
+    largest voxel spacing (mm; 0 leaves out the rule on it)."""
     d, ref = reference_diameter(branch, options)
     with np.errstate(invalid="ignore", divide="ignore"):
         pct = 100.0 * (1.0 - d / ref)
@@ -119,7 +130,7 @@ def find_stenoses(branch: Branch, options: StenosisOptions = StenosisOptions()) 
     for k in range(1, n_runs + 1):
         idx = np.nonzero(runs == k)[0]
         centre = int(idx[np.argmax(pct[idx])])
-        if ref[centre] < options.min_reference_mm:
+        if ref[centre] < max(options.min_reference_mm, options.min_reference_voxels * voxel_mm):
             continue
         severity = float(pct[centre])
         half = np.nan_to_num(pct, nan=-np.inf) >= severity / 2.0
