@@ -8,16 +8,20 @@ the crux) the mask holds both trees in one component, which would get one ostium
 (:meth:`~.trees.PixelTree.width`): let ``w1`` be its widest point (one ostium's region). A second ostium is a
 point ``v`` at least ``SECOND_OSTIUM_FRACTION`` as wide, within ``OSTIA_MAX_MM`` of ``w1`` (both ostia lie on the
 aortic root), whose way along the centerline from ``w1`` is at least ``DETOUR`` times their straight distance (it
-runs round the heart and back) and passes through a stretch of ``NECK_MM`` whose median lumen radius is at most
-``NECK_FRACTION`` of the narrower of the two (distal, thin vessels). A coronary tree tapers from its ostium
-(Murray's law) and its proximal vessels run away from the aortic root, so within one tree no such point exists;
-a focal stenosis followed by a healthy lumen is too short for the neck and too straight for the detour.
+runs round the heart and back) and has a neck: somewhere along it the median equivalent diameter of the
+cross-sections (:mod:`.cross_section`) over ``NECK_MM`` is at most ``NECK_FRACTION`` of the narrower ostium's
+diameter (twice its width): thin distal vessels. A coronary tree tapers from its ostium (Murray's law) and its
+proximal vessels run away from the aortic root, so within one tree no such point exists; a focal stenosis
+followed by a healthy lumen is too short for the neck and too straight for the detour.
 
-**Split**: at the narrowest point of that thinnest ``NECK_MM`` stretch of the way between the two ostia (the
-junction of the two trees is where their thin distal vessels meet), the lumen is cut by an ellipsoid of the local
-lumen radius plus one voxel along each axis; the component's centerlines are computed again piece by piece (each
-piece checked again, ``MAX_SPLITS`` times at most, for trees that touch in more than one place). The few lumen
-voxels of the cut belong to neither piece.
+**Split**: at the point of that way where the running ``NECK_MM`` median of the cross-section diameter is
+smallest (the junction of the two trees is where their thin distal vessels meet), the lumen is cut by an
+ellipsoid of the local lumen radius plus one voxel along each axis, grown by a voxel per axis (``MAX_GROW`` times
+at most) until the two ostia lie in different pieces; the component's centerlines are computed again piece by
+piece (each piece checked again, ``MAX_SPLITS`` times at most, for trees that touch in more than one place). The
+lumen voxels of the cut belong to neither piece. Where the two vessels taper to the same calibre over a long way
+the narrowest point can lie some way from the contact (on the cohort phantoms up to ~30 mm; the contact itself
+reads wide, two lumens in one cross-section), and the vessel between them lands on the other tree.
 
 Positions are voxel indices (z, y, x); lengths mm.
 """
@@ -38,9 +42,9 @@ SECOND_OSTIUM_FRACTION = 0.6
 OSTIA_MAX_MM = 50.0
 #: the centerline between two ostia runs round the heart: at least this many times their straight distance
 DETOUR = 3.0
-#: length (mm) of the stretch whose median radius makes the neck between two trees
+#: length (mm) of the stretch whose median cross-section diameter makes the neck between two trees
 NECK_MM = 10.0
-#: the neck's median radius is at most this fraction of the narrower ostium's
+#: the neck's median diameter is at most this fraction of the narrower ostium's
 NECK_FRACTION = 0.5
 #: at most this many cuts per connected component
 MAX_SPLITS = 3
