@@ -43,9 +43,40 @@ def test_bundled_demo_weights_fit_the_budget():
         assert "demo_weights" in config["training"]
 
 
+def test_train_demo_trains_both_stages_on_legacy_and_cohort_phantoms_and_installs_them(tmp_path):
+    """A tiny ``train demo``: one legacy and two cohort phantoms (ids 1, c1, c2), stage 1 on a hold-out split, stage
+    2 on the rest, both installed in float16 with their provenance and canonical space."""
+    from seg2refine_core.io.checkpoint import read_config
+    from seg2refine_core.io.volume import read_volume
+    from seg2refine_core.training.demo_weights import DemoWeightsConfig, train_demo_weights
+
+    config = DemoWeightsConfig(
+        out=tmp_path / "weights", work=tmp_path / "work", n_cases=1, shape=(24, 48, 48), cohort_cases=2,
+        cohort_matrix=24, val_fraction=0.6, target_spacing=(4.0, 4.0, 4.0), width=4, stage1_epochs=1,
+        stage1_samples_per_epoch=8, stage1_batch_size=4, stage1_crop=(32, 32), stage2_epochs=1,
+        stage2_patches_per_epoch=2, stage2_batch_size=1, patch_size=(32, 32, 32), device="cpu", threads=1,
+        num_workers=0,
+    )
+    summary = train_demo_weights(config)
+    phantoms = sorted(p.name for p in (tmp_path / "work" / "phantoms").glob("*.label.nii.gz"))
+    assert phantoms == ["1.label.nii.gz", "c1.label.nii.gz", "c2.label.nii.gz"]
+    # the cohort cases are whole-chest scans at their drawn field of view, not the legacy grid
+    assert read_volume(tmp_path / "work" / "phantoms" / "c1.img.nii.gz").shape[1:] == (24, 24)
+    for name in ("stage1", "stage2"):
+        recorded = read_config(tmp_path / "weights" / f"{name}.safetensors")
+        assert recorded["canonical_space"] == {"orientation": "LPS", "spacing": [4.0, 4.0, 4.0]}
+        assert recorded["training"]["demo_weights"]["augment"] == "default"
+        assert "cohort seeds 0-1 at matrix 24" in recorded["training"]["demo_weights"]["data"]
+    stage1_cases = read_config(tmp_path / "weights" / "stage1.safetensors")["training"]["cases"]
+    stage2_cases = read_config(tmp_path / "weights" / "stage2.safetensors")["training"]["cases"]
+    assert stage1_cases["train"] and not set(stage1_cases["train"]) & set(stage2_cases["train"] + stage2_cases["val"])
+    assert summary["installed"]["stage1"].endswith("stage1.safetensors")
+
+
 def test_bundled_weights_record_the_space_of_the_phantoms_they_were_trained_on():
-    """Both were trained on 96 x 128 x 128 phantoms at the generator's default 1.0 x 0.7 x 0.7 mm, stored in LPS
-    order (phantom_affine); the demo-weights recipe trains in that fixed space."""
+    """Both were trained in LPS at 1.0 x 0.7 x 0.7 mm, the legacy phantoms' own grid and voxel order
+    (phantom_affine), on legacy 96 x 128 x 128 and cohort phantoms; the demo-weights recipe trains in that fixed
+    space."""
     import nibabel as nib
 
     from seg2refine_core.data.phantom import DEFAULT_SHAPE, DEFAULT_SPACING, phantom_affine
@@ -58,12 +89,14 @@ def test_bundled_weights_record_the_space_of_the_phantoms_they_were_trained_on()
     for path in BUNDLED.values():
         config = json.loads(path.with_suffix(".json").read_text())
         assert config["canonical_space"] == space
-        assert config["training"]["demo_weights"]["data"].endswith(f"shape {list(DEFAULT_SHAPE)}")
+        assert f"shape {list(DEFAULT_SHAPE)}, cohort seeds" in config["training"]["demo_weights"]["data"]
+        assert config["training"]["demo_weights"]["augment"] == "default"
 
 
 def test_bundled_weights_refine_a_phantom_they_never_saw():
-    """The shipped models on a fresh phantom (seed 2024; training used 0-17): Y beats S on Dice and on
-    Betti-0 error (measured: S 0.54 / 83 components off, Y 0.70 / 26)."""
+    """The shipped models on a fresh phantom (legacy seed 2024; training used legacy 0-7 and cohort 0-9): Y beats S
+    on Dice and on Betti-0 error (measured: S 0.149 / 325 components off, Y 0.609 / 32; stage 1 is weak, see the
+    README's Demo weights)."""
     from seg2refine_core.data.phantom import make_phantom
     from seg2refine_core.evaluation.metrics import betti0_error, dice
     from seg2refine_core.inference.predictor import Predictor
@@ -73,5 +106,5 @@ def test_bundled_weights_refine_a_phantom_they_never_saw():
     predictor = Predictor.from_checkpoints(device="cpu", batch_size=1)
     result = predictor.predict_volume(Volume.from_array(phantom.image, phantom.spacing, phantom.affine))
     s_dice, y_dice = dice(result.s_mask, phantom.label), dice(result.y_mask, phantom.label)
-    assert s_dice > 0.4 and y_dice > s_dice + 0.1
+    assert y_dice > 0.5 and y_dice > s_dice + 0.3
     assert betti0_error(result.y_mask, phantom.label) < betti0_error(result.s_mask, phantom.label) / 2

@@ -86,7 +86,7 @@ def test_given_options_reach_the_config_with_its_types():
     demo = config_from_args(cli.build_parser().parse_args(["train", "demo", "--out", "w", "--cases", "4",
                                                            "--shape", "32", "64", "64"]), DemoWeightsConfig)
     assert demo.n_cases == 4 and demo.shape == (32, 64, 64) and demo.stage1_lr == 1e-3
-    assert demo.augment == "none"  # the bundled weights' recipe
+    assert demo.augment == "default" and demo.cohort_cases == 10 and demo.cohort_matrix == 256  # the bundled recipe
     assert demo.target_spacing == (1.0, 0.7, 0.7)  # the bundled weights' canonical space
     args = cli.build_parser().parse_args(["train", "baseline3d", "--data", "d", "--out", "o", "--target-spacing",
                                           "1", "0.7", "0.7"])

@@ -103,8 +103,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "demo",
         help="build the bundled demo weights (both stages) from synthetic phantoms",
         description=(
-            "Makes phantoms (seeds 0..N-1), trains SFANet on a hold-out split of them, trains the 3D Attention-GAN "
-            "on S for the cases stage 1 did not train on, and installs both best checkpoints (float16) in --out. "
+            "Makes legacy phantoms (seeds 0..N-1) and cohort phantoms (seeds 0..M-1), trains SFANet on a hold-out "
+            "split of them, trains the 3D Attention-GAN on S for the cases stage 1 did not train on, and installs "
+            "both best checkpoints (float16) in --out. "
             "This is what `make demo-weights` runs; the defaults are the recipe of the bundled weights."
         ),
     )

@@ -1,16 +1,21 @@
 """Build the bundled demo weights: both stages trained on synthetic phantoms by one command.
 
-``seg2refine train demo`` (``make demo-weights``) makes phantoms with seeds ``0 .. n_cases-1`` (ids ``1 .. n``),
-trains SFANet (stage 1) on a seeded hold-out split of them, then trains the 3D Attention-GAN (stage 2) on S
-that the stage-1 model produced for the cases it never trained on (its validation cases, as the paper does
-with the ImageCAS validation set), and copies both best checkpoints into the package's ``weights/`` folder as
-``stage1`` and ``stage2`` (float16 on disk to stay small). The demo evaluates on seed 1000, never used here.
-These are demo weights: trained on synthetic data only, not for clinical or research use on real scans.
+``seg2refine train demo`` (``make demo-weights``) makes two kinds of phantoms: legacy ones (seeds ``0 .. n-1``,
+ids ``1 .. n``: a half-size heart in a heart-centred ~90-mm field of view) and cohort ones (seeds ``0 .. m-1``, ids
+``c1 .. cm``: real-size hearts in a whole-chest field of view, with contrast, noise, PSF, voxel size, plaques and
+stents drawn per case, :mod:`seg2refine_core.data.phantom.cohort`, scaled down to ``cohort_matrix`` in-plane voxels).
+It trains SFANet (stage 1) on a seeded hold-out split of them, then trains the 3D Attention-GAN (stage 2) on S that
+the stage-1 model produced for the cases it never trained on (its validation cases, as the paper does with the
+ImageCAS validation set), and copies both best checkpoints into the package's ``weights/`` folder as ``stage1`` and
+``stage2`` (float16 on disk to stay small). Both runs augment with the ``default`` preset (contrast level, HU
+scale/shift, noise, blur, low resolution, gamma, zoom, rotation, flips; :mod:`seg2refine_core.data.augment`). The demo
+evaluates on seed 1000, never used here. These are demo weights: trained on synthetic data only, not for clinical or
+research use on real scans.
 
-Both stages train in one fixed, coarse canonical space, LPS at ``target_spacing`` = 1.0 x 0.7 x 0.7 mm (the
-phantoms' own grid, so they need no resampling), recorded in both checkpoints: every input, whatever its voxel
-order and size, is mapped there, so a real-size CT (512 x 512 in-plane at 0.4 mm) is segmented on about
-290 x 290 voxels per slice and stays fast on a CPU.
+Both stages train in one fixed, coarse canonical space, LPS at ``target_spacing`` = 1.0 x 0.7 x 0.7 mm, recorded in
+both checkpoints: every case is cached mapped there, and every input, whatever its voxel order and size, is mapped
+there at inference, so a real-size CT (512 x 512 in-plane at 0.4 mm) is segmented on about 290 x 290 voxels per slice
+and stays fast on a CPU.
 """
 
 from __future__ import annotations
@@ -29,38 +34,46 @@ from seg2refine_core.training.options import AUGMENT_PRESETS, option
 
 @dataclass(kw_only=True)
 class DemoWeightsConfig:
-    """Sizes and budgets of the demo-weights training: 10.4 min of stage 1 and 4.9 min of stage 2 on an idle
-    2-core CPU (measured: 15.6 min in all, phantoms included). Every field is an option of ``seg2refine train
-    demo``; the stage-1 and stage-2 runs take the other options at their defaults."""
+    """Sizes and budgets of the demo-weights training (the time ``make demo-weights`` takes on this 2-core CPU is in
+    the README's Demo weights section). Every field is an option of ``seg2refine train demo``; the stage-1 and
+    stage-2 runs take the other options at their defaults."""
 
     out: Path = option(help="where the stage1/stage2 .safetensors + .json go (the package's weights/ folder for "
                             "the bundled weights)", metavar="DIR", group="run")
     work: Path = option(Path("runs/demo-weights"), help="folder for the phantoms, both runs and their caches",
                         metavar="DIR", group="run")
-    n_cases: int = option(18, help="phantoms to make (seeds 0..N-1); stage 1 trains on a hold-out split of them, "
-                                   "stage 2 on the rest", flag="--cases", metavar="N", group="cases")
-    shape: tuple[int, int, int] = option((96, 128, 128), help="phantom shape in voxels", metavar=("Z", "Y", "X"),
-                                         group="cases")
+    n_cases: int = option(8, help="legacy phantoms to make (seeds 0..N-1, ids 1..N); stage 1 trains on a hold-out "
+                                  "split of all phantoms, stage 2 on the rest", flag="--cases", metavar="N",
+                          group="cases")
+    shape: tuple[int, int, int] = option((96, 128, 128), help="legacy phantom shape in voxels",
+                                         metavar=("Z", "Y", "X"), group="cases")
+    cohort_cases: int = option(10, help="cohort phantoms to make (seeds 0..M-1, ids c1..cM: real-size hearts, "
+                                        "whole-chest field of view; contrast, noise, PSF, voxels drawn per case)",
+                               metavar="M", group="cases")
+    cohort_matrix: int = option(256, help="in-plane voxels of the cohort phantoms (512 is a real-size scan; 256 keeps "
+                                          "the field of view at twice the voxel size)", metavar="N", group="cases")
     val_fraction: float = option(0.4, help="share of the phantoms stage 1 does not train on (its validation cases, "
                                            "stage 2's cases)", metavar="F", group="cases")
     target_spacing: tuple[float, float, float] = option(
         (1.0, 0.7, 0.7), help="the canonical spacing (sz sy sx, mm, LPS) both stages train in and record: fixed and "
                               "coarse, so that real-size CT stays fast on a CPU", metavar=("SZ", "SY", "SX"))
     width: int = option(16, help="width of both networks", metavar="W")
-    stage1_epochs: int = option(12, help="stage-1 epochs", metavar="E")
-    stage1_samples_per_epoch: int = option(640, help="stage-1 slices per epoch", metavar="N")
+    stage1_epochs: int = option(6, help="stage-1 epochs", metavar="E")
+    stage1_samples_per_epoch: int = option(1600, help="stage-1 slices per epoch", metavar="N")
+    stage1_crop: tuple[int, int] = option((160, 160), help="stage-1 training slice size (112 mm at 0.7 mm: most of a "
+                                                          "real-size heart's coronary tree)", metavar=("H", "W"))
     stage1_batch_size: int = option(8, help="stage-1 slices per step", metavar="B")
     stage1_lr: float = option(1e-3, help="stage-1 Adam learning rate: 10x the paper's 1e-4, which left SFANet w=16 at "
                                          "validation Dice ~0.01 after 1,000 slices, too slow for a CPU budget of a "
                                          "few thousand slices", metavar="LR")
-    stage2_epochs: int = option(40, help="stage-2 epochs", metavar="E")
+    stage2_epochs: int = option(60, help="stage-2 epochs", metavar="E")
     stage2_patches_per_epoch: int = option(32, help="stage-2 patches per epoch", metavar="N")
     stage2_batch_size: int = option(2, help="stage-2 patches per step", metavar="B")
     patch_size: tuple[int, int, int] = option((64, 64, 64), help="stage-2 patch (d h w), multiples of 16",
                                               flag="--patch", metavar=("D", "H", "W"))
     seed: int = option(0, help="seed of both runs and of stage 1's hold-out split", metavar="S")
-    augment: str = option("none", help="augmentation preset of both runs (see 'train stage1 --help'); the bundled "
-                                       "weights were trained with none, the paper's recipe", choices=AUGMENT_PRESETS)
+    augment: str = option("default", help="augmentation preset of both runs (see 'train stage1 --help'); none is the "
+                                          "paper's recipe", choices=AUGMENT_PRESETS)
     device: str = option("auto", help="auto (cuda, then mps, then cpu), cuda, cuda:N, mps or cpu", metavar="D",
                          group="system")
     threads: int | None = option(None, help="CPU threads for torch (default: one per core that is idle when the "
@@ -79,22 +92,26 @@ def train_demo_weights(
     from seg2refine_core.training.stage1 import Stage1TrainConfig, train_stage1
     from seg2refine_core.training.stage2 import Stage2TrainConfig, train_stage2
 
-    if config.n_cases >= DEMO_SEED:
-        raise ValueError(f"n_cases must stay below the demo seed {DEMO_SEED}")
+    if max(config.n_cases, config.cohort_cases) >= DEMO_SEED:
+        raise ValueError(f"the phantom counts must stay below the demo seed {DEMO_SEED}")
     work = Path(config.work)
     data = work / "phantoms"
     t0 = time.perf_counter()
-    for case in range(1, config.n_cases + 1):
-        if not (data / f"{case}.label.nii.gz").exists():
-            write_phantom_case(make_phantom(shape=config.shape, seed=case - 1), data, case)
+    cases = [(str(seed + 1), {"shape": config.shape, "seed": seed}) for seed in range(config.n_cases)]
+    cases += [(f"c{seed + 1}", {"seed": seed, "cohort": True, "matrix": config.cohort_matrix})
+              for seed in range(config.cohort_cases)]
+    for done, (case_id, kwargs) in enumerate(cases, 1):
+        if not (data / f"{case_id}.label.nii.gz").exists():
+            write_phantom_case(make_phantom(**kwargs), data, case_id)
         if progress is not None:
-            progress(case, config.n_cases, f"phantom {case}/{config.n_cases}")
+            progress(done, len(cases), f"phantom {done}/{len(cases)}")
     s1 = train_stage1(
         Stage1TrainConfig(
             data=data, out=work / "stage1", val_fraction=config.val_fraction, test_fraction=0.0,
             split_seed=config.seed, variant="sfanet", width=config.width, epochs=config.stage1_epochs,
             batch_size=config.stage1_batch_size, samples_per_epoch=config.stage1_samples_per_epoch,
-            lr=config.stage1_lr, num_workers=config.num_workers, device=config.device, threads=config.threads,
+            lr=config.stage1_lr, crop=config.stage1_crop, num_workers=config.num_workers, device=config.device,
+            threads=config.threads,
             seed=config.seed, augment=config.augment, target_spacing=config.target_spacing,
             command="seg2refine train demo",
         ),
@@ -112,7 +129,9 @@ def train_demo_weights(
     )
     provenance = {
         "command": "seg2refine train demo (make demo-weights)",
-        "data": f"synthetic phantoms, seeds 0-{config.n_cases - 1}, shape {list(config.shape)}",
+        "data": f"synthetic phantoms: legacy seeds 0-{config.n_cases - 1} at shape {list(config.shape)}, cohort "
+                f"seeds 0-{config.cohort_cases - 1} at matrix {config.cohort_matrix}",
+        "augment": config.augment,
         "evaluated_on": f"phantom seed {DEMO_SEED} (make demo)",
         "minutes": round((time.perf_counter() - t0) / 60, 1),
         "note": "demo weights trained on synthetic phantoms only",
