@@ -115,8 +115,9 @@ def summarize(results: Path, path: Path, names: list[str]) -> None:
                          f"{m['S', 'hd95_mm']:.1f} | {m['Y', 'hd95_mm']:.1f} | {m['S', 'betti0_error']:.0f} | "
                          f"{m['Y', 'betti0_error']:.0f} | {m['S', 'cldice']:.3f} | {m['Y', 'cldice']:.3f} |")
         if y_means:
+            spread = max(y_means) - min(y_means)
             verdicts.append(f"- {name}: Y Dice {min(y_means):.3f}-{max(y_means):.3f} across {len(y_means)} cells "
-                            f"(spread {max(y_means) - min(y_means):.3f}; target >= 0.75 in every cell, spread <= 0.05); "
+                            f"(spread {spread:.3f}; target >= 0.75 in every cell, spread <= 0.05); "
                             f"Y >= S in every cell: {'yes' if y_ge_s else 'no'}")
     text = "\n".join(lines + [""] + verdicts) + "\n"
     path.write_text(text)

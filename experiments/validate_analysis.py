@@ -122,11 +122,10 @@ def main() -> None:
     parser.add_argument("--json", help="write per-case scores here")
     args = parser.parse_args()
     if args.y:
-        import torch
+        from seg2refine_core.inference.predictor import Predictor
+        from seg2refine_core.io.volume import Volume
 
-        from seg2refine_core.inference.pipeline import load_stage, run_pipeline
-
-        models = [load_stage(s, None, torch.device("cpu")) for s in ("stage1", "stage2")]
+        predictor = Predictor.from_checkpoints(device="cpu")
     cases = []
     for seed in range(args.seed, args.seed + args.count):
         if args.cohort:
@@ -136,7 +135,7 @@ def main() -> None:
         on_label = truth_on_label(ph.label, ph.affine, ph.truth)
         masks = {"truth": ph.label}
         if args.y:
-            masks["y"] = run_pipeline(ph.image, ph.spacing, *models).y_mask
+            masks["y"] = predictor.predict_volume(Volume.from_array(ph.image, ph.spacing, ph.affine)).y_mask
         for kind, mask in masks.items():
             t0 = time.perf_counter()
             analysis = analyze_mask(mask, ph.spacing, ph.affine)

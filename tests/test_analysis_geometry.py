@@ -74,18 +74,20 @@ def test_even_thickness_bar_is_not_lost():
     assert len(lengths) == 2 and lengths[0] > 10.0
 
 
+OBLIQUE = np.array([0.2, 0.4, 1.0]) / np.linalg.norm([0.2, 0.4, 1.0])  # a tube axis along no grid axis
+
+
+def gaussian_narrowing(length: float, at: float, sigma: float, severity: float):
+    """Radius factor along a tube of ``length`` mm (t in [0, 1]): a Gaussian narrowing of ``severity`` at ``at`` mm."""
+    return lambda t: 1.0 - severity * np.exp(-0.5 * ((t * length - at) / sigma) ** 2)
+
+
 def test_tube_with_a_known_narrowing():
     """A tapering tube (1.6 -> 1.3 mm) with a 60 % Gaussian narrowing 25 mm from its wide end."""
-    spacing = (0.5, 0.5, 0.5)
-    u = np.array([0.2, 0.4, 1.0]) / np.linalg.norm([0.2, 0.4, 1.0])
-    a = np.array([8.0, 8.0, 5.0])
-    length, at, sigma, severity = 50.0, 25.0, 2.5, 0.6
-
-    def narrowing(t):
-        return 1.0 - severity * np.exp(-0.5 * ((t * length - at) / sigma) ** 2)
-
+    spacing, u, a = (0.5, 0.5, 0.5), OBLIQUE, np.array([8.0, 8.0, 5.0])
+    length, at = 50.0, 25.0
     shape = (int(24 / 0.5), int(36 / 0.5), int(60 / 0.5))
-    mask = tube_mask(shape, spacing, [(a, a + length * u, 1.6, 1.3, narrowing)])
+    mask = tube_mask(shape, spacing, [(a, a + length * u, 1.6, 1.3, gaussian_narrowing(length, at, 2.5, 0.6))])
     analysis = analyze_mask(mask, spacing)
     assert len(analysis.branches) == 1
     assert analysis.trees[0].root_voxel @ u * 0.5 < (a @ u) + 3.0  # the ostium is the wide end
@@ -104,16 +106,10 @@ def test_ostial_narrowing_takes_the_distal_reference():
     """A tube cut bluntly at its origin (the aortic wall) whose 60 % narrowing starts there (centre 1.5 mm in,
     sigma 2.5 mm): the ostium stays at the cut although the widest lumen lies past the lesion, and the lesion is
     graded against the distal healthy segment alone (clinical QCA's rule for an ostial lesion)."""
-    spacing = (0.5, 0.5, 0.5)
-    u = np.array([0.2, 0.4, 1.0]) / np.linalg.norm([0.2, 0.4, 1.0])
-    a = np.array([8.0, 8.0, 5.0])
-    length, at, sigma, severity = 45.0, 1.5, 2.5, 0.6
-
-    def narrowing(t):
-        return 1.0 - severity * np.exp(-0.5 * ((t * length - at) / sigma) ** 2)
-
+    spacing, u, a = (0.5, 0.5, 0.5), OBLIQUE, np.array([8.0, 8.0, 5.0])
+    length, at = 45.0, 1.5
     shape = (48, 72, 120)
-    mask = tube_mask(shape, spacing, [(a, a + length * u, 1.8, 1.3, narrowing)])
+    mask = tube_mask(shape, spacing, [(a, a + length * u, 1.8, 1.3, gaussian_narrowing(length, at, 2.5, 0.6))])
     grid = np.stack(np.meshgrid(*[np.arange(n) * 0.5 for n in shape], indexing="ij"), -1)
     mask &= (grid - a) @ u >= 0.0  # no cap at the ostium: the lumen is cut at the aortic wall
     analysis = analyze_mask(mask, spacing)

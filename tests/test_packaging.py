@@ -32,7 +32,7 @@ def test_core_and_every_command_work_without_napari_or_qt(tmp_path):
     steps = [
         "import-all",
         "help-all",
-        ["phantom", "--out", "cases", "--count", "1", "--shape", "16", "64", "64", "--seed", "3"],
+        ["phantom", "--out", "cases", "--count", "1", "--shape", "48", "128", "128", "--seed", "3"],
         ["predict", "cases", "--out", "pred", "--device", "cpu", "--threads", "1"],
         ["evaluate", "--pred", "pred", "--gt", "cases", "--suffix", "y", "--json", "y.json"],
         ["models", "--width", "4", "--size", "64", "64"],
@@ -41,7 +41,7 @@ def test_core_and_every_command_work_without_napari_or_qt(tmp_path):
     assert answer["results"] == [[step, 0] for step in steps]
     assert sorted(p.name for p in (tmp_path / "pred").iterdir()) == ["1.s.nii.gz", "1.y.nii.gz"]
     (case,) = json.loads((tmp_path / "y.json").read_text())["cases"]
-    assert case["id"] == "1" and 0.0 < case["dice"] <= 1.0  # the bundled models found vessels in the phantom
+    assert case["id"] == "1" and 0.0 < case["dice"] <= 1.0  # the bundled models found vessels (measured Y 0.226)
 
 
 def test_the_blocker_hides_what_it_says(tmp_path):

@@ -26,7 +26,6 @@ from seg2refine_core.training.demo_weights import DemoWeightsConfig
 from seg2refine_core.training.options import option_specs
 
 ROOT = Path(__file__).resolve().parents[1]
-WEIGHTS = ROOT / "src" / "seg2refine_core" / "weights"
 #: sub-command -> (config class, the options it needs)
 COMMANDS = {
     "stage1": (Stage1TrainConfig, ["--data", "d", "--out", "o"]),
@@ -100,7 +99,7 @@ def test_augment_offers_the_presets_and_new_runs_use_default(name):
     config_class, needed = COMMANDS[name]
     spec = next(spec for spec in option_specs(config_class) if spec.name == "augment")
     assert spec.choices == PRESETS and spec.flag == "--augment"
-    assert spec.default == ("none" if config_class is DemoWeightsConfig else "default")
+    assert spec.default == "default"
     for preset in PRESETS:
         args = cli.build_parser().parse_args(["train", name, *needed, "--augment", preset])
         assert config_from_args(args, config_class).augment == preset
@@ -128,12 +127,13 @@ def test_json_form_round_trips_and_reads_older_runs(tmp_path):
     assert Stage1TrainConfig.from_dict({**stored, "removed_option": 1}) == config
     stage2 = Stage2TrainConfig(data=tmp_path, stage1=tmp_path / "s1", out=tmp_path / "o", patch_size=(32, 32, 32))
     assert Stage2TrainConfig.from_dict(json.loads(json.dumps(stage2.to_dict()))) == stage2
-    # the bundled weights record the options of runs made before the options were generated and before the
-    # augmentation presets: stage 1 stored no augment (it always flipped and rotated), stage 2 augment: true; both
-    # were the recipe the 'none' preset keeps
-    for name, config_class in (("stage1", Stage1TrainConfig), ("stage2", Stage2TrainConfig)):
-        old = json.loads((WEIGHTS / f"{name}.json").read_text())["training"]["config"]
-        assert "threads" not in old and old.get("augment", True) is True
+    # runs stored before the options were generated and before the augmentation presets (the weights bundled until
+    # the rebuild): no threads; stage 1 stored no augment (it always flipped and rotated), stage 2 augment: true;
+    # both were the recipe the 'none' preset keeps
+    for made, config_class in ((config, Stage1TrainConfig), (stage2, Stage2TrainConfig)):
+        old = {k: v for k, v in json.loads(json.dumps(made.to_dict())).items() if k not in ("threads", "augment")}
+        if config_class is Stage2TrainConfig:
+            old["augment"] = True
         again = config_class.from_dict(old).to_dict()
         assert {k: again[k] for k in old if k != "augment"} == {k: v for k, v in old.items() if k != "augment"}
         assert again["threads"] is None and again["augment"] == "none"
