@@ -7,8 +7,9 @@ import pytest
 from seg2refine_core.analysis import analyze_mask
 from seg2refine_core.analysis.centerline import centerline_graphs
 from seg2refine_core.analysis.cpr import straighten
+from seg2refine_core.analysis.sides import HEART_AXIS_RAS, ras_direction_in_array_mm
 from seg2refine_core.analysis.stenosis import StenosisOptions, find_stenoses
-from seg2refine_core.analysis.trees import Branch
+from seg2refine_core.analysis.trees import Branch, build_trees
 
 
 def tube_mask(shape, spacing, pieces):
@@ -245,3 +246,35 @@ def test_vessels_narrower_than_a_slice_are_not_graded():
     assert s.severity_pct == pytest.approx(50.0, abs=3.0) and s.arc_mm == pytest.approx(20.0, abs=0.5)
     assert find_stenoses(branch, StenosisOptions(), voxel_mm=2.0) == []
     assert len(find_stenoses(branch, StenosisOptions(min_reference_voxels=0.0), voxel_mm=2.0)) == 1
+
+
+def test_vessel_heading_to_the_apex_keeps_its_course_past_a_local_bend():
+    """An LAD-like vessel runs 30 mm towards the apex, bends for 8 mm (|cos| 0.4 to the heart's axis over its last
+    5 mm, as a tortuous LAD does on the heart's surface) and divides: the continuation heads on to the apex (40 mm),
+    a diagonal heads off it (25 mm). The vessel's course, not its last 5 mm, says it does not run round the heart,
+    so it continues straight on into the continuation (the groove rule took the diagonal: cohort seeds 3003, 3010,
+    3016 lost their distal LAD to a diagonal that way)."""
+    spacing = (0.5, 0.5, 0.5)
+    affine = np.diag([spacing[2], spacing[1], spacing[0], 1.0])
+    apex = ras_direction_in_array_mm(HEART_AXIS_RAS, affine, spacing)
+    p = np.cross(apex, [1.0, 0.0, 0.0])
+    p /= np.linalg.norm(p)
+    q = np.cross(apex, p)
+    bend = 0.4 * apex + np.sqrt(1 - 0.4**2) * p
+    diagonal = 0.3 * apex - 0.95 * q
+    diagonal /= np.linalg.norm(diagonal)
+    points = np.cumsum([np.zeros(3), 30.0 * apex, 8.0 * bend, 40.0 * apex], axis=0)
+    points = np.vstack([points, points[2] + 25.0 * diagonal])
+    points += 4.0 - points.min(axis=0)  # start, bend, junction, the continuation's end, the diagonal's end (mm)
+    start, before, junction, lad_end, diagonal_end = points
+    pieces = [(start, before, 1.6, 1.3), (before, junction, 1.3, 1.3), (junction, lad_end, 1.3, 1.0),
+              (junction, diagonal_end, 1.0, 0.8)]
+    corner = points.max(axis=0) + 4.0
+    mask = tube_mask(tuple(int(c / 0.5) for c in corner), spacing, pieces)
+    _, branches = build_trees(centerline_graphs(mask, spacing), spacing, affine)
+    root = next(b for b in branches if b.parent is None)
+    assert np.linalg.norm(root.voxels[0] * np.asarray(spacing) - start) < 3.0
+    assert np.linalg.norm(root.voxels[-1] * np.asarray(spacing) - lad_end) < 3.0
+    side = [b for b in branches if b.parent == root.id and b.length_mm > 10.0]
+    assert len(side) == 1
+    assert np.linalg.norm(side[0].voxels[-1] * np.asarray(spacing) - diagonal_end) < 3.0

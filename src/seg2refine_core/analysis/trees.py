@@ -20,7 +20,9 @@ Per connected component (one :class:`~.centerline.CenterlineGraph`), on the grap
 
   - the right tree's root branch (the RCA, in the right atrioventricular groove) and any vessel that runs round
     the heart (at |cos| < ``AV_GROOVE_COS`` to the base-to-apex axis :data:`~.sides.HEART_AXIS_RAS`, as the LCX
-    does in the left groove) continues into the child that heads least towards the apex, among the children
+    does in the left groove, both over its last ``DIRECTION_MM`` and from its origin to the junction: a vessel
+    heading for the apex, as the LAD does, may run across the axis for a few mm where it winds over the heart's
+    surface) continues into the child that heads least towards the apex, among the children
     whose longest path down is at least ``CONTINUATION_MIN_FRACTION`` of the longest and which do not turn back
     (cos >= ``MAX_TURN_COS``): the marginal branches and the PDA run towards the apex;
   - any other vessel continues into the child with the largest cos(angle to its own direction) + (longest path
@@ -250,7 +252,9 @@ def _continuation(pt: PixelTree, path: list[int], junction: int, in_groove: bool
     out = [_unit(pt.mm[pt.forward(k, pt.radius[junction] + DIRECTION_MM)] - pt.mm[junction]) for k in kids]
     eligible = [i for i in range(len(kids))
                 if reach[i] >= CONTINUATION_MIN_FRACTION and float(out[i] @ incoming) >= MAX_TURN_COS]
-    if (in_groove or abs(float(incoming @ pt.apex)) < AV_GROOVE_COS) and len(eligible) > 1:
+    course = _unit(pt.mm[junction] - pt.mm[path[0]])  # the vessel's course so far, origin to junction
+    round_heart = max(abs(float(incoming @ pt.apex)), abs(float(course @ pt.apex))) < AV_GROOVE_COS
+    if (in_groove or round_heart) and len(eligible) > 1:
         return kids[min(eligible, key=lambda i: float(out[i] @ pt.apex))]
     return kids[int(np.argmax([float(o @ incoming) + r for o, r in zip(out, reach, strict=True)]))]
 
