@@ -67,6 +67,7 @@ def test_train_demo_trains_both_stages_on_legacy_and_cohort_phantoms_and_install
         assert recorded["canonical_space"] == {"orientation": "LPS", "spacing": [4.0, 4.0, 4.0]}
         assert recorded["training"]["demo_weights"]["augment"] == "default"
         assert "cohort seeds 0-1 at matrix 24" in recorded["training"]["demo_weights"]["data"]
+        assert recorded["training"]["demo_weights"]["command"] == f"seg2refine train demo --out {tmp_path / 'weights'}"
     stage1_cases = read_config(tmp_path / "weights" / "stage1.safetensors")["training"]["cases"]
     stage2_cases = read_config(tmp_path / "weights" / "stage2.safetensors")["training"]["cases"]
     assert stage1_cases["train"] and not set(stage1_cases["train"]) & set(stage2_cases["train"] + stage2_cases["val"])

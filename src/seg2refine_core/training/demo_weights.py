@@ -128,7 +128,7 @@ def train_demo_weights(
         progress=progress, should_stop=should_stop,
     )
     provenance = {
-        "command": "seg2refine train demo (make demo-weights)",
+        "command": f"seg2refine train demo --out {config.out}",
         "data": f"synthetic phantoms: legacy seeds 0-{config.n_cases - 1} at shape {list(config.shape)}, cohort "
                 f"seeds 0-{config.cohort_cases - 1} at matrix {config.cohort_matrix}",
         "augment": config.augment,
