@@ -102,6 +102,13 @@ def run(args: argparse.Namespace) -> int:
         return _run(args)
 
 
+def say(text: str) -> None:
+    """Print ``text`` and its newline in one write, flushed: the ranks of ``torchrun`` share one stdout pipe, and
+    print's separate writes of a line and its newline let another rank's line land in between."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
 def _run(args: argparse.Namespace) -> int:
     from seg2refine_core import distributed
     from seg2refine_core.clock import Stopwatch
@@ -116,16 +123,16 @@ def _run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size, overlap=args.overlap, sw_batch_size=args.sw_batch_size,
         )
         where = f"[rank {info.rank}/{info.world_size}] " if info.distributed else ""
-        print(where + predictor.describe(), flush=True)
+        say(where + predictor.describe())
 
         def report(case: CaseRecord) -> None:
             if case.series is not None:
-                print(f"{where}{case.case_id}: {case.series}", flush=True)
+                say(f"{where}{case.case_id}: {case.series}")
             if case.error is not None:
-                print(f"{where}{case.case_id}: error: {case.error}", flush=True)
+                say(f"{where}{case.case_id}: error: {case.error}")
             else:
-                print(f"{where}{case.case_id}: {case.shape} in {case.seconds:.1f} s ({case.grid_line()}) -> "
-                      f"{', '.join(p.name for p in case.outputs)}", flush=True)
+                say(f"{where}{case.case_id}: {case.shape} in {case.seconds:.1f} s ({case.grid_line()}) -> "
+                    f"{', '.join(p.name for p in case.outputs)}")
                 if args.analyze:
                     analyze(case)
 
@@ -142,8 +149,7 @@ def _run(args: argparse.Namespace) -> int:
                 json_path=args.out / f"{base}.json", png_path=args.out / f"{base}.png",
             )
             lines = "\n".join(f"{where}  {line}" for line in summary(analysis).splitlines())
-            print(f"{where}{case.case_id}: vessel analysis of {mask.name} -> {base}.json, {base}.png\n{lines}",
-                  flush=True)
+            say(f"{where}{case.case_id}: vessel analysis of {mask.name} -> {base}.json, {base}.png\n{lines}")
 
         clock = Stopwatch()
         with tqdm_progress("predict", unit="step", disable=not info.is_main) as progress:
