@@ -26,6 +26,7 @@ from seg2refine_core.io.checkpoint import load_checkpoint
 from seg2refine_core.io.volume import write_volume
 from seg2refine_core.training.runlog import load_resume_state, resume_path, save_resume_state
 from seg2refine_core.training.stage1 import SliceDataset, Stage1TrainConfig, cosine_decay, default_crop, train_stage1
+from training_support import runs_per_preset
 
 # 4 phantoms: hold-out 1 val, 1 test, 2 train; 2 epochs of 8 slices in batches of 4 = 4 steps.
 OPTIONS = {"width": 4, "epochs": 2, "batch_size": 4, "samples_per_epoch": 8, "num_workers": 0, "device": "cpu",
@@ -65,17 +66,7 @@ def cli_args(data: Path, out: Path, cache_dir: Path) -> list[str]:
 def straight_runs(data, cache_dir, tmp_path_factory):
     """``straight(preset)``: two epochs in one go with that augmentation preset, through the command line (made once
     per preset; ``default`` without ``--augment``, the default of a new run)."""
-    runs: dict[str, Path] = {}
-
-    def straight(preset: str) -> Path:
-        if preset not in runs:
-            out = tmp_path_factory.mktemp("runs") / f"straight-{preset}"
-            chosen = [] if preset == "default" else ["--augment", preset]
-            assert main(cli_args(data, out, cache_dir) + chosen) == 0
-            runs[preset] = out
-        return runs[preset]
-
-    return straight
+    return runs_per_preset(tmp_path_factory, lambda out: cli_args(data, out, cache_dir))
 
 
 @pytest.fixture(scope="module")

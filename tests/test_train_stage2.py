@@ -32,6 +32,7 @@ from seg2refine_core.io.volume import write_volume
 from seg2refine_core.nets.sfanet import build_sfanet
 from seg2refine_core.training import stage2
 from seg2refine_core.training.runlog import load_resume_state, read_metrics, resume_path, save_resume_state
+from training_support import runs_per_preset
 
 SHAPE = (32, 64, 64)
 # 6 cases; stage 1's hold-out (val 0.34, test 0.17, seed 0): 3 train, 2 val, 1 test. The stage-2 pool is stage 1's
@@ -117,17 +118,7 @@ def cli_args(data: Path, stage1: Path, out: Path, cache_dir: Path) -> list[str]:
 def straight_runs(data, stage1_ckpt, cache_dir, tmp_path_factory):
     """``straight(preset)``: two epochs in one go with that augmentation preset, through the command line (made once
     per preset; ``default`` without ``--augment``, the default of a new run)."""
-    runs: dict[str, Path] = {}
-
-    def straight(preset: str) -> Path:
-        if preset not in runs:
-            out = tmp_path_factory.mktemp("runs") / f"straight-{preset}"
-            chosen = [] if preset == "default" else ["--augment", preset]
-            assert main(cli_args(data, stage1_ckpt, out, cache_dir) + chosen) == 0
-            runs[preset] = out
-        return runs[preset]
-
-    return straight
+    return runs_per_preset(tmp_path_factory, lambda out: cli_args(data, stage1_ckpt, out, cache_dir))
 
 
 @pytest.fixture(scope="module")
