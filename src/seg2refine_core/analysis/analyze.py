@@ -62,7 +62,7 @@ def analyze_mask(
         b.diameter_mm = equivalent_diameters(mask, spacing, b.voxels, half_width)
     branches = name_trees(trees, branches, affine)
     report(state["total"] - 1, state["total"], "trees and names")
-    stenoses = [s for b in branches for s in find_stenoses(b, options, voxel_mm=max(spacing))]
+    stenoses = [s for b in branches for s in find_stenoses(b, options, voxel_mm=max(spacing), spacing=spacing)]
     report(state["total"], state["total"], "stenoses")
     return TreeAnalysis(mask.shape, spacing, affine, trees, branches, stenoses, options, source)  # type: ignore[arg-type]
 

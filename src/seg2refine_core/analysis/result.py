@@ -36,7 +36,9 @@ RULES = {
              "in an AV groove continue into the child heading least towards the apex, others straight on and "
              "far; the rest are unnamed",
     "stenoses": "QCA-style %DS = 100 (1 - D / D_ref), D the cross-section's equivalent diameter, D_ref the mean of "
-                "the median diameters 3-11 mm proximal and distal; candidates >= 25 % where D_ref >= 1.5 mm; grades "
+                "the median diameters 3-11 mm proximal and distal; candidates >= 25 % where D_ref >= 1.5 mm, "
+                "less dips no longer than a slice and shallower than half a voxel across the vessel (the mask's "
+                "staircase); grades "
                 "mild 25-49, moderate 50-69, severe >= 70",
 }
 
