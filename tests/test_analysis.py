@@ -77,7 +77,9 @@ def test_report_schema_and_world_coordinates(case, tmp_path):
     left = next(t for t in report["trees"] if t["side"] == "left")
     assert np.linalg.norm(np.asarray(left["ostium_mm"]) - lm_start) < 6.0
     for s in report["stenoses"]:
-        assert s["grade"] in ("mild", "moderate", "severe") and s["severity_pct"] >= 25
+        assert s["severity_pct"] >= 25
+        assert s["grade"] == "small vessel" if s["small_vessel"] else s["grade"] in ("mild", "moderate", "severe")
+        assert s["small_vessel"] == (s["reference_diameter_mm"] < 1.5)
         # center_mm is the affine applied to center_voxel (z, y, x) -> (x, y, z)
         z, y, x = s["center_voxel"]
         np.testing.assert_allclose(s["center_mm"], (ph.affine @ [x, y, z, 1.0])[:3], atol=0.01)

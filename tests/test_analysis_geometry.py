@@ -248,6 +248,28 @@ def test_vessels_narrower_than_a_slice_are_not_graded():
     assert len(find_stenoses(branch, StenosisOptions(min_reference_voxels=0.0), voxel_mm=2.0)) == 1
 
 
+@pytest.mark.parametrize(("voxel", "severity", "kept"), [(0.3, 0.6, True), (0.3, 0.2, False), (0.7, 0.6, False)])
+def test_small_vessel_narrowings_only_where_a_voxel_deep(voxel, severity, kept):
+    """A 1.2 mm vessel (under CAD-RADS' 1.5 mm) with a Gaussian narrowing (sigma 1.5 mm): at 0.3 mm voxels a 60 %
+    lesion is 0.7 mm deep, over two voxels, and is reported as a small-vessel candidate (not graded); a 20 % dip
+    is under a voxel deep, and at 0.7 mm voxels the 60 % lesion's 0.7 mm is one voxel at most and the mask draws
+    it shallower: neither is kept."""
+    spacing, u, a = (voxel,) * 3, OBLIQUE, np.array([5.0, 5.0, 3.0])
+    length = 24.0
+    shape = tuple(int(n / voxel) for n in (14.0, 22.0, 32.0))
+    mask = tube_mask(shape, spacing, [(a, a + length * u, 0.6, 0.6, gaussian_narrowing(length, 12.0, 1.5, severity))])
+    analysis = analyze_mask(mask, spacing)
+    if not kept:
+        assert analysis.stenoses == []
+        return
+    (s,) = analysis.stenoses
+    assert s.small_vessel and s.grade == "small vessel" and s.reference_diameter_mm < 1.5
+    assert np.linalg.norm(analysis.branches[s.branch].voxels[s.index] * voxel - (a + 12.0 * u)) < 2.0
+    assert s.severity_pct == pytest.approx(60.0, abs=15.0)
+    report = analysis.to_dict()["stenoses"][0]
+    assert report["small_vessel"] is True and report["grade"] == "small vessel"
+
+
 def test_staircase_dips_of_a_thick_slice_mask_are_not_candidates():
     """A 2.2 mm tube rising 2 mm over 56 mm through 1.7 mm slices: the binary mask's staircase reads as 28 % dips no
     longer than a slice and 0.6 mm deep, under half the 1.7 mm voxel across the vessel, which step 5 drops. A 50 %
@@ -323,3 +345,44 @@ def test_vessel_heading_to_the_apex_keeps_its_course_past_a_local_bend():
     side = [b for b in branches if b.parent == root.id and b.length_mm > 10.0]
     assert len(side) == 1
     assert np.linalg.norm(side[0].voxels[-1] * np.asarray(spacing) - diagonal_end) < 3.0
+
+
+def _left_main(severity: float, length: float = 3.0):
+    """A left main ``length`` mm long (r 2.2 mm, Murray's radius for its daughters) cut bluntly at its ostium, with
+    a Gaussian narrowing of ``severity`` half-way (sigma 1.5 mm), dividing into an LAD (anterior) and an LCX
+    tapering from r 1.75 to 0.5 mm over 40 mm at +-50 degrees; it runs to the patient's left of its ostium, as a
+    left tree does.
+    Returns the mask (0.5 mm voxels), the ostium and the lesion's centre (mm, z y x)."""
+    spacing = (0.5, 0.5, 0.5)
+    ostium, u = np.array([12.0, 33.0, 40.0]), np.array([0.0, 0.0, -1.0])
+    fork = ostium + length * u
+    lad = np.array([0.0, np.sin(np.radians(50)), -np.cos(np.radians(50))])
+    lcx = lad * [1.0, -1.0, 1.0]
+    shape = (48, 132, 90)
+    mask = tube_mask(shape, spacing, [(ostium, fork, 2.2, 2.2, gaussian_narrowing(length, length / 2, 1.5, severity)),
+                                      (fork, fork + 40.0 * lad, 1.75, 0.5), (fork, fork + 40.0 * lcx, 1.75, 0.5)])
+    grid = np.stack(np.meshgrid(*[np.arange(n) * 0.5 for n in shape], indexing="ij"), -1)
+    mask &= (grid - ostium) @ u >= 0.0  # the cut at the aortic wall
+    return mask, spacing, ostium, ostium + length / 2 * u
+
+
+@pytest.mark.parametrize("length", [3.0, 4.0])
+def test_a_narrowed_left_main_is_found_and_graded_against_finets_reference(length):
+    """A 60 % lesion half-way along a 3 or 4 mm left main. At 3 mm the narrowed stub reaches less than spur_mm
+    beyond its bifurcation's ball and the spur pruning removes it: it is put back, laid straight. At 4 mm it stays,
+    but the tree's widest voxel lies beside the bifurcation, not on the stub. Either way the ostium is the cut,
+    the left main is named, and its lesion is graded against Finet's 0.678 (D_LAD + D_LCX): 1 - 1.76 / 4.1 =
+    57 %. The same left mains without the lesion give no candidate on the left main."""
+    mask, spacing, ostium, lesion = _left_main(0.6, length)
+    analysis = analyze_mask(mask, spacing)
+    assert np.linalg.norm(analysis.trees[0].root_voxel * 0.5 - ostium) < 1.0  # the cut, not the bifurcation
+    assert {"LM", "LAD", "LCX"} <= {b.name for b in analysis.branches}
+    (s,) = [s for s in analysis.stenoses if analysis.branches[s.branch].name == "LM"]
+    assert np.linalg.norm(analysis.branches[s.branch].voxels[s.index] * 0.5 - lesion) < 1.5
+    # the daughters' first 8 mm of reliable lumen: 3.5 -> 3.0 mm across
+    assert s.reference_diameter_mm == pytest.approx(0.678 * 2 * 3.0, abs=0.4)
+    assert s.severity_pct == pytest.approx(100 * (1 - 2 * 2.2 * 0.4 / (0.678 * 6.0)), abs=8.0)
+    assert s.grade == "moderate"
+    healthy = analyze_mask(_left_main(0.0, length)[0], spacing)
+    assert "LM" in {b.name for b in healthy.branches}
+    assert not [s for s in healthy.stenoses if healthy.branches[s.branch].name == "LM"]

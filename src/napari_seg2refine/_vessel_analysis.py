@@ -62,7 +62,8 @@ def brief_summary(analysis: Any) -> str:
     from seg2refine_core.analysis.report import tree_lines
 
     trees = [f"<b>{side}</b> {text}" for side, text in tree_lines(analysis)]
-    grades = {g: sum(1 for s in analysis.stenoses if s.grade == g) for g in ("severe", "moderate", "mild")}
+    grades = {g: sum(1 for s in analysis.stenoses if s.grade == g)
+              for g in ("severe", "moderate", "mild", "small vessel")}
     stenoses = ", ".join(f"{n} {g}" for g, n in grades.items() if n) or "none"
     return "; ".join(trees or ["no tree found"]) + f"<br>stenosis candidates: {stenoses}"
 

@@ -10,7 +10,7 @@ from seg2refine_core.analysis.cross_section import equivalent_diameters
 from seg2refine_core.analysis.joined import separate_joined_trees
 from seg2refine_core.analysis.naming import name_trees
 from seg2refine_core.analysis.result import TreeAnalysis
-from seg2refine_core.analysis.stenosis import StenosisOptions, find_stenoses
+from seg2refine_core.analysis.stenosis import StenosisOptions, find_stenoses, left_main_stenosis
 from seg2refine_core.analysis.trees import build_trees
 from seg2refine_core.errors import VolumeError
 from seg2refine_core.progress import ProgressFn, StopFn, check_stop
@@ -55,14 +55,20 @@ def analyze_mask(
     graphs = centerline_graphs(mask, spacing, spur_mm=spur_mm, min_length_mm=min_length_mm,
                                progress=components, should_stop=should_stop)
     graphs = separate_joined_trees(mask, graphs, spacing, spur_mm=spur_mm, min_length_mm=min_length_mm)
-    trees, branches = build_trees(graphs, spacing, affine)
+    trees, branches = build_trees(graphs, spacing, affine, mask)
     for b in branches:
         check_stop(should_stop)
         half_width = np.maximum(2.0 * b.radius_mm + 2.0 * max(spacing), 2.0)
         b.diameter_mm = equivalent_diameters(mask, spacing, b.voxels, half_width)
     branches = name_trees(trees, branches, affine)
     report(state["total"] - 1, state["total"], "trees and names")
-    stenoses = [s for b in branches for s in find_stenoses(b, options, voxel_mm=max(spacing), spacing=spacing)]
+    stenoses = []
+    for b in branches:
+        found = find_stenoses(b, options, voxel_mm=max(spacing), spacing=spacing)
+        if b.name == "LM" and not found:
+            daughters = [d for d in branches if d.parent == b.id and d.name in ("LAD", "LCX")]
+            found = [s for s in [left_main_stenosis(b, daughters, options, max(spacing))] if s is not None]
+        stenoses += found
     report(state["total"], state["total"], "stenoses")
     return TreeAnalysis(mask.shape, spacing, affine, trees, branches, stenoses, options, source)  # type: ignore[arg-type]
 

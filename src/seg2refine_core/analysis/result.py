@@ -11,7 +11,8 @@ NIfTI's convention, through the mask's affine) and, where said, voxel indices ``
   (length / chord), points_mm (n x 3), diameters_mm (n, equivalent diameters), radii_mm (n, inscribed-sphere
   radii from the distance transform), arc_mm (n, from the branch's origin), reliable (n; false near a junction or
   an end);
-* ``stenoses``: id, branch, branch_name, side, center_mm, center_voxel, arc_mm, severity_pct, grade, length_mm,
+* ``stenoses``: id, branch, branch_name, side, center_mm, center_voxel, arc_mm, severity_pct, grade (mild,
+  moderate, severe, or 'small vessel': reference under 1.5 mm, not graded), small_vessel, length_mm,
   reference_diameter_mm, min_diameter_mm;
 * ``coordinates``, ``units``, ``rules`` (the naming and stenosis rules in words), ``parameters``, ``shape``,
   ``spacing_mm``, ``source`` (the mask's file when known).
@@ -38,8 +39,9 @@ RULES = {
     "stenoses": "QCA-style %DS = 100 (1 - D / D_ref), D the cross-section's equivalent diameter, D_ref the mean of "
                 "the median diameters 3-11 mm proximal and distal; candidates >= 25 % where D_ref >= 1.5 mm, "
                 "less dips no longer than a slice and shallower than half a voxel across the vessel (the mask's "
-                "staircase); grades "
-                "mild 25-49, moderate 50-69, severe >= 70",
+                "staircase); in vessels of 1-1.5 mm ('small vessel', not graded) only narrowings at least a voxel "
+                "deep; a left main with no healthy segment of its own against Finet's 0.678 (D_LAD + D_LCX); "
+                "grades mild 25-49, moderate 50-69, severe >= 70",
 }
 
 
@@ -104,7 +106,8 @@ class TreeAnalysis:
                 "id": k, "branch": s.branch, "branch_name": b.name, "side": self.side(b),
                 "center_mm": np.round(self.world(s.voxel[None])[0], 2).tolist(),
                 "center_voxel": [int(v) for v in s.voxel], "arc_mm": round(s.arc_mm, 2),
-                "severity_pct": round(s.severity_pct, 1), "grade": s.grade, "length_mm": round(s.length_mm, 2),
+                "severity_pct": round(s.severity_pct, 1), "grade": s.grade, "small_vessel": s.small_vessel,
+                "length_mm": round(s.length_mm, 2),
                 "reference_diameter_mm": round(s.reference_diameter_mm, 3),
                 "min_diameter_mm": round(s.min_diameter_mm, 3),
             })

@@ -6,11 +6,18 @@ Per connected component (one :class:`~.centerline.CenterlineGraph`), on the grap
   centerline voxel of largest lumen radius (radius averaged over its graph neighbours within about 2 mm). If an
   unbranched direction from there runs to an end point that is still wide (somewhere in its distal half at least
   ``STUB_RADIUS_FRACTION`` of that radius: a blunt end, the cut at the aortic wall, even past an ostial
-  narrowing), the nearest such end point is the ostium. An unbranched direction that reaches an end point within
-  ``OSTIAL_STUB_MM`` qualifies whatever its width: an ostial stenosis narrows the lumen from the ostium on, so
-  the widest point lies just past it and the ostium's own stub is narrow (the nearest qualifying end still wins,
-  so a long tapering vessel's distal tip never beats it). Otherwise (a left main shorter than its own radius loses
-  its skeleton to spur pruning) the widest voxel itself is the root.
+  narrowing), the nearest such end point is the ostium; a division within the widest voxel's inscribed ball (the
+  widest point of a left main lies at its bifurcation) is passed, its directions searched in turn. An unbranched
+  direction that reaches an end point within ``OSTIAL_STUB_MM`` qualifies whatever its width: an ostial stenosis
+  narrows the lumen from the ostium on, so the widest point lies just past it and the ostium's own stub is narrow
+  (the nearest qualifying end still wins, so a long tapering vessel's distal tip never beats it). Otherwise the
+  widest voxel is a division with no stub before it: a left main a few mm long, narrowed by an ostial lesion,
+  reaches no farther than the lumen radius at its division plus ``spur_mm`` and loses its skeleton to spur pruning
+  (:mod:`.centerline`, step 4). Of the terminal segments pruned there (their inner end inside the division's
+  inscribed ball), the one whose end point reaches farthest beyond that ball, at least ``OSTIAL_SPUR_REACH_MM``,
+  is put back and its end point is the ostium. The thinning bends a blunt end's skeleton into a corner, so where
+  the mask is at hand the stub is laid straight: from the division's centre towards the centroid of the lumen
+  around the spur, to where it leaves the lumen. With none such, the widest voxel itself is the root.
 * **Flow direction**: every centerline voxel's parent is its predecessor on the shortest path from the root
   (``scipy.sparse.csgraph.dijkstra``); loops are broken there.
 * **Branches** (vessels): the root branch starts at the ostium and, at each junction, continues into one child;
@@ -37,13 +44,14 @@ IEEE TMI 2003).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy import ndimage, sparse
 from scipy.sparse import csgraph
 
-from seg2refine_core.analysis.centerline import CenterlineGraph
+from seg2refine_core.analysis.centerline import CenterlineGraph, Segment
+from seg2refine_core.analysis.radius import lumen_distance, radius_at
 from seg2refine_core.analysis.sides import HEART_AXIS_RAS, assign_sides, ras_direction_in_array_mm, voxels_to_ras
 
 #: a direction from the widest voxel that stays this fraction as wide to an end point is the proximal stub
@@ -51,6 +59,9 @@ STUB_RADIUS_FRACTION = 0.75
 #: an unbranched run from the widest voxel to an end point at most this long (mm) is the ostium's stub even when
 #: narrowed (an ostial lesion)
 OSTIAL_STUB_MM = 15.0
+#: a pruned spur at a division with no stub before it is the ostium's stub if it reaches this far (mm) beyond the
+#: division's inscribed radius
+OSTIAL_SPUR_REACH_MM = 1.0
 #: a centerline point within a junction's inscribed radius plus this (mm) does not measure its own vessel
 JUNCTION_MARGIN_MM = 1.0
 #: arc length (mm) over which the directions at a junction are compared
@@ -112,9 +123,11 @@ class PixelTree:
     """The centerline voxels of one graph as a rooted tree (parents from the shortest paths to the root).
 
     voxels (n, 3) int (z, y, x), mm (n, 3) their positions in array mm, radius (n,) lumen radius mm, adjacency
-    (n, n) sparse edge lengths mm, root the ostium's index, parent/children/dist the shortest-path tree from it."""
+    (n, n) sparse edge lengths mm, root the ostium's index (found as the module docstring says, or the voxel
+    ``ostium`` (3,) int where given), parent/children/dist the shortest-path tree from it."""
 
-    def __init__(self, graph: CenterlineGraph, spacing: tuple[float, float, float], affine: np.ndarray) -> None:
+    def __init__(self, graph: CenterlineGraph, spacing: tuple[float, float, float], affine: np.ndarray,
+                 ostium: np.ndarray | None = None) -> None:
         sp = np.asarray(spacing, dtype=float)
         all_vox = np.concatenate([s.voxels for s in graph.segments] + [graph.nodes])
         self.voxels, inverse = np.unique(all_vox, axis=0, return_inverse=True)
@@ -144,7 +157,11 @@ class PixelTree:
             r = c = np.zeros(0, dtype=int)
             w = np.zeros(0)
         self.adjacency = sparse.coo_matrix((np.r_[w, w], (np.r_[r, c], np.r_[c, r])), shape=(n, n)).tocsr()
-        self.root = self._find_root()
+        self.root_at_division = False  # set by _find_root: the widest voxel, a division with no stub before it
+        if ostium is None:
+            self.root = self._find_root()
+        else:
+            self.root = int(np.nonzero((self.voxels == ostium).all(axis=1))[0][0])
         dist, pred = csgraph.dijkstra(self.adjacency, indices=self.root, return_predecessors=True)
         self.parent = np.where(pred >= 0, pred, -1)
         self.dist = dist
@@ -184,17 +201,23 @@ class PixelTree:
             if pred[v] >= 0:
                 children[pred[v]].append(v)
         stubs = []
-        for first in children[widest]:
-            run, v = [first], first
+        todo = list(children[widest])
+        while todo:
+            run, v = [todo[-1]], todo.pop()
             while len(children[v]) == 1:
                 v = children[v][0]
                 run.append(v)
+            if children[v]:  # a division within the widest point's ball is part of it: look past it
+                if np.linalg.norm(self.mm[v] - self.mm[widest]) <= self.radius[widest]:
+                    todo += children[v]
+                continue
             distal = self.radius[run[len(run) // 2 :]]
             short = float(from_widest[v]) <= OSTIAL_STUB_MM
-            if not children[v] and (short or distal.max() >= STUB_RADIUS_FRACTION * self.radius[widest]):
-                stubs.append((len(run), v))
+            if short or distal.max() >= STUB_RADIUS_FRACTION * self.radius[widest]:
+                stubs.append((float(from_widest[v]), v))
         if stubs and len(children[widest]) >= 2:
             return int(min(stubs)[1])
+        self.root_at_division = len(children[widest]) >= 2
         return widest
 
     def forward(self, first: int, reach_mm: float) -> int:
@@ -206,14 +229,21 @@ class PixelTree:
         return v
 
 
-def build_trees(graphs: list[CenterlineGraph], spacing: tuple[float, float, float], affine: np.ndarray
-                ) -> tuple[list[Tree], list[Branch]]:
+def build_trees(graphs: list[CenterlineGraph], spacing: tuple[float, float, float], affine: np.ndarray,
+                mask: np.ndarray | None = None) -> tuple[list[Tree], list[Branch]]:
     """Trees (one per graph, in order; their side set by :func:`~.sides.assign_sides`) and all their branches, ids
     counting from 0 (see the module docstring).
 
-    graphs: largest first; spacing: (sz, sy, sx) mm; affine: 4x4, (x, y, z) voxel indices to world RAS mm.
+    graphs: largest first; spacing: (sz, sy, sx) mm; affine: 4x4, (x, y, z) voxel indices to world RAS mm; mask:
+    the graphs' (z, y, x) mask (a restored ostial stub is laid straight through its lumen where given).
     """
-    pixel_trees = [PixelTree(graph, spacing, affine) for graph in graphs]
+    pixel_trees = []
+    for graph in graphs:
+        pt = PixelTree(graph, spacing, affine)
+        restored = restore_ostial_stub(graph, pt, spacing, mask) if pt.root_at_division else None
+        if restored is not None:
+            pt = PixelTree(restored, spacing, affine, ostium=restored.nodes[-1])
+        pixel_trees.append(pt)
     sides = assign_sides([voxels_to_ras(pt.voxels, affine) for pt in pixel_trees],
                          [voxels_to_ras(pt.voxels[pt.root][None], affine)[0] for pt in pixel_trees])
     trees: list[Tree] = []
@@ -238,6 +268,58 @@ def build_trees(graphs: list[CenterlineGraph], spacing: tuple[float, float, floa
             branches.append(_branch(own_id, tree.id, pt, path, parent, origin))
             tree.branch_ids.append(own_id)
     return trees, branches
+
+
+def restore_ostial_stub(graph: CenterlineGraph, pt: PixelTree, spacing: tuple[float, float, float],
+                        mask: np.ndarray | None = None) -> CenterlineGraph | None:
+    """``graph`` with the pruned spur that is its narrowed ostial stub put back (see the module docstring), or None.
+
+    pt: the graph's :class:`PixelTree`, rooted at its widest voxel, a division; spacing (sz, sy, sx) mm; mask: the
+    (z, y, x) mask, if given the stub is laid straight (the module docstring's ostium rule)."""
+    sp = np.asarray(spacing, dtype=float)
+    centre, radius = pt.voxels[pt.root], float(pt.radius[pt.root])
+    best, reach = None, OSTIAL_SPUR_REACH_MM
+    for spur in graph.pruned_spurs:
+        if np.linalg.norm((spur.voxels[-1] - centre) * sp) > radius:
+            continue
+        beyond = float(np.linalg.norm((spur.voxels[0] - centre) * sp)) - radius
+        if beyond >= reach:
+            best, reach = spur, beyond
+    if best is None:
+        return None
+    voxels, radii = (best.voxels, best.radius_mm) if mask is None else _straight_stub(mask, sp, best, centre)
+    node = int(np.argmin(np.linalg.norm((graph.nodes - centre) * sp, axis=1)))
+    path = np.vstack([voxels, centre[None]])
+    stub = Segment((len(graph.nodes), node), path, np.r_[radii, radius],
+                   float(np.linalg.norm(np.diff(path, axis=0) * sp, axis=1).sum()))
+    return replace(graph, nodes=np.vstack([graph.nodes, voxels[:1]]),
+                   node_radius_mm=np.r_[graph.node_radius_mm, radii[0]], segments=[*graph.segments, stub],
+                   pruned_spurs=[s for s in graph.pruned_spurs if s is not best])
+
+
+def _straight_stub(mask: np.ndarray, sp: np.ndarray, spur: Segment, centre: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """The stub as a straight run of voxels (k, 3), end point first, and their lumen radii (mm): from the division's
+    centre towards the centroid of the lumen around the spur (within its largest radius of it: the thinning bends
+    a blunt end's skeleton into a corner, the lumen's centroid stays on the axis), until it leaves the lumen."""
+    margin = np.ceil(float(spur.radius_mm.max()) / sp).astype(int) + 2
+    lo = np.maximum(np.minimum(spur.voxels.min(0), centre) - margin, 0)
+    hi = np.minimum(np.maximum(spur.voxels.max(0), centre) + margin + 1, mask.shape)
+    crop = np.asarray(mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]) != 0
+    lumen = np.argwhere(crop) + lo
+    near = np.linalg.norm((lumen[:, None, :] - spur.voxels[None]) * sp, axis=2).min(1) <= spur.radius_mm.max()
+    direction = (lumen[near].mean(0) - centre) * sp
+    direction /= max(float(np.linalg.norm(direction)), 1e-9)
+    run = []
+    for t in np.arange(0.0, float(np.linalg.norm((hi - lo) * sp)), 0.5 * float(sp.min())):
+        vox = np.rint(centre + t * direction / sp).astype(np.int64)
+        if np.any(vox < lo) or np.any(vox >= hi) or not crop[tuple(vox - lo)]:
+            break
+        if not run or not np.array_equal(run[-1], vox):
+            run.append(vox)
+    run = np.array(run[1:] or [spur.voxels[0]])[::-1]
+    dist = lumen_distance(np.pad(crop, 1), tuple(sp))[1:-1, 1:-1, 1:-1]
+    return run, radius_at(run - lo, dist)
 
 
 def _continuation(pt: PixelTree, path: list[int], junction: int, in_groove: bool = False) -> int:
