@@ -55,7 +55,7 @@ def analyze_mask(
     graphs = centerline_graphs(mask, spacing, spur_mm=spur_mm, min_length_mm=min_length_mm,
                                progress=components, should_stop=should_stop)
     graphs = separate_joined_trees(mask, graphs, spacing, spur_mm=spur_mm, min_length_mm=min_length_mm)
-    trees, branches = build_trees(graphs, spacing, affine, mask)
+    trees, branches = build_trees(graphs, spacing, affine)
     for b in branches:
         check_stop(should_stop)
         half_width = np.maximum(2.0 * b.radius_mm + 2.0 * max(spacing), 2.0)

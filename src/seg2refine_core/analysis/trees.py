@@ -15,9 +15,7 @@ Per connected component (one :class:`~.centerline.CenterlineGraph`), on the grap
   reaches no farther than the lumen radius at its division plus ``spur_mm`` and loses its skeleton to spur pruning
   (:mod:`.centerline`, step 4). Of the terminal segments pruned there (their inner end inside the division's
   inscribed ball), the one whose end point reaches farthest beyond that ball, at least ``OSTIAL_SPUR_REACH_MM``,
-  is put back and its end point is the ostium. The thinning bends a blunt end's skeleton into a corner, so where
-  the mask is at hand the stub is laid straight: from the division's centre towards the centroid of the lumen
-  around the spur, to where it leaves the lumen. With none such, the widest voxel itself is the root.
+  is put back and its end point is the ostium. With none such, the widest voxel itself is the root.
 * **Flow direction**: every centerline voxel's parent is its predecessor on the shortest path from the root
   (``scipy.sparse.csgraph.dijkstra``); loops are broken there.
 * **Branches** (vessels): the root branch starts at the ostium and, at each junction, continues into one child;
@@ -51,7 +49,6 @@ from scipy import ndimage, sparse
 from scipy.sparse import csgraph
 
 from seg2refine_core.analysis.centerline import CenterlineGraph, Segment
-from seg2refine_core.analysis.radius import lumen_distance, radius_at
 from seg2refine_core.analysis.sides import HEART_AXIS_RAS, assign_sides, ras_direction_in_array_mm, voxels_to_ras
 
 #: a direction from the widest voxel that stays this fraction as wide to an end point is the proximal stub
@@ -229,18 +226,17 @@ class PixelTree:
         return v
 
 
-def build_trees(graphs: list[CenterlineGraph], spacing: tuple[float, float, float], affine: np.ndarray,
-                mask: np.ndarray | None = None) -> tuple[list[Tree], list[Branch]]:
+def build_trees(graphs: list[CenterlineGraph], spacing: tuple[float, float, float], affine: np.ndarray
+                ) -> tuple[list[Tree], list[Branch]]:
     """Trees (one per graph, in order; their side set by :func:`~.sides.assign_sides`) and all their branches, ids
     counting from 0 (see the module docstring).
 
-    graphs: largest first; spacing: (sz, sy, sx) mm; affine: 4x4, (x, y, z) voxel indices to world RAS mm; mask:
-    the graphs' (z, y, x) mask (a restored ostial stub is laid straight through its lumen where given).
+    graphs: largest first; spacing: (sz, sy, sx) mm; affine: 4x4, (x, y, z) voxel indices to world RAS mm.
     """
     pixel_trees = []
     for graph in graphs:
         pt = PixelTree(graph, spacing, affine)
-        restored = restore_ostial_stub(graph, pt, spacing, mask) if pt.root_at_division else None
+        restored = restore_ostial_stub(graph, pt, spacing) if pt.root_at_division else None
         if restored is not None:
             pt = PixelTree(restored, spacing, affine, ostium=restored.nodes[-1])
         pixel_trees.append(pt)
@@ -270,12 +266,11 @@ def build_trees(graphs: list[CenterlineGraph], spacing: tuple[float, float, floa
     return trees, branches
 
 
-def restore_ostial_stub(graph: CenterlineGraph, pt: PixelTree, spacing: tuple[float, float, float],
-                        mask: np.ndarray | None = None) -> CenterlineGraph | None:
+def restore_ostial_stub(graph: CenterlineGraph, pt: PixelTree, spacing: tuple[float, float, float]
+                        ) -> CenterlineGraph | None:
     """``graph`` with the pruned spur that is its narrowed ostial stub put back (see the module docstring), or None.
 
-    pt: the graph's :class:`PixelTree`, rooted at its widest voxel, a division; spacing (sz, sy, sx) mm; mask: the
-    (z, y, x) mask, if given the stub is laid straight (the module docstring's ostium rule)."""
+    pt: the graph's :class:`PixelTree`, rooted at its widest voxel, a division; spacing (sz, sy, sx) mm."""
     sp = np.asarray(spacing, dtype=float)
     centre, radius = pt.voxels[pt.root], float(pt.radius[pt.root])
     best, reach = None, OSTIAL_SPUR_REACH_MM
@@ -287,7 +282,7 @@ def restore_ostial_stub(graph: CenterlineGraph, pt: PixelTree, spacing: tuple[fl
             best, reach = spur, beyond
     if best is None:
         return None
-    voxels, radii = (best.voxels, best.radius_mm) if mask is None else _straight_stub(mask, sp, best, centre)
+    voxels, radii = best.voxels, best.radius_mm
     node = int(np.argmin(np.linalg.norm((graph.nodes - centre) * sp, axis=1)))
     path = np.vstack([voxels, centre[None]])
     stub = Segment((len(graph.nodes), node), path, np.r_[radii, radius],
@@ -295,31 +290,6 @@ def restore_ostial_stub(graph: CenterlineGraph, pt: PixelTree, spacing: tuple[fl
     return replace(graph, nodes=np.vstack([graph.nodes, voxels[:1]]),
                    node_radius_mm=np.r_[graph.node_radius_mm, radii[0]], segments=[*graph.segments, stub],
                    pruned_spurs=[s for s in graph.pruned_spurs if s is not best])
-
-
-def _straight_stub(mask: np.ndarray, sp: np.ndarray, spur: Segment, centre: np.ndarray
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """The stub as a straight run of voxels (k, 3), end point first, and their lumen radii (mm): from the division's
-    centre towards the centroid of the lumen around the spur (within its largest radius of it: the thinning bends
-    a blunt end's skeleton into a corner, the lumen's centroid stays on the axis), until it leaves the lumen."""
-    margin = np.ceil(float(spur.radius_mm.max()) / sp).astype(int) + 2
-    lo = np.maximum(np.minimum(spur.voxels.min(0), centre) - margin, 0)
-    hi = np.minimum(np.maximum(spur.voxels.max(0), centre) + margin + 1, mask.shape)
-    crop = np.asarray(mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]) != 0
-    lumen = np.argwhere(crop) + lo
-    near = np.linalg.norm((lumen[:, None, :] - spur.voxels[None]) * sp, axis=2).min(1) <= spur.radius_mm.max()
-    direction = (lumen[near].mean(0) - centre) * sp
-    direction /= max(float(np.linalg.norm(direction)), 1e-9)
-    run = []
-    for t in np.arange(0.0, float(np.linalg.norm((hi - lo) * sp)), 0.5 * float(sp.min())):
-        vox = np.rint(centre + t * direction / sp).astype(np.int64)
-        if np.any(vox < lo) or np.any(vox >= hi) or not crop[tuple(vox - lo)]:
-            break
-        if not run or not np.array_equal(run[-1], vox):
-            run.append(vox)
-    run = np.array(run[1:] or [spur.voxels[0]])[::-1]
-    dist = lumen_distance(np.pad(crop, 1), tuple(sp))[1:-1, 1:-1, 1:-1]
-    return run, radius_at(run - lo, dist)
 
 
 def _continuation(pt: PixelTree, path: list[int], junction: int, in_groove: bool = False) -> int:
