@@ -7,6 +7,7 @@ import pytest
 from seg2refine_core.analysis import analyze_mask
 from seg2refine_core.analysis.centerline import centerline_graphs
 from seg2refine_core.analysis.cpr import straighten
+from seg2refine_core.analysis.report import summary
 from seg2refine_core.analysis.sides import HEART_AXIS_RAS, ras_direction_in_array_mm
 from seg2refine_core.analysis.stenosis import StenosisOptions, find_stenoses
 from seg2refine_core.analysis.trees import Branch, build_trees
@@ -268,6 +269,7 @@ def test_small_vessel_narrowings_only_where_a_voxel_deep(voxel, severity, kept):
     assert s.severity_pct == pytest.approx(60.0, abs=15.0)
     report = analysis.to_dict()["stenoses"][0]
     assert report["small_vessel"] is True and report["grade"] == "small vessel"
+    assert "(small vessel)" in summary(analysis)
 
 
 def test_staircase_dips_of_a_thick_slice_mask_are_not_candidates():
@@ -388,3 +390,27 @@ def test_a_narrowed_left_main_is_found_and_graded_against_finets_reference(lengt
     healthy = analyze_mask(_left_main(0.0, length)[0], spacing)
     assert "LM" in {b.name for b in healthy.branches}
     assert not [s for s in healthy.stenoses if healthy.branches[s.branch].name == "LM"]
+
+
+def test_no_left_main_is_invented_nor_graded_against_finet_where_it_has_its_own_reference():
+    """A bifurcation with no left main but a 3 mm twig leaving it across the daughters' plane: the twig does not head
+    away from the tree, so it is no ostium and no left main is graded. A 14 mm healthy left main (r 1.9 mm, daughters
+    r 2.0 mm) has a reference of its own: Finet's rule (which would read 26 %) does not apply."""
+    spacing = (0.5, 0.5, 0.5)
+    fork = np.array([12.0, 33.0, 37.0])
+    lad = np.array([0.0, np.sin(np.radians(50)), -np.cos(np.radians(50))])
+    lcx = lad * [1.0, -1.0, 1.0]
+    twig = tube_mask((48, 132, 90), spacing, [(fork, fork + 40 * lad, 1.75, 0.5), (fork, fork + 40 * lcx, 1.75, 0.5),
+                                             (fork, fork + [3.0, 0.0, 0.0], 0.7, 0.7)])
+    analysis = analyze_mask(twig, spacing)
+    assert "LM" not in {b.name for b in analysis.branches}
+    ostium, u = np.array([12.0, 33.0, 44.0]), np.array([0.0, 0.0, -1.0])
+    fork = ostium + 14.0 * u
+    shape = (48, 132, 96)
+    long_lm = tube_mask(shape, spacing, [(ostium, fork, 1.9, 1.9), (fork, fork + 40 * lad, 2.0, 1.8),
+                                         (fork, fork + 40 * lcx, 2.0, 1.8)])
+    grid = np.stack(np.meshgrid(*[np.arange(n) * 0.5 for n in shape], indexing="ij"), -1)
+    long_lm &= (grid - ostium) @ u >= 0.0
+    analysis = analyze_mask(long_lm, spacing)
+    assert "LM" in {b.name for b in analysis.branches}
+    assert not [s for s in analysis.stenoses if analysis.branches[s.branch].name == "LM"]

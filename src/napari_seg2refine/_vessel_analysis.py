@@ -166,7 +166,9 @@ class VesselAnalysisWidget(QWidget):
         self.summary.setText(brief_summary(analysis))
         first = max(analysis.branches, key=lambda b: b.length_mm, default=None)
         if analysis.stenoses:
-            first = analysis.branches[max(analysis.stenoses, key=lambda s: s.severity_pct).branch]
+            from seg2refine_core.analysis.stenosis import worst_first
+
+            first = analysis.branches[worst_first(analysis.stenoses)[0].branch]
         if first is not None:
             self.show_branch(first, jump=False)
 
@@ -193,8 +195,9 @@ class VesselAnalysisWidget(QWidget):
         self.viewer.add_points(
             np.array([s.voxel for s in st]) if st else np.zeros((0, 3)), name=STENOSES, symbol="ring",
             face_color=STENOSIS_COLOUR, border_color=STENOSIS_COLOUR, size=2.5 * size / min(like.scale),
-            features={"severity": [round(s.severity_pct) for s in st], "grade": [s.grade for s in st]},
-            text={"string": "{severity}%", "color": STENOSIS_COLOUR, "size": 10, "anchor": "upper_left"}
+            features={"severity": [round(s.severity_pct) for s in st], "grade": [s.grade for s in st],
+                      "label": [f"{s.severity_pct:.0f}%" + (" (small)" if s.small_vessel else "") for s in st]},
+            text={"string": "{label}", "color": STENOSIS_COLOUR, "size": 10, "anchor": "upper_left"}
             if st else None, **common,
         )
 

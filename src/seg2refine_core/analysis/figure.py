@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from seg2refine_core.analysis.result import TreeAnalysis
-from seg2refine_core.analysis.stenosis import reference_diameter
+from seg2refine_core.analysis.stenosis import reference_diameter, worst_first
 
 MAIN_NAMES = ("LM", "LAD", "LCX", "RCA")
 #: CT window of the CPR panels (HU): centre 200, width 600, as the preprocessing's
@@ -36,7 +36,7 @@ def write_figure(analysis: TreeAnalysis, path: str | Path, image: np.ndarray | N
     from seg2refine_core.analysis.cpr import straighten
     from seg2refine_core.io.atomic import atomic_path
 
-    worst = sorted(analysis.stenoses, key=lambda s: -s.severity_pct)
+    worst = worst_first(analysis.stenoses)
     cpr_branches = list(dict.fromkeys(s.branch for s in worst))[:2] if image is not None else []
     if image is not None and not cpr_branches:
         cpr_branches = [b.id for b in plotted_branches(analysis, 2)][:2]

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from seg2refine_core.analysis.result import TreeAnalysis
+from seg2refine_core.analysis.stenosis import worst_first
 from seg2refine_core.io.atomic import write_text_atomic
 
 CSV_COLUMNS = (
@@ -30,7 +31,7 @@ def branch_rows(analysis: TreeAnalysis) -> list[dict]:
     rows = []
     for b in report["branches"]:
         own = [s for s in report["stenoses"] if s["branch"] == b["id"]]
-        worst = max(own, key=lambda s: s["severity_pct"], default=None)
+        worst = min(own, key=lambda s: (s["small_vessel"], -s["severity_pct"]), default=None)  # graded first
         rows.append({
             "source": analysis.source or "", "tree": b["tree"], "side": b["side"], "branch": b["id"],
             "name": b["name"], "parent": "" if b["parent"] is None else b["parent"], "length_mm": b["length_mm"],
@@ -90,7 +91,7 @@ def summary(analysis: TreeAnalysis) -> str:
     others = sum(1 for t in analysis.trees if t.side == "other")
     if others:
         lines.append(f"{others} other fragment(s)")
-    for s in sorted(analysis.stenoses, key=lambda s: -s.severity_pct):
+    for s in worst_first(analysis.stenoses):
         b = analysis.branches[s.branch]
         where = b.name if b.name != "unnamed" else f"branch {b.id} ({analysis.side(b)})"
         c = analysis.world(s.voxel[None])[0]

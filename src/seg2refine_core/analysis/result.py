@@ -12,8 +12,8 @@ NIfTI's convention, through the mask's affine) and, where said, voxel indices ``
   radii from the distance transform), arc_mm (n, from the branch's origin), reliable (n; false near a junction or
   an end);
 * ``stenoses``: id, branch, branch_name, side, center_mm, center_voxel, arc_mm, severity_pct, grade (mild,
-  moderate, severe, or 'small vessel': reference under 1.5 mm, not graded), small_vessel, length_mm,
-  reference_diameter_mm, min_diameter_mm;
+  moderate, severe, or 'small vessel': reference under the grading size, 1.5 mm by default, not graded),
+  small_vessel, length_mm, reference_diameter_mm, min_diameter_mm;
 * ``coordinates``, ``units``, ``rules`` (the naming and stenosis rules in words), ``parameters``, ``shape``,
   ``spacing_mm``, ``source`` (the mask's file when known).
 """
@@ -37,11 +37,12 @@ RULES = {
              "in an AV groove continue into the child heading least towards the apex, others straight on and "
              "far; the rest are unnamed",
     "stenoses": "QCA-style %DS = 100 (1 - D / D_ref), D the cross-section's equivalent diameter, D_ref the mean of "
-                "the median diameters 3-11 mm proximal and distal; candidates >= 25 % where D_ref >= 1.5 mm, "
-                "less dips no longer than a slice and shallower than half a voxel across the vessel (the mask's "
-                "staircase); in vessels of 1-1.5 mm ('small vessel', not graded) only narrowings at least a voxel "
-                "deep; a left main with no healthy segment of its own against Finet's 0.678 (D_LAD + D_LCX); "
-                "grades mild 25-49, moderate 50-69, severe >= 70",
+                "the median diameters 3-11 mm proximal and distal; candidates >= 25 % where D_ref >= "
+                "min_reference_mm (parameters; 1.5 mm as CAD-RADS), less dips no longer than a slice and shallower "
+                "than half a voxel across the vessel (the mask's staircase); in smaller vessels of at least "
+                "small_vessel_mm only narrowings a voxel deep ('small vessel', not graded); a left main with no "
+                "healthy segment of its own against Finet's 0.678 (D_LAD + D_LCX); grades mild 25-49, moderate "
+                "50-69, severe >= 70",
 }
 
 

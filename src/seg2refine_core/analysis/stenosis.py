@@ -33,12 +33,12 @@ those of CAD-RADS 2.0, Cury et al., JCCT 2022). Along each branch:
    slices) and its staircase makes 25-45 % dips that are no lesion. On the cohort phantoms at matrix 256 this cut
    the false candidates from 1.70 to 1.30 per volume (seeds 3000-3019) and from 1.75 to 1.00 (4000-4019) and lost
    no true stenosis; a factor of 1.0 lost one. **Small vessels**: a candidate with ``small_vessel_mm`` (1.0)
-   ``<= D_ref < min_reference_mm`` is kept, flagged ``small_vessel`` (below CAD-RADS' grading size, reported for
-   the reader, not graded), where its depth ``D_ref - D_min`` is at least ``small_vessel_depth_voxels`` (1.0)
-   times the coarsest voxel spacing across the vessel (:func:`across_voxel_mm`): a narrowing a whole voxel deep is
-   no digitisation step. At real-size resolution (cohort phantoms at matrix 512, 0.3-0.5 mm in-plane) the cross-
-   sections resolve lesions of 1-1.5 mm vessels (a 70 % one reads 60-70 %); at coarser voxels their dips stay
-   under a voxel and none is kept.
+   ``<= D_ref < min_reference_mm`` (below the grading size, CAD-RADS' 1.5 mm by default) is kept, flagged
+   ``small_vessel`` (reported for the reader, not graded), where its depth ``D_ref - D_min`` is at least
+   ``small_vessel_depth_voxels`` (1.0) times the coarsest voxel spacing across the vessel
+   (:func:`across_voxel_mm`): a narrowing a whole voxel deep is no digitisation step. At real-size resolution
+   (cohort phantoms at matrix 512, 0.3-0.5 mm in-plane) the cross-sections resolve lesions of 1-1.5 mm vessels
+   (a 70 % one reads 60-70 %); at coarser voxels their dips stay under a voxel and few are kept.
 5. **Staircase dips** are dropped: a candidate whose half-maximum extent is measured on both sides (neither end
    runs into an unmeasured point nor the branch's end, where the lesion may go on) and is no longer than the largest
    voxel spacing (one slice), and whose depth ``D_ref - D_min`` is under ``staircase_voxels`` (0.5) times the
@@ -64,7 +64,7 @@ minimum lumen diameter is the smallest cross-section farther from the ostium tha
 inscribed radius (the cut at the aortic wall is oblique, and a plane within a radius of it is clipped by it:
 a healthy left main's read 37 % one voxel in on a cohort phantom; a narrowed one's radius is small, so its
 lesion stays measured; sections within the bifurcation can only read wide). It is one candidate if
-``%DS >= min_pct`` and no candidate of steps 1-5 lies on the left main already.
+``%DS >= min_pct`` and steps 1-2 find the left main no reference of its own.
 
 Grades: 25-49 % mild, 50-69 % moderate, 70-99 % severe.
 """
@@ -119,6 +119,11 @@ class Stenosis:
     def grade(self) -> str:
         """The CAD-RADS grade of the severity, or 'small vessel' (not graded)."""
         return "small vessel" if self.small_vessel else grade(self.severity_pct)
+
+
+def worst_first(stenoses: list[Stenosis]) -> list[Stenosis]:
+    """Graded candidates by severity, most severe first, then the small-vessel ones (not graded) likewise."""
+    return sorted(stenoses, key=lambda s: (s.small_vessel, -s.severity_pct))
 
 
 def grade(severity_pct: float) -> str:
@@ -181,7 +186,8 @@ def find_stenoses(branch: Branch, options: StenosisOptions = StenosisOptions(), 
     for k in range(1, n_runs + 1):
         idx = np.nonzero(runs == k)[0]
         centre = int(idx[np.argmax(pct[idx])])
-        if ref[centre] < options.min_reference_voxels * voxel_mm or ref[centre] < options.small_vessel_mm:
+        if ref[centre] < max(options.min_reference_voxels * voxel_mm,
+                             min(options.small_vessel_mm, options.min_reference_mm)):
             continue
         small = bool(ref[centre] < options.min_reference_mm)
         if small and (tangent is None or ref[centre] - d[centre]
@@ -206,9 +212,10 @@ FINET_RATIO = 0.678
 def left_main_stenosis(left_main: Branch, daughters: list[Branch], options: StenosisOptions = StenosisOptions(),
                        voxel_mm: float = 0.0) -> Stenosis | None:
     """The left-main rule of the module docstring: one candidate on ``left_main`` against Finet's reference from
-    its two ``daughters`` (the LAD and LCX), or None. voxel_mm: the mask's largest voxel spacing (mm)."""
-    if len(daughters) != 2:
-        return None
+    its two ``daughters`` (the LAD and LCX), or None (also where steps 1-2 find the left main a reference of its
+    own). voxel_mm: the mask's largest voxel spacing (mm)."""
+    if len(daughters) != 2 or np.isfinite(reference_diameter(left_main, options)[1]).any():
+        return None  # no daughters to grade against, or the left main has a healthy segment of its own (steps 1-2)
     healthy = []
     for daughter in daughters:
         d, _ = reference_diameter(daughter, options)

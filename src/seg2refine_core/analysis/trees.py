@@ -7,7 +7,8 @@ Per connected component (one :class:`~.centerline.CenterlineGraph`), on the grap
   unbranched direction from there runs to an end point that is still wide (somewhere in its distal half at least
   ``STUB_RADIUS_FRACTION`` of that radius: a blunt end, the cut at the aortic wall, even past an ostial
   narrowing), the nearest such end point is the ostium; a division within the widest voxel's inscribed ball (the
-  widest point of a left main lies at its bifurcation) is passed, its directions searched in turn. An unbranched
+  widest point of a left main lies at its bifurcation) is passed, its directions searched in turn for an end that
+  heads away from the tree (:meth:`PixelTree.heads_away`; a short side branch there does not). An unbranched
   direction that reaches an end point within ``OSTIAL_STUB_MM`` qualifies whatever its width: an ostial stenosis
   narrows the lumen from the ostium on, so the widest point lies just past it and the ostium's own stub is narrow
   (the nearest qualifying end still wins, so a long tapering vessel's distal tip never beats it). Otherwise the
@@ -15,7 +16,8 @@ Per connected component (one :class:`~.centerline.CenterlineGraph`), on the grap
   reaches no farther than the lumen radius at its division plus ``spur_mm`` and loses its skeleton to spur pruning
   (:mod:`.centerline`, step 4). Of the terminal segments pruned there (their inner end inside the division's
   inscribed ball), the one whose end point reaches farthest beyond that ball, at least ``OSTIAL_SPUR_REACH_MM``,
-  is put back and its end point is the ostium. With none such, the widest voxel itself is the root.
+  and heads away from the tree (:meth:`PixelTree.heads_away`; a twig at the bifurcation does not), is put back
+  and its end point is the ostium. With none such, the widest voxel itself is the root.
 * **Flow direction**: every centerline voxel's parent is its predecessor on the shortest path from the root
   (``scipy.sparse.csgraph.dijkstra``); loops are broken there.
 * **Branches** (vessels): the root branch starts at the ostium and, at each junction, continues into one child;
@@ -59,6 +61,9 @@ OSTIAL_STUB_MM = 15.0
 #: a pruned spur at a division with no stub before it is the ostium's stub if it reaches this far (mm) beyond the
 #: division's inscribed radius
 OSTIAL_SPUR_REACH_MM = 1.0
+#: an ostial stub found past a division, or restored, heads away from its tree: cos to the direction of the tree's
+#: centroid at most this
+OSTIUM_AWAY_COS = -0.5
 #: a centerline point within a junction's inscribed radius plus this (mm) does not measure its own vessel
 JUNCTION_MARGIN_MM = 1.0
 #: arc length (mm) over which the directions at a junction are compared
@@ -154,11 +159,15 @@ class PixelTree:
             r = c = np.zeros(0, dtype=int)
             w = np.zeros(0)
         self.adjacency = sparse.coo_matrix((np.r_[w, w], (np.r_[r, c], np.r_[c, r])), shape=(n, n)).tocsr()
-        self.root_at_division = False  # set by _find_root: the widest voxel, a division with no stub before it
+        self.root_at_division = False  # set by _find_root: rooted at the widest voxel, no end of the graph (a division,
+        # or where a pruned stub left one), for want of a stub
         if ostium is None:
             self.root = self._find_root()
         else:
-            self.root = int(np.nonzero((self.voxels == ostium).all(axis=1))[0][0])
+            at = np.nonzero((self.voxels == np.asarray(ostium)).all(axis=1))[0]
+            if len(at) == 0:
+                raise ValueError(f"ostium voxel {tuple(int(i) for i in ostium)} is not on the centerline")
+            self.root = int(at[0])
         dist, pred = csgraph.dijkstra(self.adjacency, indices=self.root, return_predecessors=True)
         self.parent = np.where(pred >= 0, pred, -1)
         self.dist = dist
@@ -198,15 +207,18 @@ class PixelTree:
             if pred[v] >= 0:
                 children[pred[v]].append(v)
         stubs = []
-        todo = list(children[widest])
+        todo = [(first, False) for first in children[widest]]
         while todo:
-            run, v = [todo[-1]], todo.pop()
+            v, passed = todo.pop()
+            run = [v]
             while len(children[v]) == 1:
                 v = children[v][0]
                 run.append(v)
             if children[v]:  # a division within the widest point's ball is part of it: look past it
                 if np.linalg.norm(self.mm[v] - self.mm[widest]) <= self.radius[widest]:
-                    todo += children[v]
+                    todo += [(c, True) for c in children[v]]
+                continue
+            if passed and not self.heads_away(v, widest):
                 continue
             distal = self.radius[run[len(run) // 2 :]]
             short = float(from_widest[v]) <= OSTIAL_STUB_MM
@@ -216,6 +228,13 @@ class PixelTree:
             return int(min(stubs)[1])
         self.root_at_division = len(children[widest]) >= 2
         return widest
+
+    def heads_away(self, end: int, centre: int) -> bool:
+        """Whether the direction from voxel ``centre`` to voxel ``end`` points away from the rest of the tree (cos
+        to the direction of the centerline's centroid at most ``OSTIUM_AWAY_COS``), as the ostial stub does: a
+        coronary tree spreads over the heart from its ostium on the aortic root."""
+        bulk = self.mm.mean(axis=0) - self.mm[centre]
+        return float(_unit(self.mm[end] - self.mm[centre]) @ _unit(bulk)) <= OSTIUM_AWAY_COS
 
     def forward(self, first: int, reach_mm: float) -> int:
         """The voxel about ``reach_mm`` downstream of ``first``'s parent, following the longest downstream path."""
@@ -273,22 +292,25 @@ def restore_ostial_stub(graph: CenterlineGraph, pt: PixelTree, spacing: tuple[fl
     pt: the graph's :class:`PixelTree`, rooted at its widest voxel, a division; spacing (sz, sy, sx) mm."""
     sp = np.asarray(spacing, dtype=float)
     centre, radius = pt.voxels[pt.root], float(pt.radius[pt.root])
+    bulk = _unit(pt.mm.mean(axis=0) - pt.mm[pt.root])
     best, reach = None, OSTIAL_SPUR_REACH_MM
     for spur in graph.pruned_spurs:
         if np.linalg.norm((spur.voxels[-1] - centre) * sp) > radius:
             continue
         beyond = float(np.linalg.norm((spur.voxels[0] - centre) * sp)) - radius
-        if beyond >= reach:
+        if beyond >= reach and float(_unit((spur.voxels[0] - centre) * sp) @ bulk) <= OSTIUM_AWAY_COS:
             best, reach = spur, beyond
     if best is None:
         return None
-    voxels, radii = best.voxels, best.radius_mm
-    node = int(np.argmin(np.linalg.norm((graph.nodes - centre) * sp, axis=1)))
-    path = np.vstack([voxels, centre[None]])
-    stub = Segment((len(graph.nodes), node), path, np.r_[radii, radius],
+    nodes, node_radius = graph.nodes, graph.node_radius_mm
+    at = np.nonzero((nodes == centre).all(axis=1))[0]
+    if len(at) == 0:  # the division is a segment voxel once the stub is pruned: make it a node again
+        nodes, node_radius, at = np.vstack([nodes, centre[None]]), np.r_[node_radius, radius], [len(nodes)]
+    path = np.vstack([best.voxels, centre[None]])
+    stub = Segment((len(nodes), int(at[0])), path, np.r_[best.radius_mm, radius],
                    float(np.linalg.norm(np.diff(path, axis=0) * sp, axis=1).sum()))
-    return replace(graph, nodes=np.vstack([graph.nodes, voxels[:1]]),
-                   node_radius_mm=np.r_[graph.node_radius_mm, radii[0]], segments=[*graph.segments, stub],
+    return replace(graph, nodes=np.vstack([nodes, best.voxels[:1]]), node_radius_mm=np.r_[node_radius,
+                   best.radius_mm[0]], segments=[*graph.segments, stub],
                    pruned_spurs=[s for s in graph.pruned_spurs if s is not best])
 
 
