@@ -392,17 +392,18 @@ def test_a_narrowed_left_main_is_found_and_graded_against_finets_reference(lengt
     assert not [s for s in healthy.stenoses if healthy.branches[s.branch].name == "LM"]
 
 
-def test_no_left_main_is_invented_nor_graded_against_finet_where_it_has_its_own_reference():
-    """A bifurcation with no left main but a 3 mm twig leaving it across the daughters' plane: the twig does not head
-    away from the tree, so it is no ostium and no left main is graded. A 14 mm healthy left main (r 1.9 mm, daughters
-    r 2.0 mm) has a reference of its own: Finet's rule (which would read 26 %) does not apply."""
+def test_no_left_main_from_a_side_branch_nor_finet_where_it_has_its_own_reference():
+    """A bifurcation with no left main but a 10 mm side branch (r 0.9 -> 0.7 mm) leaving it across the daughters'
+    plane: its end lies beyond PASSED_STUB_MM, so it is no ostium and no left main is graded (it was taken for a
+    moderate left-main lesion). A 14 mm healthy left main (r 1.9 mm, daughters r 2.0 mm) has a reference of its own:
+    Finet's rule (which would read 26 %) does not apply."""
     spacing = (0.5, 0.5, 0.5)
     fork = np.array([12.0, 33.0, 37.0])
     lad = np.array([0.0, np.sin(np.radians(50)), -np.cos(np.radians(50))])
     lcx = lad * [1.0, -1.0, 1.0]
-    twig = tube_mask((48, 132, 90), spacing, [(fork, fork + 40 * lad, 1.75, 0.5), (fork, fork + 40 * lcx, 1.75, 0.5),
-                                             (fork, fork + [3.0, 0.0, 0.0], 0.7, 0.7)])
-    analysis = analyze_mask(twig, spacing)
+    side = tube_mask((48, 132, 90), spacing, [(fork, fork + 40 * lad, 1.75, 0.5), (fork, fork + 40 * lcx, 1.75, 0.5),
+                                             (fork, fork + [10.0, 0.0, 0.0], 0.9, 0.7)])
+    analysis = analyze_mask(side, spacing)
     assert "LM" not in {b.name for b in analysis.branches}
     ostium, u = np.array([12.0, 33.0, 44.0]), np.array([0.0, 0.0, -1.0])
     fork = ostium + 14.0 * u

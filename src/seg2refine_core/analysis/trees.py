@@ -7,8 +7,8 @@ Per connected component (one :class:`~.centerline.CenterlineGraph`), on the grap
   unbranched direction from there runs to an end point that is still wide (somewhere in its distal half at least
   ``STUB_RADIUS_FRACTION`` of that radius: a blunt end, the cut at the aortic wall, even past an ostial
   narrowing), the nearest such end point is the ostium; a division within the widest voxel's inscribed ball (the
-  widest point of a left main lies at its bifurcation) is passed, its directions searched in turn for an end that
-  heads away from the tree (:meth:`PixelTree.heads_away`; a short side branch there does not). An unbranched
+  widest point of a left main lies at its bifurcation) is passed, its directions searched in turn for an end
+  within ``PASSED_STUB_MM`` (a side branch leaving the bifurcation reaches farther). An unbranched
   direction that reaches an end point within ``OSTIAL_STUB_MM`` qualifies whatever its width: an ostial stenosis
   narrows the lumen from the ostium on, so the widest point lies just past it and the ostium's own stub is narrow
   (the nearest qualifying end still wins, so a long tapering vessel's distal tip never beats it). Otherwise the
@@ -16,8 +16,10 @@ Per connected component (one :class:`~.centerline.CenterlineGraph`), on the grap
   reaches no farther than the lumen radius at its division plus ``spur_mm`` and loses its skeleton to spur pruning
   (:mod:`.centerline`, step 4). Of the terminal segments pruned there (their inner end inside the division's
   inscribed ball), the one whose end point reaches farthest beyond that ball, at least ``OSTIAL_SPUR_REACH_MM``,
-  and heads away from the tree (:meth:`PixelTree.heads_away`; a twig at the bifurcation does not), is put back
-  and its end point is the ostium. With none such, the widest voxel itself is the root.
+  is put back and its end point is the ostium (a twig as long at the bifurcation of a tree whose left main the
+  mask lacks would be taken for it: the geometry does not tell them apart, a direction test did not either, as
+  the phantoms' left mains meet their daughters at right angles). With none such, the widest voxel itself is the
+  root.
 * **Flow direction**: every centerline voxel's parent is its predecessor on the shortest path from the root
   (``scipy.sparse.csgraph.dijkstra``); loops are broken there.
 * **Branches** (vessels): the root branch starts at the ostium and, at each junction, continues into one child;
@@ -61,9 +63,9 @@ OSTIAL_STUB_MM = 15.0
 #: a pruned spur at a division with no stub before it is the ostium's stub if it reaches this far (mm) beyond the
 #: division's inscribed radius
 OSTIAL_SPUR_REACH_MM = 1.0
-#: an ostial stub found past a division, or restored, heads away from its tree: cos to the direction of the tree's
-#: centroid at most this
-OSTIUM_AWAY_COS = -0.5
+#: an end found past a division inside the widest voxel's ball is the ostium's stub only this close (mm along the
+#: centerline) to the widest voxel: a left main a few mm long, not a side branch leaving its bifurcation
+PASSED_STUB_MM = 8.0
 #: a centerline point within a junction's inscribed radius plus this (mm) does not measure its own vessel
 JUNCTION_MARGIN_MM = 1.0
 #: arc length (mm) over which the directions at a junction are compared
@@ -218,7 +220,7 @@ class PixelTree:
                 if np.linalg.norm(self.mm[v] - self.mm[widest]) <= self.radius[widest]:
                     todo += [(c, True) for c in children[v]]
                 continue
-            if passed and not self.heads_away(v, widest):
+            if passed and from_widest[v] > PASSED_STUB_MM:
                 continue
             distal = self.radius[run[len(run) // 2 :]]
             short = float(from_widest[v]) <= OSTIAL_STUB_MM
@@ -228,13 +230,6 @@ class PixelTree:
             return int(min(stubs)[1])
         self.root_at_division = len(children[widest]) >= 2
         return widest
-
-    def heads_away(self, end: int, centre: int) -> bool:
-        """Whether the direction from voxel ``centre`` to voxel ``end`` points away from the rest of the tree (cos
-        to the direction of the centerline's centroid at most ``OSTIUM_AWAY_COS``), as the ostial stub does: a
-        coronary tree spreads over the heart from its ostium on the aortic root."""
-        bulk = self.mm.mean(axis=0) - self.mm[centre]
-        return float(_unit(self.mm[end] - self.mm[centre]) @ _unit(bulk)) <= OSTIUM_AWAY_COS
 
     def forward(self, first: int, reach_mm: float) -> int:
         """The voxel about ``reach_mm`` downstream of ``first``'s parent, following the longest downstream path."""
@@ -292,13 +287,12 @@ def restore_ostial_stub(graph: CenterlineGraph, pt: PixelTree, spacing: tuple[fl
     pt: the graph's :class:`PixelTree`, rooted at its widest voxel, a division; spacing (sz, sy, sx) mm."""
     sp = np.asarray(spacing, dtype=float)
     centre, radius = pt.voxels[pt.root], float(pt.radius[pt.root])
-    bulk = _unit(pt.mm.mean(axis=0) - pt.mm[pt.root])
     best, reach = None, OSTIAL_SPUR_REACH_MM
     for spur in graph.pruned_spurs:
         if np.linalg.norm((spur.voxels[-1] - centre) * sp) > radius:
             continue
         beyond = float(np.linalg.norm((spur.voxels[0] - centre) * sp)) - radius
-        if beyond >= reach and float(_unit((spur.voxels[0] - centre) * sp) @ bulk) <= OSTIUM_AWAY_COS:
+        if beyond >= reach:
             best, reach = spur, beyond
     if best is None:
         return None
