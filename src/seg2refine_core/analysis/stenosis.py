@@ -56,8 +56,8 @@ those of CAD-RADS 2.0, Cury et al., JCCT 2022). Along each branch:
    lost.
 
 **Left main** (:func:`left_main_stenosis`): a left main only a few mm long lies almost wholly inside its
-bifurcation's inscribed ball, so steps 1-2 find no healthy segment of its own to measure against (and an
-ostial lesion's narrowed stub is restored by :mod:`.trees`). Its reference is then that of bifurcation QCA,
+bifurcation's inscribed ball, so steps 1-2 find no healthy segment of its own to measure against. Its
+reference is then that of bifurcation QCA,
 Finet's law ``D_ref = 0.678 (D_LAD + D_LCX)`` (Finet et al., EuroIntervention 2008), from the LAD's and LCX's
 healthy proximal diameters (the median of ``D`` over the first ``window_mm`` of their reliable points); its
 minimum lumen diameter is the smallest cross-section farther from the ostium than one voxel and than its own
