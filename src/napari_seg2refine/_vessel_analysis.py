@@ -196,7 +196,7 @@ class VesselAnalysisWidget(QWidget):
             np.array([s.voxel for s in st]) if st else np.zeros((0, 3)), name=STENOSES, symbol="ring",
             face_color=STENOSIS_COLOUR, border_color=STENOSIS_COLOUR, size=2.5 * size / min(like.scale),
             features={"severity": [round(s.severity_pct) for s in st], "grade": [s.grade for s in st],
-                      "label": [f"{s.severity_pct:.0f}%" + (" (small)" if s.small_vessel else "") for s in st]},
+                      "label": [s.label for s in st]},
             text={"string": "{label}", "color": STENOSIS_COLOUR, "size": 10, "anchor": "upper_left"}
             if st else None, **common,
         )
@@ -274,7 +274,7 @@ class VesselAnalysisWidget(QWidget):
         ax.plot(branch.arc_mm, ref, color=colour, lw=1.0, ls="--", label="QCA reference")
         for s in (s for s in self.analysis.stenoses if s.branch == branch.id):
             ax.plot([s.arc_mm], [s.min_diameter_mm], "v", color=STENOSIS_COLOUR)
-            ax.annotate(f"{s.severity_pct:.0f}%", (s.arc_mm, s.min_diameter_mm), color=STENOSIS_COLOUR, fontsize=8,
+            ax.annotate(s.label, (s.arc_mm, s.min_diameter_mm), color=STENOSIS_COLOUR, fontsize=8,
                         xytext=(0, -12), textcoords="offset points", ha="center")
         ax.set_xlabel("along the branch (mm)")
         ax.set_ylabel("diameter (mm)")

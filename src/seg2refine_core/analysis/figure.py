@@ -56,7 +56,7 @@ def write_figure(analysis: TreeAnalysis, path: str | Path, image: np.ndarray | N
     for s in analysis.stenoses:
         c = analysis.world(s.voxel[None])[0]
         ax3d.scatter([c[0]], [c[1]], [c[2]], marker="X", s=90, color="red", depthshade=False)
-        ax3d.text(c[0], c[1], c[2], f" {s.severity_pct:.0f}%", color="red", fontsize=9)
+        ax3d.text(c[0], c[1], c[2], f" {s.label}", color="red", fontsize=9)
     ax3d.set_xlabel("x (mm, patient right +)", fontsize=8)
     ax3d.set_ylabel("y (mm, anterior +)", fontsize=8)
     ax3d.set_zlabel("z (mm, superior +)", fontsize=8)
@@ -72,7 +72,7 @@ def write_figure(analysis: TreeAnalysis, path: str | Path, image: np.ndarray | N
         line = ax.plot(b.arc_mm, d, lw=1.2, label=label)[0]  # junctions and ends left out
         ax.plot(b.arc_mm, ref, lw=0.8, ls="--", color=line.get_color())
         for s in (s for s in analysis.stenoses if s.branch == b.id):
-            ax.annotate(f"{s.severity_pct:.0f}%", (s.arc_mm, s.min_diameter_mm), color="red", fontsize=8,
+            ax.annotate(s.label, (s.arc_mm, s.min_diameter_mm), color="red", fontsize=8,
                         xytext=(0, -12), textcoords="offset points", ha="center")
             ax.plot([s.arc_mm], [s.min_diameter_mm], "v", color="red")
     ax.set_xlabel("distance along the branch (mm)")
@@ -92,7 +92,7 @@ def write_figure(analysis: TreeAnalysis, path: str | Path, image: np.ndarray | N
             ax.contour(cpr.offset_mm, cpr.arc_mm, cpr.lumen, levels=[0.5], colors="#00e5ff", linewidths=0.8)
         for s in (s for s in analysis.stenoses if s.branch == b.id):
             ax.axhline(s.arc_mm, color="red", lw=0.8, ls=":")
-            ax.text(ext[1], s.arc_mm, f" {s.severity_pct:.0f}%", color="red", fontsize=8, va="center")
+            ax.text(ext[1], s.arc_mm, f" {s.label}", color="red", fontsize=8, va="center")
         label = b.name if b.name != "unnamed" else f"branch {b.id}"
         ax.set_title(f"straightened CPR of {label} (CT {CPR_WINDOW[0]:g} to {CPR_WINDOW[1]:g} HU)", fontsize=10)
         ax.set_xticks([-5.0, 0.0, 5.0])

@@ -116,6 +116,11 @@ class Stenosis:
     small_vessel: bool = False
 
     @property
+    def label(self) -> str:
+        """Its severity for a figure, '57%', or '57% (small)' in a small vessel."""
+        return f"{self.severity_pct:.0f}%" + (" (small)" if self.small_vessel else "")
+
+    @property
     def grade(self) -> str:
         """The CAD-RADS grade of the severity, or 'small vessel' (not graded)."""
         return "small vessel" if self.small_vessel else grade(self.severity_pct)
