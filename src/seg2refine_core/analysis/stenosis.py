@@ -200,15 +200,15 @@ def find_stenoses(branch: Branch, options: StenosisOptions = StenosisOptions(), 
                              min(options.small_vessel_mm, options.min_reference_mm)):
             continue
         small = bool(ref[centre] < options.min_reference_mm)
-        if small and (tangent is None or ref[centre] - d[centre]
-                      < options.small_vessel_depth_voxels * across_voxel_mm(tangent[centre], spacing)):
+        across = None if tangent is None else across_voxel_mm(tangent[centre], spacing)
+        if small and (across is None or ref[centre] - d[centre] < options.small_vessel_depth_voxels * across):
             continue
         severity = float(pct[centre])
         a, b, length = _half_maximum(np.nan_to_num(pct, nan=-np.inf) >= severity / 2.0, centre, branch.arc_mm)
         # step 5: both ends of the half-maximum extent measured (not cut by an unmeasured point or the branch's end)
         observed = a > 0 and b < len(pct) - 1 and np.isfinite(pct[a - 1]) and np.isfinite(pct[b + 1])
-        if (tangent is not None and observed and length <= max(spacing)
-                and ref[centre] - d[centre] < options.staircase_voxels * across_voxel_mm(tangent[centre], spacing)):
+        if (across is not None and observed and length <= max(spacing)
+                and ref[centre] - d[centre] < options.staircase_voxels * across):
             continue
         out.append(Stenosis(branch.id, centre, branch.voxels[centre].copy(), float(branch.arc_mm[centre]), severity,
                             length, float(ref[centre]), float(d[centre]), small))
