@@ -349,47 +349,82 @@ def test_vessel_heading_to_the_apex_keeps_its_course_past_a_local_bend():
     assert np.linalg.norm(side[0].voxels[-1] * np.asarray(spacing) - diagonal_end) < 3.0
 
 
-def _left_main(severity: float, length: float = 3.0):
+#: a right coronary tree beside the left ones below: ostium (mm, z y x) to the patient's right of the left ostium
+RCA_OSTIUM = np.array([12.0, 40.0, 50.0])
+
+
+def _rca(shape, spacing):
+    """An RCA tapering from r 1.9 to 0.7 mm over 30 mm from :data:`RCA_OSTIUM`, to the right of the left trees."""
+    return tube_mask(shape, spacing, [(RCA_OSTIUM, RCA_OSTIUM + 30 * np.array([0.0, 0.5, 0.866]), 1.9, 0.7)])
+
+
+def _left_main(severity: float, length: float = 3.0, rca: bool = False):
     """A left main ``length`` mm long (r 2.2 mm, Murray's radius for its daughters) cut bluntly at its ostium, with
     a Gaussian narrowing of ``severity`` half-way (sigma 1.5 mm), dividing into an LAD (anterior) and an LCX
     tapering from r 1.75 to 0.5 mm over 40 mm at +-50 degrees; it runs to the patient's left of its ostium, as a
-    left tree does.
+    left tree does; with ``rca``, a right tree lies beside it (:func:`_rca`).
     Returns the mask (0.5 mm voxels), the ostium and the lesion's centre (mm, z y x)."""
     spacing = (0.5, 0.5, 0.5)
     ostium, u = np.array([12.0, 33.0, 40.0]), np.array([0.0, 0.0, -1.0])
     fork = ostium + length * u
     lad = np.array([0.0, np.sin(np.radians(50)), -np.cos(np.radians(50))])
     lcx = lad * [1.0, -1.0, 1.0]
-    shape = (48, 132, 90)
+    shape = (48, 132, 160 if rca else 90)
     mask = tube_mask(shape, spacing, [(ostium, fork, 2.2, 2.2, gaussian_narrowing(length, length / 2, 1.5, severity)),
                                       (fork, fork + 40.0 * lad, 1.75, 0.5), (fork, fork + 40.0 * lcx, 1.75, 0.5)])
     grid = np.stack(np.meshgrid(*[np.arange(n) * 0.5 for n in shape], indexing="ij"), -1)
     mask &= (grid - ostium) @ u >= 0.0  # the cut at the aortic wall
+    if rca:
+        mask |= _rca(shape, spacing)
     return mask, spacing, ostium, ostium + length / 2 * u
 
 
-@pytest.mark.parametrize("length", [4.0, 5.0])
+@pytest.mark.parametrize("length", [3.0, 4.0, 5.0])
 def test_a_narrowed_left_main_is_found_and_graded_against_finets_reference(length):
-    """A 60 % lesion half-way along a 4 or 5 mm left main. The tree's widest voxel lies beside the bifurcation, not
-    on the stub, so the ostium search passes the bifurcation; the ostium is the cut, the left main is named, and
-    its lesion, with no healthy segment of its own, is graded against Finet's 0.678 (D_LAD + D_LCX):
+    """A 60 % lesion half-way along a 3, 4 or 5 mm left main, an RCA beside the left tree. At 3 mm the narrowed stub
+    reaches less than spur_mm beyond its bifurcation's ball and the spur pruning removes it: it heads for the RCA's
+    ostium, so it is put back. At 4-5 mm it stays, but the tree's widest voxel lies beside the bifurcation, not on
+    the stub, so the ostium search passes the bifurcation. Either way the ostium is the cut, the left main is named,
+    and its lesion, with no healthy segment of its own, is graded against Finet's 0.678 (D_LAD + D_LCX):
     1 - 1.76 / 4.1 = 57 % at its centre. The same left mains without the lesion give no candidate on the left main.
-    (A 3 mm one loses its narrowed stub to spur pruning and is not found: see analysis/trees.py.)"""
-    mask, spacing, ostium, lesion = _left_main(0.6, length)
+    Without a right tree a pruned 3 mm stub has no ostium to head for and stays pruned."""
+    mask, spacing, ostium, lesion = _left_main(0.6, length, rca=True)
     analysis = analyze_mask(mask, spacing)
-    # the cut (the skeleton's end may bend into a corner of it), not the bifurcation 4-5 mm away
-    assert np.linalg.norm(analysis.trees[0].root_voxel * 0.5 - ostium) < 2.2
-    assert {"LM", "LAD", "LCX"} <= {b.name for b in analysis.branches}
+    (left,) = [t for t in analysis.trees if t.side == "left"]
+    # the cut (the skeleton's end may bend into a corner of it), not the bifurcation 3-5 mm away
+    assert np.linalg.norm(left.root_voxel * 0.5 - ostium) < 2.2
+    assert {"LM", "LAD", "LCX", "RCA"} <= {b.name for b in analysis.branches}
     (s,) = [s for s in analysis.stenoses if analysis.branches[s.branch].name == "LM"]
     assert np.linalg.norm(analysis.branches[s.branch].voxels[s.index] * 0.5 - lesion) < 1.5
     # the daughters' first 8 mm of reliable lumen: 3.5 -> 3.0 mm across
     assert s.reference_diameter_mm == pytest.approx(0.678 * 2 * 3.0, abs=0.4)
-    # 57 % at the lesion's centre; a section within its own radius of the cut is not trusted, which can take the
-    # lesion's worst point when it lies that close
+    # 57 % at the lesion's centre; a section nearer the cut than its own radius is not trusted, which can take the
+    # lesion's worst point when it lies that close (the 3 mm stub's centre is 1.5 mm from the cut)
     assert 45.0 <= s.severity_pct <= 100 * (1 - 2 * 2.2 * 0.4 / (0.678 * 6.0)) + 8.0
-    healthy = analyze_mask(_left_main(0.0, length)[0], spacing)
+    healthy = analyze_mask(_left_main(0.0, length, rca=True)[0], spacing)
     assert "LM" in {b.name for b in healthy.branches}
     assert not [s for s in healthy.stenoses if healthy.branches[s.branch].name == "LM"]
+    if length == 3.0:
+        alone = analyze_mask(_left_main(0.6, length)[0], spacing)
+        assert "LM" not in {b.name for b in alone.branches}
+
+
+@pytest.mark.parametrize("twig", [(3.5, 0.0, 0.0), (-3.5, 0.0, 0.0)])
+def test_a_twig_at_a_bifurcation_heading_away_from_the_other_ostium_is_no_left_main(twig):
+    """A bifurcation with no left main, an RCA beside it, and a 3.5 mm twig (r 0.6 mm) leaving it upwards or
+    downwards, at right angles to the way to the RCA's ostium: the spur pruning removes it, and it is not put back
+    as a left main (it would read as a 70 % left-main lesion against Finet's reference)."""
+    spacing, shape = (0.5, 0.5, 0.5), (48, 132, 160)
+    fork = np.array([12.0, 33.0, 37.0])
+    lad = np.array([0.0, np.sin(np.radians(50)), -np.cos(np.radians(50))])
+    lcx = lad * [1.0, -1.0, 1.0]
+    mask = tube_mask(shape, spacing, [(fork, fork + 40 * lad, 1.75, 0.5), (fork, fork + 40 * lcx, 1.75, 0.5),
+                                      (fork, fork + np.asarray(twig), 0.6, 0.5)]) | _rca(shape, spacing)
+    analysis = analyze_mask(mask, spacing)
+    assert {"LAD", "LCX", "RCA"} <= {b.name for b in analysis.branches}
+    assert "LM" not in {b.name for b in analysis.branches}
+    (left,) = [t for t in analysis.trees if t.side == "left"]
+    assert np.linalg.norm(left.root_voxel * 0.5 - fork) < 2.0
 
 
 def test_no_left_main_from_a_side_branch_nor_finet_where_it_has_its_own_reference():

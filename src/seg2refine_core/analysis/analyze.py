@@ -67,7 +67,7 @@ def analyze_mask(
         found = find_stenoses(b, options, voxel_mm=max(spacing), spacing=spacing)
         if b.name == "LM" and not found:
             daughters = [d for d in branches if d.parent == b.id and d.name in ("LAD", "LCX")]
-            found = [s for s in [left_main_stenosis(b, daughters, options, max(spacing))] if s is not None]
+            found = [s for s in [left_main_stenosis(b, daughters, spacing, options)] if s is not None]
         stenoses += found
     report(state["total"], state["total"], "stenoses")
     return TreeAnalysis(mask.shape, spacing, affine, trees, branches, stenoses, options, source)  # type: ignore[arg-type]

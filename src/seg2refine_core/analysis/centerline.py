@@ -26,7 +26,7 @@ Components whose centerline is shorter than ``min_length_mm`` in total are left 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cc3d
 import numpy as np
@@ -55,13 +55,16 @@ class Segment:
 @dataclass
 class CenterlineGraph:
     """The centerline of one connected component. nodes: (m, 3) int64 (z, y, x) voxels of end points and junctions;
-    node_radius_mm: (m,) lumen radius there; voxel_count: lumen voxels of the component."""
+    node_radius_mm: (m,) lumen radius there; voxel_count: lumen voxels of the component; pruned_spurs: every
+    terminal segment the spur pruning removed (step 4), voxels from its end point to its junction pixel, nodes
+    (-1, -1) (:mod:`.trees` restores a narrowed ostial stub from them)."""
 
     component: int
     voxel_count: int
     nodes: np.ndarray
     node_radius_mm: np.ndarray
     segments: list[Segment]
+    pruned_spurs: list[Segment] = field(default_factory=list)
 
     @property
     def length_mm(self) -> float:
@@ -123,6 +126,8 @@ def component_graph(comp: np.ndarray, offset: np.ndarray, spacing: tuple[float, 
     graph.nodes = graph.nodes + offset
     for seg in graph.segments:
         seg.voxels = seg.voxels + offset
+    for spur in graph.pruned_spurs:
+        spur.voxels = spur.voxels + offset
     return graph
 
 
@@ -134,7 +139,8 @@ def _component_graph(comp: np.ndarray, spacing: tuple[float, float, float], spur
     skel = _repair(comp, skeletonize(comp), dist, spacing)
     if np.count_nonzero(skel) < 2:
         return None
-    skel = _prune(skel, dist, spacing, spur_mm, with_radius=True)
+    pruned: list[Segment] = []
+    skel = _prune(skel, dist, spacing, spur_mm, with_radius=True, removed=pruned)
     extended = _extend_ends(comp, skel, dist, spacing)
     if not np.array_equal(extended, skel):  # thin the joins and drop their one-voxel forks
         skel = _prune(skeletonize(extended), dist, spacing, 2.0 * float(max(spacing)), with_radius=False)
@@ -152,7 +158,7 @@ def _component_graph(comp: np.ndarray, spacing: tuple[float, float, float], spur
             length += float(np.linalg.norm((vox[-1] - node_vox[b]) * sp))
             vox = np.vstack([vox, node_vox[b]])
         out.append(Segment((a, b), vox, radius_at(vox, dist), float(length)))
-    return CenterlineGraph(0, 0, node_vox.reshape(-1, 3), radius_at(node_vox, dist), out)
+    return CenterlineGraph(0, 0, node_vox.reshape(-1, 3), radius_at(node_vox, dist), out, pruned)
 
 
 def _segments(skel: np.ndarray, spacing: tuple[float, float, float]
@@ -192,8 +198,9 @@ def _segments(skel: np.ndarray, spacing: tuple[float, float, float]
 
 
 def _prune(skel: np.ndarray, dist: np.ndarray, spacing: tuple[float, float, float], spur_mm: float,
-           with_radius: bool) -> np.ndarray:
-    """Remove spurs (see :func:`_spurs`) until none is left; returns the thinned skeleton."""
+           with_radius: bool, removed: list[Segment] | None = None) -> np.ndarray:
+    """Remove spurs (see :func:`_spurs`) until none is left; returns the thinned skeleton. ``removed`` (if given)
+    receives each spur as a segment, end point first, junction pixel last."""
     from skimage.morphology import skeletonize
 
     while True:
@@ -202,6 +209,11 @@ def _prune(skel: np.ndarray, dist: np.ndarray, spacing: tuple[float, float, floa
         if not spurs:
             return skel
         for i, junction in spurs:
+            if removed is not None:
+                pix = segments[i][1]
+                path = pix if int(pix[-1]) in node_pixels[junction] else pix[::-1]
+                vox = np.rint(coords[path]).astype(np.int64)
+                removed.append(Segment((-1, -1), vox, radius_at(vox, dist), float(segments[i][2])))
             wipe = [p for p in segments[i][1] if p not in node_pixels[junction]]
             skel[tuple(np.rint(coords[wipe]).astype(int).T)] = False
         skel = skeletonize(skel)

@@ -11,13 +11,18 @@ Per connected component (one :class:`~.centerline.CenterlineGraph`), on the grap
   within ``PASSED_STUB_MM`` (a side branch leaving the bifurcation reaches farther). An unbranched
   direction that reaches an end point within ``OSTIAL_STUB_MM`` qualifies whatever its width: an ostial stenosis
   narrows the lumen from the ostium on, so the widest point lies just past it and the ostium's own stub is narrow
-  (the nearest qualifying end still wins, so a long tapering vessel's distal tip never beats it). Otherwise the
-  widest voxel itself is the root: a left main a few mm long and narrowed by a lesion reaches no farther than the
-  lumen radius at its bifurcation plus ``spur_mm`` and loses its skeleton to spur pruning (:mod:`.centerline`,
-  step 4). Putting the pruned spur reaching farthest beyond the bifurcation back as the ostium found such left
-  mains on the phantoms, but the geometry does not tell it from a twig there (nor did a direction test: the
-  phantoms' left mains meet their daughters at right angles), and on Y it made ostia of stray twigs (main-vessel
-  names 0.626 -> 0.588 on the legacy phantoms), so it is not done.
+  (the nearest qualifying end still wins, so a long tapering vessel's distal tip never beats it). Only end points of
+  the graph qualify, not the voxel where two ways round a loop meet. Otherwise the widest voxel is a division with
+  no stub before it: a left main a few mm long, narrowed by an ostial lesion, reaches no farther than the lumen
+  radius at its division plus ``spur_mm`` and loses its skeleton to spur pruning (:mod:`.centerline`, step 4). For
+  the left tree, of the terminal segments pruned there (their inner end inside the division's inscribed ball) that
+  reach at least ``OSTIAL_SPUR_REACH_MM`` beyond that ball and head, from their junction pixel to their end, for
+  the right tree's ostium (cos >= ``OSTIUM_DIRECTION_COS``: both ostia lie on the aortic root, and a left main runs
+  from its bifurcation back towards it), the one reaching farthest is put back and its end point is the ostium.
+  On the cohort phantoms the pruned left mains head for the RCA's ostium at cos 0.48-0.69 and the other spurs
+  reaching as far at -0.28-0.27; the stray twigs that, with no direction test, became ostia on Y (legacy main-vessel
+  names 0.626 -> 0.588) head away from it (-0.41 to -0.26). A twig heading the same way as a left main would is
+  still taken for one. With none such, or no right tree, the widest voxel itself is the root.
 * **Flow direction**: every centerline voxel's parent is its predecessor on the shortest path from the root
   (``scipy.sparse.csgraph.dijkstra``); loops are broken there.
 * **Branches** (vessels): the root branch starts at the ostium and, at each junction, continues into one child;
@@ -44,13 +49,13 @@ IEEE TMI 2003).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy import ndimage, sparse
 from scipy.sparse import csgraph
 
-from seg2refine_core.analysis.centerline import CenterlineGraph
+from seg2refine_core.analysis.centerline import CenterlineGraph, Segment
 from seg2refine_core.analysis.sides import HEART_AXIS_RAS, assign_sides, ras_direction_in_array_mm, voxels_to_ras
 
 #: a direction from the widest voxel that stays this fraction as wide to an end point is the proximal stub
@@ -58,6 +63,11 @@ STUB_RADIUS_FRACTION = 0.75
 #: an unbranched run from the widest voxel to an end point at most this long (mm) is the ostium's stub even when
 #: narrowed (an ostial lesion)
 OSTIAL_STUB_MM = 15.0
+#: a pruned spur at a division with no stub before it is the ostium's stub if it reaches this far (mm) beyond the
+#: division's inscribed radius
+OSTIAL_SPUR_REACH_MM = 1.0
+#: ... and if it heads for the other tree's ostium at least this closely (cos of the angle)
+OSTIUM_DIRECTION_COS = 0.35
 #: an end found past a division inside the widest voxel's ball is the ostium's stub only this close (mm along the
 #: centerline) to the widest voxel: a left main a few mm long, not a side branch leaving its bifurcation
 PASSED_STUB_MM = 8.0
@@ -122,9 +132,11 @@ class PixelTree:
     """The centerline voxels of one graph as a rooted tree (parents from the shortest paths to the root).
 
     voxels (n, 3) int (z, y, x), mm (n, 3) their positions in array mm, radius (n,) lumen radius mm, adjacency
-    (n, n) sparse edge lengths mm, root the ostium's index, parent/children/dist the shortest-path tree from it."""
+    (n, n) sparse edge lengths mm, root the ostium's index (found as the module docstring says, or the voxel
+    ``ostium`` (3,) int where given), parent/children/dist the shortest-path tree from it."""
 
-    def __init__(self, graph: CenterlineGraph, spacing: tuple[float, float, float], affine: np.ndarray) -> None:
+    def __init__(self, graph: CenterlineGraph, spacing: tuple[float, float, float], affine: np.ndarray,
+                 ostium: np.ndarray | None = None) -> None:
         sp = np.asarray(spacing, dtype=float)
         all_vox = np.concatenate([s.voxels for s in graph.segments] + [graph.nodes])
         self.voxels, inverse = np.unique(all_vox, axis=0, return_inverse=True)
@@ -154,7 +166,15 @@ class PixelTree:
             r = c = np.zeros(0, dtype=int)
             w = np.zeros(0)
         self.adjacency = sparse.coo_matrix((np.r_[w, w], (np.r_[r, c], np.r_[c, r])), shape=(n, n)).tocsr()
-        self.root = self._find_root()
+        self.root_at_division = False  # set by _find_root: rooted at the widest voxel, no end of the graph (a division,
+        # or where a pruned stub left one), for want of a stub
+        if ostium is None:
+            self.root = self._find_root()
+        else:
+            at = np.nonzero((self.voxels == np.asarray(ostium)).all(axis=1))[0]
+            if len(at) == 0:
+                raise ValueError(f"ostium voxel {tuple(int(i) for i in ostium)} is not on the centerline")
+            self.root = int(at[0])
         dist, pred = csgraph.dijkstra(self.adjacency, indices=self.root, return_predecessors=True)
         self.parent = np.where(pred >= 0, pred, -1)
         self.dist = dist
@@ -205,6 +225,8 @@ class PixelTree:
                 if np.linalg.norm(self.mm[v] - self.mm[widest]) <= self.radius[widest]:
                     todo += [(c, True) for c in children[v]]
                 continue
+            if self.adjacency[v].nnz != 1:  # where two ways round a loop meet: no end of the vessel
+                continue
             if passed and from_widest[v] > PASSED_STUB_MM:
                 continue
             distal = self.radius[run[len(run) // 2 :]]
@@ -213,6 +235,7 @@ class PixelTree:
                 stubs.append((float(from_widest[v]), v))
         if stubs and len(children[widest]) >= 2:
             return int(min(stubs)[1])
+        self.root_at_division = len(children[widest]) >= 2
         return widest
 
     def forward(self, first: int, reach_mm: float) -> int:
@@ -234,6 +257,12 @@ def build_trees(graphs: list[CenterlineGraph], spacing: tuple[float, float, floa
     pixel_trees = [PixelTree(graph, spacing, affine) for graph in graphs]
     sides = assign_sides([voxels_to_ras(pt.voxels, affine) for pt in pixel_trees],
                          [voxels_to_ras(pt.voxels[pt.root][None], affine)[0] for pt in pixel_trees])
+    right = [pt for pt, side in zip(pixel_trees, sides, strict=True) if side == "right"]
+    for k, (graph, pt, side) in enumerate(zip(graphs, pixel_trees, sides, strict=True)):
+        if side == "left" and pt.root_at_division and right:
+            restored = restore_ostial_stub(graph, pt, spacing, right[0].voxels[right[0].root])
+            if restored is not None:
+                pixel_trees[k] = PixelTree(restored, spacing, affine, ostium=restored.nodes[-1])
     trees: list[Tree] = []
     branches: list[Branch] = []
     for graph, pt, side in zip(graphs, pixel_trees, sides, strict=True):
@@ -256,6 +285,38 @@ def build_trees(graphs: list[CenterlineGraph], spacing: tuple[float, float, floa
             branches.append(_branch(own_id, tree.id, pt, path, parent, origin))
             tree.branch_ids.append(own_id)
     return trees, branches
+
+
+def restore_ostial_stub(graph: CenterlineGraph, pt: PixelTree, spacing: tuple[float, float, float],
+                        other_ostium: np.ndarray) -> CenterlineGraph | None:
+    """``graph`` with the pruned spur that is its narrowed ostial stub put back (see the module docstring), or None.
+
+    pt: the graph's :class:`PixelTree`, rooted at its widest voxel, a division; spacing (sz, sy, sx) mm;
+    other_ostium (3,) int: the voxel (z, y, x) of the other tree's ostium (the RCA's, for a left tree)."""
+    sp = np.asarray(spacing, dtype=float)
+    centre, radius = pt.voxels[pt.root], float(pt.radius[pt.root])
+    towards = (np.asarray(other_ostium) - centre) * sp
+    towards /= max(float(np.linalg.norm(towards)), 1e-9)
+    best, reach = None, OSTIAL_SPUR_REACH_MM
+    for spur in graph.pruned_spurs:
+        if np.linalg.norm((spur.voxels[-1] - centre) * sp) > radius:
+            continue
+        beyond = float(np.linalg.norm((spur.voxels[0] - centre) * sp)) - radius
+        heading = (spur.voxels[0] - spur.voxels[-1]) * sp  # from its junction pixel to its end
+        if beyond >= reach and float(heading @ towards) >= OSTIUM_DIRECTION_COS * float(np.linalg.norm(heading)):
+            best, reach = spur, beyond
+    if best is None:
+        return None
+    nodes, node_radius = graph.nodes, graph.node_radius_mm
+    at = np.nonzero((nodes == centre).all(axis=1))[0]
+    if len(at) == 0:  # the division is a segment voxel once the stub is pruned: make it a node again
+        nodes, node_radius, at = np.vstack([nodes, centre[None]]), np.r_[node_radius, radius], [len(nodes)]
+    path = np.vstack([best.voxels, centre[None]])
+    stub = Segment((len(nodes), int(at[0])), path, np.r_[best.radius_mm, radius],
+                   float(np.linalg.norm(np.diff(path, axis=0) * sp, axis=1).sum()))
+    return replace(graph, nodes=np.vstack([nodes, best.voxels[:1]]), node_radius_mm=np.r_[node_radius,
+                   best.radius_mm[0]], segments=[*graph.segments, stub],
+                   pruned_spurs=[s for s in graph.pruned_spurs if s is not best])
 
 
 def _continuation(pt: PixelTree, path: list[int], junction: int, in_groove: bool = False) -> int:
