@@ -43,7 +43,8 @@ Per connected component (one :class:`~.centerline.CenterlineGraph`), on the grap
 
 Positions here are voxel indices ``(z, y, x)``; arc lengths, radii and lengths are mm. A branch's points are the
 voxel centres; its arc length and length come from the path smoothed over about two voxels (a voxel staircase
-is longer than the curve it samples). Tortuosity is length / chord (the distance metric of Bullitt et al.,
+is longer than the curve it samples), its ends and junctions kept in place (so a left main cut off at its
+division is no shorter than its chord). Tortuosity is length / chord (the distance metric of Bullitt et al.,
 IEEE TMI 2003).
 """
 
@@ -365,8 +366,10 @@ def _branch(branch_id: int, tree_id: int, pt: PixelTree, path: list[int], parent
     idx = np.asarray(path)
     mm = pt.mm[idx]
     smooth = ndimage.gaussian_filter1d(mm, 2.0, axis=0, mode="nearest") if len(mm) > 2 else mm
-    if len(mm) > 2:  # keep the ends where they are: the smoothing only straightens the staircase in between
-        smooth[0], smooth[-1] = mm[0], mm[-1]
+    if len(mm) > 2:  # keep the ends and junctions where they are: the smoothing only straightens the staircase in
+        # between, and a branch cut at a junction later (the left main, :mod:`.naming`) is no shorter than its chord
+        pinned = [0, len(path) - 1] + [i for i, v in enumerate(path) if len(pt.children[v]) > 1]
+        smooth[pinned] = mm[pinned]
     arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(smooth, axis=0), axis=1))])
     reliable = np.ones(len(idx), dtype=bool)
     for v in junctions:  # near a junction the lumen measured is the bifurcation's, not this vessel's own
