@@ -76,6 +76,8 @@ def channel_severity(truth, stenosis, reach_mm: float = 8.0) -> float:
     vessel = next(v for v in truth.vessels if v.name == stenosis.vessel)
     s = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(vessel.points_ras, axis=0), axis=1))]
     own = np.nonzero(np.abs(s - stenosis.at_mm) <= reach_mm)[0]
+    if len(own) < 2:
+        return float(stenosis.severity_pct)
     pts, rad = [vessel.points_ras[own]], [vessel.radius_mm[own]]
     for v in truth.vessels:
         near = np.linalg.norm(v.points_ras - stenosis.center_ras_mm, axis=1) <= reach_mm
@@ -88,7 +90,9 @@ def channel_severity(truth, stenosis, reach_mm: float = 8.0) -> float:
     with np.errstate(invalid="ignore", divide="ignore"):
         x = (d**2 + a**2 - b**2) / (2.0 * np.maximum(d, 1e-9))
         meet = np.sqrt(np.maximum(a**2 - x**2, 0.0))
-    width = np.where(d <= np.abs(a - b), np.minimum(a, b), np.minimum(meet, np.minimum(a, b)))
+    # one ball holds the other, or the circle where they meet lies beyond a centre: the smaller ball is the waist
+    beyond = (d <= np.abs(a - b)) | (x < 0.0) | (x > d)
+    width = np.where(beyond, np.minimum(a, b), np.minimum(meet, np.minimum(a, b)))
     width = np.where(d < a + b, width, 0.0)
     best = np.full(len(p), -1.0)
     best[0] = r[0]

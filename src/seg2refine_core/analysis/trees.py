@@ -5,24 +5,24 @@ Per connected component (one :class:`~.centerline.CenterlineGraph`), on the grap
 * **Ostium** (the root). Coronary lumen is widest at the ostium and tapers downstream, so the search starts at the
   centerline voxel of largest lumen radius (radius averaged over its graph neighbours within about 2 mm). If an
   unbranched direction from there runs to an end point that is still wide (somewhere in its distal half at least
-  ``STUB_RADIUS_FRACTION`` of that radius: a blunt end, the cut at the aortic wall, even past an ostial
-  narrowing), the nearest such end point is the ostium; a division within the widest voxel's inscribed ball (the
-  widest point of a left main lies at its bifurcation) is passed, its directions searched in turn for an end
-  within ``PASSED_STUB_MM`` (a side branch leaving the bifurcation reaches farther). An unbranched
-  direction that reaches an end point within ``OSTIAL_STUB_MM`` qualifies whatever its width: an ostial stenosis
-  narrows the lumen from the ostium on, so the widest point lies just past it and the ostium's own stub is narrow
-  (the nearest qualifying end still wins, so a long tapering vessel's distal tip never beats it). Only end points of
-  the graph qualify, not the voxel where two ways round a loop meet. Otherwise the widest voxel is a division with
-  no stub before it: a left main a few mm long, narrowed by an ostial lesion, reaches no farther than the lumen
-  radius at its division plus ``spur_mm`` and loses its skeleton to spur pruning (:mod:`.centerline`, step 4). For
-  the left tree, of the terminal segments pruned there (their inner end inside the division's inscribed ball) that
-  reach at least ``OSTIAL_SPUR_REACH_MM`` beyond that ball and head, from their junction pixel to their end, for
-  the right tree's ostium (cos >= ``OSTIUM_DIRECTION_COS``: both ostia lie on the aortic root, and a left main runs
-  from its bifurcation back towards it), the one reaching farthest is put back and its end point is the ostium.
-  On the cohort phantoms the pruned left mains head for the RCA's ostium at cos 0.48-0.69 and the other spurs
-  reaching as far at -0.28-0.27; the stray twigs that, with no direction test, became ostia on Y (legacy main-vessel
-  names 0.626 -> 0.588) head away from it (-0.41 to -0.26). A twig heading the same way as a left main would is
-  still taken for one. With none such, or no right tree, the widest voxel itself is the root.
+  ``STUB_RADIUS_FRACTION`` of that radius: a blunt end, the cut at the aortic wall, even past an ostial narrowing),
+  the nearest such end point is the ostium; a division within the widest voxel's inscribed ball (the widest point of
+  a left main lies at its bifurcation) is passed, its directions searched in turn for an end within
+  ``PASSED_STUB_MM`` (a side branch leaving the bifurcation reaches farther). An unbranched direction that reaches
+  an end point within ``OSTIAL_STUB_MM`` qualifies whatever its width: an ostial stenosis narrows the lumen from the
+  ostium on, so the widest point lies just past it and the ostium's own stub is narrow (the nearest qualifying end
+  still wins, so a long tapering vessel's distal tip never beats it). Only end points of the graph qualify, not the
+  voxel where two ways round a loop meet. Otherwise the widest voxel is a division with no stub before it: a left
+  main a few mm long (narrowed by a lesion, or 3 mm and healthy) reaches no farther than the lumen radius at its
+  division plus ``spur_mm`` and loses its skeleton to spur pruning (:mod:`.centerline`, step 4). For the left tree
+  (one of the two largest), of the terminal segments pruned there (their inner end inside the division's inscribed
+  ball) that reach at least ``OSTIAL_SPUR_REACH_MM`` beyond that ball and head, from their junction pixel to their
+  end, for the right tree's ostium (cos >= ``OSTIUM_DIRECTION_COS``: both ostia lie on the aortic root, and a left
+  main runs from its bifurcation back towards it), the one reaching farthest is put back and its end point is the
+  ostium. On the cohort phantoms the pruned left mains head for the RCA's ostium at cos 0.48-0.69 and the other
+  spurs reaching as far at -0.28-0.27; the stray twigs that, with no direction test, became ostia on Y (legacy
+  main-vessel names 0.626 -> 0.588) head away from it (-0.41 to -0.26). A twig heading the same way as a left main
+  would is still taken for one. With none such, or no right tree, the widest voxel itself is the root.
 * **Flow direction**: every centerline voxel's parent is its predecessor on the shortest path from the root
   (``scipy.sparse.csgraph.dijkstra``); loops are broken there.
 * **Branches** (vessels): the root branch starts at the ostium and, at each junction, continues into one child;
@@ -167,8 +167,8 @@ class PixelTree:
             r = c = np.zeros(0, dtype=int)
             w = np.zeros(0)
         self.adjacency = sparse.coo_matrix((np.r_[w, w], (np.r_[r, c], np.r_[c, r])), shape=(n, n)).tocsr()
-        self.root_at_division = False  # set by _find_root: rooted at the widest voxel, no end of the graph (a division,
-        # or where a pruned stub left one), for want of a stub
+        self.root_at_division = False  # set by _find_root: rooted at the widest voxel, inside the graph (a division,
+        # where a pruned stub left one, or mid-vessel), for want of a stub
         if ostium is None:
             self.root = self._find_root()
         else:
@@ -260,7 +260,7 @@ def build_trees(graphs: list[CenterlineGraph], spacing: tuple[float, float, floa
                          [voxels_to_ras(pt.voxels[pt.root][None], affine)[0] for pt in pixel_trees])
     right = [pt for pt, side in zip(pixel_trees, sides, strict=True) if side == "right"]
     for k, (graph, pt, side) in enumerate(zip(graphs, pixel_trees, sides, strict=True)):
-        if side == "left" and pt.root_at_division and right:
+        if k < 2 and side == "left" and pt.root_at_division and right:  # the left tree, not a fragment
             restored = restore_ostial_stub(graph, pt, spacing, right[0].voxels[right[0].root])
             if restored is not None:
                 pixel_trees[k] = PixelTree(restored, spacing, affine, ostium=restored.nodes[-1])
