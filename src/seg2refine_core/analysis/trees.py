@@ -20,7 +20,7 @@ Per connected component (one :class:`~.centerline.CenterlineGraph`), on the grap
   end, for the right tree's ostium (cos >= ``OSTIUM_DIRECTION_COS``: both ostia lie on the aortic root, and a left
   main runs from its bifurcation back towards it), the one reaching farthest is put back and its end point is the
   ostium. On the cohort phantoms the pruned left mains head for the RCA's ostium at cos 0.48-0.69 and the other
-  spurs reaching as far at -0.28-0.27; the stray twigs that, with no direction test, became ostia on Y (legacy
+  spurs reaching as far at -0.28 to 0.27; the stray twigs that, with no direction test, became ostia on Y (legacy
   main-vessel names 0.626 -> 0.588) head away from it (-0.26, -0.27). A twig heading the same way as a left main
   would is still taken for one. With none such, or no right tree, the widest voxel itself is the root.
 * **Flow direction**: every centerline voxel's parent is its predecessor on the shortest path from the root
