@@ -368,7 +368,7 @@ def _branch(branch_id: int, tree_id: int, pt: PixelTree, path: list[int], parent
     smooth = ndimage.gaussian_filter1d(mm, 2.0, axis=0, mode="nearest") if len(mm) > 2 else mm
     if len(mm) > 2:  # keep the ends and junctions where they are: the smoothing only straightens the staircase in
         # between, and a branch cut at a junction later (the left main, :mod:`.naming`) is no shorter than its chord
-        pinned = [0, len(path) - 1] + [i for i, v in enumerate(path) if len(pt.children[v]) > 1]
+        pinned = [0, len(path) - 1] + [i for i, v in enumerate(path) if v in junctions]
         smooth[pinned] = mm[pinned]
     arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(smooth, axis=0), axis=1))])
     reliable = np.ones(len(idx), dtype=bool)
