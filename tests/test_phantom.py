@@ -10,7 +10,14 @@ import pytest
 from scipy import ndimage
 
 from seg2refine_core.cli import main
-from seg2refine_core.data.phantom import TISSUES, Phantom, make_phantom, preview_png, write_phantom_case
+from seg2refine_core.data.phantom import (
+    TISSUES,
+    Phantom,
+    PhantomOptions,
+    make_phantom,
+    preview_png,
+    write_phantom_case,
+)
 from seg2refine_core.errors import Seg2RefineError, StopRequested
 
 SMALL = ((48, 64, 64), (2.0, 1.4, 1.4))  # same field of view as the default, 8x fewer voxels
@@ -87,6 +94,30 @@ def test_severity_range_changes_only_the_stenoses(small):
                   make_phantom((24, 32, 32), (4.0, 2.8, 2.8), seed=seed, severity_range=(0.25, 0.8)).meta["stenoses"]]
     assert min(severities) < 50 <= max(severities) and max(severities) >= 70  # every grade occurs
     assert min(severities) >= 25 and max(severities) <= 80
+
+
+def test_left_main_length_option_moves_only_the_left_tree(default):
+    """--left-main-mm draws the left main from the aortic root to its division that long (the same draw that
+    places the division by default), so the right tree and the lesions' draws stay as they were."""
+    chords = []
+    for seed in (0, 1, 2):
+        base = default if seed == 0 else make_phantom(seed=seed)
+        long = make_phantom(seed=seed, options=PhantomOptions(left_main_mm=(4.0, 6.0)))
+        lm = {v.tree + v.name: v for v in long.truth.vessels}
+        old = {v.tree + v.name: v for v in base.truth.vessels}
+        assert lm.keys() == old.keys()
+        chord = float(np.linalg.norm(lm["leftLM"].points_ras[-1] - lm["leftLM"].points_ras[0]))
+        chords.append(chord)
+        assert 4.0 - 0.1 <= chord <= 6.0 + 0.1  # the division is searched in 0.25 deg steps along the groove
+        assert np.linalg.norm(old["leftLM"].points_ras[-1] - old["leftLM"].points_ras[0]) < 3.0
+        for key in old:  # the right tree is drawn after the left one from the same stream: unchanged
+            if key.startswith("right"):
+                np.testing.assert_array_equal(lm[key].points_ras, old[key].points_ras)
+        assert [(s.vessel, s.severity_pct) for s in long.truth.stenoses] == [
+            (s.vessel, s.severity_pct) for s in base.truth.stenoses]
+    assert max(chords) - min(chords) > 0.3  # drawn per case
+    with pytest.raises(Seg2RefineError, match="left_main_mm"):
+        make_phantom(*SMALL, options=PhantomOptions(left_main_mm=(6.0, 4.0)))
 
 
 def test_truth_in_world_ras_mm(default):
@@ -237,6 +268,10 @@ def test_cli_writes_imagecas_cases(tmp_path, capsys, small):
     lab2 = np.asarray(nib.load(out / "2.label.nii.gz").dataobj).transpose(2, 1, 0)
     np.testing.assert_array_equal(lab2, small.label)
     assert "wrote 2 case(s)" in capsys.readouterr().out
+    rc = main(["phantom", "--out", str(tmp_path / "lm"), "--shape", "48", "64", "64", "--spacing", "2", "1.4", "1.4",
+               "--seed", "3", "--left-main-mm", "4", "6", "--truth"])  # fmt: skip
+    lm = next(v for v in json.loads((tmp_path / "lm" / "1.truth.json").read_text())["vessels"] if v["name"] == "LM")
+    assert rc == 0 and 3.9 <= np.linalg.norm(np.subtract(lm["points_ras_mm"][-1], lm["points_ras_mm"][0])) <= 6.1
 
 
 @pytest.mark.parametrize(
@@ -247,6 +282,7 @@ def test_cli_writes_imagecas_cases(tmp_path, capsys, small):
         (["--spacing", "1", "-1", "1"], "--spacing"),
         (["--seed", "-3"], "--seed"),
         (["--severity", "60", "40"], "--severity"),
+        (["--left-main-mm", "0", "10"], "--left-main-mm"),
     ],
 )
 def test_cli_bad_arguments_exit_2(tmp_path, capsys, args, message):

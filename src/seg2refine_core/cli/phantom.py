@@ -10,7 +10,13 @@ heart (LV long semi-axis 40-51 mm) and chest, 512x512 at 0.3-0.5 mm in-plane, 0.
 coronary tree plus 10-30 mm, blood 250-600 HU, noise 10-50 HU with a 0.3-0.8 mm grain, PSF, dominance, 0-4
 stenoses of 25-90 %, calcium and stents. --matrix N scales the scan down to N x N in-plane (voxels 512/N times
 larger, same field of view and anatomy); --shape and --spacing replace the drawn grid instead. Without --cohort
-the arguments make the same volumes as every earlier version (default shape 96 128 128, spacing 1.0 0.7 0.7).
+and --left-main-mm the arguments make the same volumes as every earlier version (default shape 96 128 128,
+spacing 1.0 0.7 0.7).
+
+--left-main-mm LOW HIGH draws the left main's length from the aortic root to its division from that range
+(legacy or cohort): without it the left main is 1.8-3.7 mm long at real size, shorter than it is across, and
+loops back on itself; an adult left main is typically about 10 mm long. The division moves along
+the AV groove towards the LCX, as far as about 6.5 mm x the heart's scale (10-12 mm at real size).
 """
 
 from __future__ import annotations
@@ -49,6 +55,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="range of stenosis severities, %% diameter reduction, 0 <= LOW <= HIGH <= 90 (default "
                         f"{DEFAULT_SEVERITY_PCT[0]:g} {DEFAULT_SEVERITY_PCT[1]:g}, the range of every earlier volume, "
                         "or 25 90 with --cohort; 25 80 makes every grade occur)")
+    p.add_argument("--left-main-mm", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None,
+                   help="range of the left main's length, mm from the aortic root to its division, 0.5 <= LOW <= "
+                        "HIGH <= 15 (default: the original 1.8-3.7 mm stub at real size; 5 10 is realistic)")
     p.add_argument("--preview", action="store_true", help="also write <id>.preview.png (MIPs of image and label)")
     p.add_argument("--truth", action="store_true",
                    help="also write <id>.truth.json (vessel centerlines and stenoses in world RAS mm)")
@@ -68,6 +77,10 @@ def _check(args: argparse.Namespace) -> None:
         low, high = args.severity
         if not 0.0 <= low <= high <= 90.0:
             raise Seg2RefineError(f"--severity must satisfy 0 <= LOW <= HIGH <= 90 (percent), got {low:g} {high:g}")
+    if args.left_main_mm is not None:
+        low, high = args.left_main_mm
+        if not 0.5 <= low <= high <= 15.0:
+            raise Seg2RefineError(f"--left-main-mm must satisfy 0.5 <= LOW <= HIGH <= 15 (mm), got {low:g} {high:g}")
     if args.matrix is not None:
         if not args.cohort:
             raise Seg2RefineError("--matrix applies to --cohort cases only")
@@ -81,7 +94,13 @@ def run(args: argparse.Namespace) -> int:
     _check(args)
     from pathlib import Path
 
-    from seg2refine_core.data.phantom import make_phantom, preview_png, write_phantom_case, write_truth_json
+    from seg2refine_core.data.phantom import (
+        PhantomOptions,
+        make_phantom,
+        preview_png,
+        write_phantom_case,
+        write_truth_json,
+    )
     from seg2refine_core.progress import tqdm_progress
 
     out = Path(args.out)
@@ -90,11 +109,12 @@ def run(args: argparse.Namespace) -> int:
     shape = None if args.shape is None else tuple(args.shape)
     spacing = None if args.spacing is None else tuple(args.spacing)
     severity = None if args.severity is None else (args.severity[0] / 100.0, args.severity[1] / 100.0)
+    options = None if args.left_main_mm is None else PhantomOptions(left_main_mm=tuple(args.left_main_mm))
     with tqdm_progress("phantom", unit="case") as progress:
         progress(0, args.count, "")
         for i in range(1, args.count + 1):
             phantom = make_phantom(shape, spacing, seed=args.seed + i - 1, severity_range=severity,
-                                   cohort=args.cohort, matrix=args.matrix)
+                                   cohort=args.cohort, matrix=args.matrix, options=options)
             img, _ = write_phantom_case(phantom, out, i)
             if args.truth:
                 write_truth_json(phantom.truth, out / f"{i}.truth.json")

@@ -82,7 +82,10 @@ class PhantomOptions:
     (0, 0.5)). psf_sigma_mm: (z, y, x) sigma of the Gaussian PSF, mm. dominance: 'right', 'left' or 'co'.
     n_stenoses: number of stenosed vessels (0-7). severity_range: (low, high) fractional diameter reduction,
     0 <= low <= high <= 0.9. n_calcified: number of calcified plaques. calcium_hu: (low, high) plaque HU.
-    n_stents: number of stents (the legacy generator has none).
+    n_stents: number of stents (the legacy generator has none). left_main_mm: (low, high) range of the left main's
+    length, mm, from the aortic root to its division (0.5 <= low <= high <= 15; at most about 6.5 x the heart scale
+    is reached): ``None`` keeps the original short left main, 1.8-3.7 mm at real size, which loops back on itself
+    (the cohort preset keeps it too, so that every earlier volume stays the same).
     """
 
     heart_scale: float | None = None
@@ -97,6 +100,7 @@ class PhantomOptions:
     n_calcified: int | None = None
     calcium_hu: tuple[float, float] | None = None
     n_stents: int | None = None
+    left_main_mm: tuple[float, float] | None = None
 
     def merged(self, base: PhantomOptions) -> PhantomOptions:
         """These options, with ``base``'s value wherever this one is ``None``."""
@@ -138,13 +142,17 @@ class PhantomOptions:
             low, high = self.calcium_hu
             if not 130.0 <= low <= high <= 3000.0:
                 bad("calcium_hu", "must satisfy 130 <= low <= high <= 3000 HU")
+        if self.left_main_mm is not None:
+            low, high = self.left_main_mm
+            if not 0.5 <= low <= high <= 15.0:
+                bad("left_main_mm", "must satisfy 0.5 <= low <= high <= 15 mm")
 
 
 @dataclass(frozen=True)
 class CohortDraw:
-    """One cohort case's draws: ``options`` (every field set) and the scan geometry at real size: ``spacing_mm``
-    (d_z, d_xy, d_xy), the margins above and below the coronary tree (mm) and the in-plane offset of the field of
-    view's centre from the tree's centre (y, x) mm."""
+    """One cohort case's draws: ``options`` (every field set but ``left_main_mm``) and the scan geometry at real
+    size: ``spacing_mm`` (d_z, d_xy, d_xy), the margins above and below the coronary tree (mm) and the in-plane
+    offset of the field of view's centre from the tree's centre (y, x) mm."""
 
     options: PhantomOptions
     spacing_mm: tuple[float, float, float]

@@ -192,10 +192,28 @@ def grooves(heart: Heart) -> tuple[float, float, float]:
     return ant, post, theta_av
 
 
-def coronary_trees(rng: np.random.Generator, heart: Heart, step: float, dominance: str | None = None
-                   ) -> tuple[list[Vessel], dict]:
+def division_azimuth(heart: Heart, theta: float, ant: float, offset: float, length_mm: float) -> float:
+    """Azimuth (deg) of the left main's division on the AV groove (polar angle ``theta``, ``offset`` mm off the
+    epicardium) that puts it ``length_mm`` from the aortic root's surface: the first one, going from 14 deg before
+    the anterior groove ``ant`` towards the LCX, where the distance reaches ``length_mm``, at most 54 deg before it
+    (beyond, the groove leaves the ventricle; there the distance is about 6.5 ``heart.k`` mm)."""
+    phi = np.arange(ant - 14.0, ant - 54.25, -0.25)
+    points = heart.on_surface(np.full(len(phi), theta), phi, offset)
+    distance = np.linalg.norm(points - heart.root.center, axis=1) - heart.root.radii[0]
+    reached = np.nonzero(distance >= length_mm)[0]
+    return float(phi[reached[0]] if len(reached) else phi[-1])
+
+
+def coronary_trees(rng: np.random.Generator, heart: Heart, step: float, dominance: str | None = None,
+                   left_main_mm: tuple[float, float] | None = None) -> tuple[list[Vessel], dict]:
     """Left and right coronary trees with Murray radii, tortuosity and a dominance: ``dominance`` ('right', 'left'
     or 'co') or else drawn (80 % right, 20 % left; the draw is made either way).
+
+    The left main runs straight (bowed outwards by 1.5 ``heart.k`` mm) from the aortic root to its division on the
+    AV groove, 14-22 deg before the anterior groove: 1.8-3.7 mm from the root at real size, shorter than the left
+    main is across, so it loops back on itself. ``left_main_mm`` (low, high) places the division instead where the
+    root is a length drawn from that range away (mm, about 6.5 ``heart.k`` at most; :func:`division_azimuth`), from the
+    same draw, so nothing else drawn changes.
 
     Right-dominant: the RCA gives the PDA at the crux and continues as the posterolateral branch, the LCX ends on
     the lateral wall. Left-dominant: the LCX runs to the crux and gives the PDA, the RCA ends before it.
@@ -213,7 +231,13 @@ def coronary_trees(rng: np.random.Generator, heart: Heart, step: float, dominanc
     r_lm = rng.uniform(1.9, 2.3)
     g = rng.uniform(0.78, 0.86)
     r_lad, r_lcx = g * r_lm, (1 - g**3) ** (1 / 3) * r_lm
-    bif_phi = ant - rng.uniform(14, 22)
+    before_ant = rng.uniform(14, 22)
+    if left_main_mm is None:
+        bif_phi = ant - before_ant
+    else:
+        low, high = left_main_mm
+        length = low + (before_ant - 14) / 8 * (high - low)
+        bif_phi = division_azimuth(heart, th_av, ant, b.gap + r_lm, length)
     bif = heart.on_surface(np.array([th_av]), np.array([bif_phi]), b.gap + r_lm)[0]
     ostium = heart.root.center + unit(bif - heart.root.center) * heart.root.radii[0]
     b.straight("LM", "left", ostium, bif, r_lm, unit(bif - heart.o) * 1.5 * heart.k)
