@@ -106,15 +106,18 @@ def separate_joined_trees(mask: np.ndarray, graphs: list[CenterlineGraph], spaci
     sp = np.asarray(spacing, dtype=float)
     out: list[CenterlineGraph] = []
     todo = [(g, 0) for g in graphs]
+    lumen = None  # the mask with every cut made so far cleared: trees that touch twice need both cuts to part
     while todo:
         graph, splits = todo.pop(0)
-        junction = find_junction(mask, graph, spacing) if splits < MAX_SPLITS else None
+        current = mask if lumen is None else lumen
+        junction = find_junction(current, graph, spacing) if splits < MAX_SPLITS else None
         if junction is None:
             out.append(graph)
             continue
-        comp, offset = _component(mask, graph, sp)
+        comp, offset = _component(current, graph, sp)
         voxel, radius, ostia = junction
-        grid = np.ogrid[tuple(slice(int(o), int(o) + n) for o, n in zip(offset, comp.shape, strict=True))]
+        crop = tuple(slice(int(o), int(o) + n) for o, n in zip(offset, comp.shape, strict=True))
+        grid = np.ogrid[crop]
         for grow in range(1, MAX_GROW + 1):  # the lumen radius plus one voxel along each axis, more if needed
             reach = radius + grow * sp
             cut = comp & (sum(((g - c) * s / r) ** 2 for g, c, s, r in zip(grid, voxel, sp, reach, strict=True))
@@ -123,6 +126,9 @@ def separate_joined_trees(mask: np.ndarray, graphs: list[CenterlineGraph], spaci
             first, second = (pieces[tuple(o - offset)] for o in ostia)
             if first != second:
                 break
+        if lumen is None:
+            lumen = np.asarray(mask) != 0
+        lumen[crop] &= ~(comp & ~cut)
         stats = cc3d.statistics(pieces)
         for k in range(1, n + 1):
             box = stats["bounding_boxes"][k]

@@ -232,8 +232,42 @@ def left_main_stenosis(left_main: Branch, daughters: list[Branch], spacing: tupl
     own). spacing: the mask's (z, y, x) voxel spacing (mm)."""
     sp = np.asarray(spacing, dtype=float)
     voxel_mm = float(sp.max())
-    if len(daughters) != 2 or np.isfinite(reference_diameter(left_main, options)[1]).any():
-        return None  # no daughters to grade against, or the left main has a healthy segment of its own (steps 1-2)
+    own = reference_diameter(left_main, options)[1]
+    known = np.nonzero(np.isfinite(own))[0]
+    if len(known):  # its own reference where steps 1-2 give one, interpolated between, the nearest one beyond
+        ref = np.interp(left_main.arc_mm, left_main.arc_mm[known], own[known])
+    else:
+        finet = finet_reference(daughters, options)
+        if finet is None:
+            return None
+        ref = np.full(len(own), finet)
+    diameter = left_main.diameter_mm
+    tangent = tangents(left_main.voxels * sp)
+    along = np.linalg.norm(tangent * sp, axis=1)  # the voxel spacing along the vessel
+    # a section clipped by the cut has an equivalent radius above its distance to it (the module docstring)
+    axis = (left_main.voxels[-1] - left_main.voxels[0]) * sp  # ostium to division
+    axis = axis / max(float(np.linalg.norm(axis)), 1e-9)
+    from_first = ((left_main.voxels - left_main.voxels[0]) * sp) @ axis  # the first point may sit in a corner
+    measured = ((from_first > along / 2.0) & (from_first + along / 2.0 >= diameter / 2.0)
+                & (ref >= max(options.min_reference_mm, options.min_reference_voxels * voxel_mm)))
+    if not measured.any():
+        return None
+    pct = 100.0 * (1.0 - diameter / ref)
+    centre = int(np.argmax(np.where(measured, pct, -np.inf)))
+    severity = float(pct[centre])
+    if severity < options.min_pct:
+        return None
+    _, _, length = _half_maximum(measured & (pct >= severity / 2.0), centre, left_main.arc_mm)
+    return Stenosis(left_main.id, centre, left_main.voxels[centre].copy(), float(left_main.arc_mm[centre]),
+                    severity, length, float(ref[centre]), float(diameter[centre]))
+
+
+def finet_reference(daughters: list[Branch], options: StenosisOptions = StenosisOptions()) -> float | None:
+    """Finet's reference diameter (mm) of a mother vessel from its two ``daughters``' healthy proximal diameters
+    (the median of step 1's ``D`` over the first ``window_mm`` of their reliable points), or None without two
+    daughters with two reliable points each."""
+    if len(daughters) != 2:
+        return None
     healthy = []
     for daughter in daughters:
         d, _ = reference_diameter(daughter, options)
@@ -242,25 +276,7 @@ def left_main_stenosis(left_main: Branch, daughters: list[Branch], spacing: tupl
             return None
         first = daughter.arc_mm[ok] <= daughter.arc_mm[ok[0]] + options.window_mm
         healthy.append(float(np.median(d[ok][first])))
-    ref = FINET_RATIO * sum(healthy)
-    diameter = left_main.diameter_mm
-    tangent = tangents(left_main.voxels * sp)
-    along = np.linalg.norm(tangent * sp, axis=1)  # the voxel spacing along the vessel
-    # a section clipped by the cut has an equivalent radius above its distance to it (the module docstring)
-    axis = (left_main.voxels[-1] - left_main.voxels[0]) * sp  # ostium to division
-    axis = axis / max(float(np.linalg.norm(axis)), 1e-9)
-    from_first = ((left_main.voxels - left_main.voxels[0]) * sp) @ axis  # the first point may sit in a corner
-    measured = (from_first > along / 2.0) & (from_first + along / 2.0 >= diameter / 2.0)
-    if not measured.any() or ref < max(options.min_reference_mm, options.min_reference_voxels * voxel_mm):
-        return None
-    centre = int(np.argmin(np.where(measured, diameter, np.inf)))
-    severity = 100.0 * (1.0 - diameter[centre] / ref)
-    if severity < options.min_pct:
-        return None
-    _, _, length = _half_maximum(measured & (100.0 * (1.0 - diameter / ref) >= severity / 2.0),
-                                 centre, left_main.arc_mm)
-    return Stenosis(left_main.id, centre, left_main.voxels[centre].copy(), float(left_main.arc_mm[centre]),
-                    float(severity), length, float(ref), float(diameter[centre]))
+    return FINET_RATIO * sum(healthy)
 
 
 def _half_maximum(half: np.ndarray, centre: int, arc_mm: np.ndarray) -> tuple[int, int, float]:

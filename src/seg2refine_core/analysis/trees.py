@@ -72,6 +72,9 @@ OSTIUM_DIRECTION_COS = 0.35
 #: an end found past a division inside the widest voxel's ball is the ostium's stub only this close (mm along the
 #: centerline) to the widest voxel: a left main a few mm long, not a side branch leaving its bifurcation
 PASSED_STUB_MM = 8.0
+#: ... unless it heads for the other tree's ostium (``OSTIUM_DIRECTION_COS``) within this (mm along the centerline):
+#: a longer left main (about 10 mm in adults, rarely over 20; its centerline runs longer than its chord)
+LEFT_MAIN_MAX_MM = 25.0
 #: a centerline point within a junction's inscribed radius plus this (mm) does not measure its own vessel
 JUNCTION_MARGIN_MM = 1.0
 #: arc length (mm) over which the directions at a junction are compared
@@ -169,6 +172,8 @@ class PixelTree:
         self.adjacency = sparse.coo_matrix((np.r_[w, w], (np.r_[r, c], np.r_[c, r])), shape=(n, n)).tocsr()
         self.root_at_division = False  # set by _find_root: rooted at the widest voxel, inside the graph (a division,
         # where a pruned stub left one, or mid-vessel), for want of a stub
+        self.distant_stubs: list[int] = []  # set by _find_root: ends past a division in the widest voxel's ball,
+        # farther than PASSED_STUB_MM and within LEFT_MAIN_MAX_MM, nearest first
         if ostium is None:
             self.root = self._find_root()
         else:
@@ -214,7 +219,7 @@ class PixelTree:
         for v in range(n):
             if pred[v] >= 0:
                 children[pred[v]].append(v)
-        stubs = []
+        stubs, distant = [], []
         todo = [(first, False) for first in children[widest]]
         while todo:
             v, passed = todo.pop()
@@ -229,6 +234,8 @@ class PixelTree:
             if self.adjacency[v].nnz != 1:  # where two ways round a loop meet: no end of the vessel
                 continue
             if passed and from_widest[v] > PASSED_STUB_MM:
+                if from_widest[v] <= LEFT_MAIN_MAX_MM:
+                    distant.append((float(from_widest[v]), v))
                 continue
             distal = self.radius[run[len(run) // 2 :]]
             short = float(from_widest[v]) <= OSTIAL_STUB_MM
@@ -237,7 +244,18 @@ class PixelTree:
         if stubs and len(children[widest]) >= 2:
             return int(min(stubs)[1])
         self.root_at_division = len(children[widest]) >= 2
+        self.distant_stubs = [v for _, v in sorted(distant)]
         return widest
+
+    def stub_towards(self, other_ostium: np.ndarray, spacing: tuple[float, float, float]) -> int | None:
+        """The nearest of :attr:`distant_stubs` whose end lies towards ``other_ostium`` (3,) int (z, y, x), seen
+        from the root (cos >= ``OSTIUM_DIRECTION_COS``), or None: a left main longer than ``PASSED_STUB_MM``."""
+        sp = np.asarray(spacing, dtype=float)
+        towards = _unit((np.asarray(other_ostium) - self.voxels[self.root]) * sp)
+        for v in self.distant_stubs:
+            if float(_unit(self.mm[v] - self.mm[self.root]) @ towards) >= OSTIUM_DIRECTION_COS:
+                return v
+        return None
 
     def forward(self, first: int, reach_mm: float) -> int:
         """The voxel about ``reach_mm`` downstream of ``first``'s parent, following the longest downstream path."""
@@ -261,7 +279,12 @@ def build_trees(graphs: list[CenterlineGraph], spacing: tuple[float, float, floa
     right = [pt for pt, side in zip(pixel_trees, sides, strict=True) if side == "right"]
     for k, (graph, pt, side) in enumerate(zip(graphs, pixel_trees, sides, strict=True)):
         if k < 2 and side == "left" and pt.root_at_division and right:  # the left tree, not a fragment
-            restored = restore_ostial_stub(graph, pt, spacing, right[0].voxels[right[0].root])
+            other = right[0].voxels[right[0].root]
+            end = pt.stub_towards(other, spacing)
+            if end is not None:
+                pixel_trees[k] = PixelTree(graph, spacing, affine, ostium=pt.voxels[end])
+                continue
+            restored = restore_ostial_stub(graph, pt, spacing, other)
             if restored is not None:
                 pixel_trees[k] = PixelTree(restored, spacing, affine, ostium=restored.nodes[-1])
     trees: list[Tree] = []
