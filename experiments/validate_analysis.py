@@ -9,12 +9,12 @@ the resolution) it analyses the ground-truth label and, with --y, the Y mask of 
 * name: the share of those points whose nearest true centerline is a main vessel (LM, LAD, LCX, RCA) that carry
   that name;
 * stenoses: true stenoses >= 50 % found (a candidate within 5 mm of the true centre): all of them, those in vessels
-  whose healthy diameter is at least the analysis' 1.5 mm grading threshold, and of these the ones beyond the
-  ostia (not on the left main, a 3.5-7 mm stub in the phantom, nor on the first 5 mm of the RCA); and false
-  candidates per volume (a candidate >= 25 % farther than 5 mm from every true stenosis of any severity). The notes
-  count the >= 50 % stenoses that the true lumen goes round (:func:`channel_severity` under 50 %: the phantom's left
-  main is a loop whose limbs overlap), which no analysis of the mask can find at their severity, and how many of
-  them were missed;
+  whose healthy diameter is at least the analysis' 1.5 mm grading threshold, and of these the ones beyond the ostia
+  (not on the left main, a 3.5-7 mm long loop in the default phantom, 7-11 mm with --left-main-mm 5 10, nor on the
+  first 5 mm of the RCA); and false candidates per volume (a candidate >= 25 % farther than 5 mm from every true
+  stenosis of any severity). The notes count the >= 50 % stenoses that the true lumen goes round
+  (:func:`channel_severity` under 50 %: the phantom's left main is a loop whose limbs overlap), which no analysis of
+  the mask can find at their severity, and how many of them were missed;
 * diameter: |analysis - true| lumen diameter at healthy points (true lumen = healthy radius, analysis point reliable,
   within 1 mm of a true centerline point whose vessel is >= 1 mm across), mean, 90th percentile, and the share within
   one voxel (the case's in-plane spacing: 0.7 mm for the legacy volumes).
@@ -46,7 +46,7 @@ from seg2refine_core.data.phantom import PhantomOptions, make_phantom
 
 MATCH_MM = 2.0
 STENOSIS_MATCH_MM = 5.0
-OSTIAL = ("LM", "RCA-prox")  # the phantom's left main (a 3.5-4 mm stub) and the first 5 mm of the RCA
+OSTIAL = ("LM", "RCA-prox")  # the phantom's left main and the first 5 mm of the RCA
 
 
 def truth_on_label(label: np.ndarray, affine: np.ndarray, truth) -> tuple[int, int]:

@@ -9,7 +9,13 @@ from seg2refine_core.analysis.centerline import centerline_graphs
 from seg2refine_core.analysis.cpr import straighten
 from seg2refine_core.analysis.report import summary
 from seg2refine_core.analysis.sides import HEART_AXIS_RAS, ras_direction_in_array_mm
-from seg2refine_core.analysis.stenosis import StenosisOptions, find_stenoses
+from seg2refine_core.analysis.stenosis import (
+    FINET_RATIO,
+    StenosisOptions,
+    find_stenoses,
+    left_main_stenosis,
+    reference_diameter,
+)
 from seg2refine_core.analysis.trees import Branch, build_trees
 
 
@@ -227,6 +233,26 @@ def test_two_trees_touching_in_the_mask_are_split_at_their_neck():
     assert sum(b.length_mm for b in analysis.branches) > 0.9 * 2 * (42.0 + 10.5)
 
 
+def test_two_trees_touching_twice_are_split_by_two_cuts():
+    """The same two trees with a second contact 10 mm before the first (a thin branch of each, tips meeting): the
+    first cut leaves them joined through the other contact, the second cut, made on the lumen the first one left,
+    parts them (each cut was made on the whole mask before, and the second undid the first: one tree)."""
+    mask, spacing = _two_trees_touching()
+    z = 5.0
+    mask |= tube_mask(mask.shape, spacing, [((z, 40.0, 14.0), (z, 40.0, 24.5), 0.8, 0.6),
+                                            ((z, 40.0, 36.0), (z, 40.0, 25.5), 0.8, 0.6)])
+    mask[:, : int(8.0 / 0.5)] = False
+    assert cc3d.connected_components(mask, connectivity=26, return_N=True)[1] == 1
+    analysis = analyze_mask(mask, spacing)
+    assert sorted(t.side for t in analysis.trees) == ["left", "right"]
+    for t in analysis.trees:
+        x = 14.0 if t.side == "left" else 36.0
+        assert np.linalg.norm(t.root_voxel * 0.5 - [z, 8.0, x]) < 1.5  # the blunt cuts
+    for b in analysis.branches:  # the trunks, short of the contacts, lie on their own trees
+        trunk = b.voxels[b.voxels[:, 1] * 0.5 < 35.0, 2] * 0.5
+        assert (trunk < 25.0).all() if analysis.trees[b.tree].side == "left" else (trunk > 25.0).all()
+
+
 @pytest.mark.parametrize(("far_end_radius", "tip_radius"), [(0.6, 0.6), (2.0, 1.4)])
 def test_one_vessel_turning_back_is_not_split(far_end_radius, tip_radius):
     """The same shape is one vessel when its far end is narrow (no second ostium) or when it never narrows to half
@@ -407,6 +433,70 @@ def test_a_narrowed_left_main_is_found_and_graded_against_finets_reference(lengt
     if length == 3.0:
         alone = analyze_mask(_left_main(0.6, length)[0], spacing)
         assert "LM" not in {b.name for b in alone.branches}
+
+
+@pytest.mark.parametrize("rca", [True, False])
+def test_a_left_main_longer_than_the_passed_stub_limit_is_the_ostium_when_it_heads_for_the_rca(rca):
+    """A 10 mm left main (r 2.0 mm) with a 60 % lesion 5 mm in, whose LAD (r 2.2 mm) flares wider than it: the
+    widest voxel lies on the LAD just past the division, and the ostium lies 10 mm beyond the division, farther than
+    PASSED_STUB_MM. It heads for the RCA's ostium, so it is the ostium (LEFT_MAIN_MAX_MM); the left main is named and
+    its lesion graded against its own lumen on either side (its reference interpolated across the lesion, where
+    steps 1-2 give none): 60 %. Without a right tree nothing tells the left main from a side branch: the root stays
+    at the division and no left main is named."""
+    spacing, shape = (0.5, 0.5, 0.5), (48, 132, 160)
+    ostium, u = np.array([12.0, 33.0, 40.0]), np.array([0.0, 0.0, -1.0])
+    fork = ostium + 10.0 * u
+    lad = np.array([0.0, np.sin(np.radians(50)), -np.cos(np.radians(50))])
+    lcx = lad * [1.0, -1.0, 1.0]
+    mask = tube_mask(shape, spacing, [(ostium, fork, 2.0, 2.0, gaussian_narrowing(10.0, 5.0, 1.5, 0.6)),
+                                      (fork, fork + 40.0 * lad, 2.2, 0.5), (fork, fork + 40.0 * lcx, 1.6, 0.5)])
+    grid = np.stack(np.meshgrid(*[np.arange(n) * 0.5 for n in shape], indexing="ij"), -1)
+    mask &= (grid - ostium) @ u >= 0.0  # the cut at the aortic wall
+    if rca:
+        mask |= _rca(shape, spacing)
+    analysis = analyze_mask(mask, spacing)
+    (left,) = [t for t in analysis.trees if t.side == "left"]
+    if not rca:
+        assert np.linalg.norm(left.root_voxel * 0.5 - fork) < 3.0
+        assert "LM" not in {b.name for b in analysis.branches}
+        return
+    assert np.linalg.norm(left.root_voxel * 0.5 - ostium) < 1.5
+    (s,) = [s for s in analysis.stenoses if analysis.branches[s.branch].name == "LM"]
+    assert np.linalg.norm(analysis.branches[s.branch].voxels[s.index] * 0.5 - (ostium + 5.0 * u)) < 1.0
+    assert s.severity_pct == pytest.approx(60.0, abs=6.0)
+    assert s.reference_diameter_mm == pytest.approx(4.0, abs=0.5)
+
+
+def _straight_branch(branch_id, diameter, reliable, step=0.5):
+    """A branch along z (voxels of ``step`` mm) with these diameters (n,) mm and reliable (n,) points."""
+    n = len(diameter)
+    voxels = np.c_[np.arange(n), np.zeros(n), np.zeros(n)].astype(np.int64)
+    return Branch(branch_id, 0, voxels, diameter / 2, np.arange(n) * step, np.asarray(reliable), None, None,
+                  n * step, diameter_mm=np.asarray(diameter, dtype=float))
+
+
+def test_a_left_main_lesion_with_no_reference_of_its_own_is_graded_against_the_left_mains_own_lumen():
+    """An 11 mm left main (4 mm across) with a 55 % lesion 6 mm in: steps 1-2 give the lesion's points no
+    reference (the windows run off the left main), but give one to points nearer each end. The lesion is graded
+    against those, interpolated across it (they see part of the lesion: it reads milder); with no reference of
+    its own anywhere (a left main a few mm long), against Finet's 0.678 (D_LAD + D_LCX) = 0.678 x 5.6 mm."""
+    arc = np.arange(23) * 0.5
+    diameter = 4.0 * (1.0 - 0.55 * np.exp(-0.5 * ((arc - 6.0) / 1.5) ** 2))
+    spacing = (0.5, 0.5, 0.5)
+    daughters = [_straight_branch(1, np.full(60, 3.0), np.arange(60) >= 2),
+                 _straight_branch(2, np.full(60, 2.6), np.arange(60) >= 2)]
+    left_main = _straight_branch(0, diameter, (arc >= 1.0) & (arc <= 8.5))
+    own = reference_diameter(left_main)[1]
+    assert np.isnan(own[arc == 6.0]).all() and np.isfinite(own).sum() >= 2
+    assert find_stenoses(left_main) == []  # no reference at the lesion: steps 1-3 find nothing
+    s = left_main_stenosis(left_main, daughters, spacing)
+    assert s.arc_mm == pytest.approx(6.0) and s.min_diameter_mm == pytest.approx(1.8)
+    assert np.nanmin(own) <= s.reference_diameter_mm <= np.nanmax(own)
+    assert 25.0 <= s.severity_pct < 55.0
+    stub = _straight_branch(0, diameter, (arc >= 4.0) & (arc <= 8.0))  # too short for steps 1-2 anywhere
+    s = left_main_stenosis(stub, daughters, spacing)
+    assert s.reference_diameter_mm == pytest.approx(FINET_RATIO * 5.6)
+    assert s.severity_pct == pytest.approx(100 * (1 - 1.8 / (FINET_RATIO * 5.6)), abs=0.5)
 
 
 @pytest.mark.parametrize("twig", [(3.5, 0.0, 0.0), (-3.5, 0.0, 0.0)])

@@ -17,9 +17,10 @@ followed by a healthy lumen is too short for the neck and too straight for the d
 **Split**: at the point of that way where the running ``NECK_MM`` median of the cross-section diameter is
 smallest (the junction of the two trees is where their thin distal vessels meet), the lumen is cut by an
 ellipsoid of the local lumen radius plus one voxel along each axis, grown by a voxel per axis (``MAX_GROW`` times
-at most) until the two ostia lie in different pieces; the component's centerlines are computed again piece by
-piece (each piece checked again, ``MAX_SPLITS`` times at most, for trees that touch in more than one place). The
-lumen voxels of the cut belong to neither piece. Where the two vessels taper to the same calibre over a long way
+at most) until the two ostia lie in different pieces; the component's centerlines are computed again piece by piece
+(each piece checked again, ``MAX_SPLITS`` times at most, for trees that touch in more than one place, on the lumen with
+every earlier cut cleared: where the first cut leaves them joined through a second contact, the second parts them). The
+lumen voxels of a cut belong to neither piece. Where the two vessels taper to the same calibre over a long way
 the narrowest point can lie some way from the contact (on the cohort phantoms up to ~30 mm; the contact itself
 reads wide, two lumens in one cross-section), and the vessel between them lands on the other tree.
 

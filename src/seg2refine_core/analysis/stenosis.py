@@ -58,24 +58,26 @@ those of CAD-RADS 2.0, Cury et al., JCCT 2022). Along each branch:
    voxels across them), 0.52-0.55 voxel deep; with the slice spacing as the yardstick, or a factor of 0.6, both were
    lost.
 
-**Left main** (:func:`left_main_stenosis`): a left main only a few mm long lies almost wholly inside its
-bifurcation's inscribed ball, so steps 1-2 find no healthy segment of its own to measure against (one pruned as a
-spur is put back by :mod:`.trees` where the mask has a right tree). Its reference is then that of bifurcation QCA,
-Finet's law ``D_ref = 0.678 (D_LAD + D_LCX)`` (Finet et al., EuroIntervention 2008), from the LAD's and LCX's
-healthy proximal diameters (the median of ``D`` over the first ``window_mm`` of their reliable points). Its minimum
-lumen diameter is the smallest cross-section beyond its first point's voxel (more than half a voxel, along the
-vessel, from it) whose distance to the cut, half a voxel outside that point, is at least its own equivalent radius;
-distances are taken along the straight line from the ostium to the division (a stub of a few points has its smoothed
-arc length run ahead: along it, a healthy left main at 1.57 mm slices read 31 % 0.7 mm in; and a restored stub may
-start in a corner of the cut, off its axis). The cut at the aortic wall is oblique, and a plane it clips loses the
-lumen beyond a chord: up to 45 degrees off the perpendicular, a clipped section's equivalent radius exceeds its
-distance to the cut, so none is kept; at 60 or 75 degrees one kept reads at most 10 or 20 % narrow (a healthy left
-main's section one voxel in read 37 % on a cohort phantom). A narrowed section is small and stays measured: trusting
-only sections farther from the cut than the inscribed radius there found no candidate for a 66 % lesion of a cohort
-phantom (51 % now) and read a 76 % one as 44 % (59 % now). Sections within the
-bifurcation can only read wide. It is one candidate if ``%DS >= min_pct`` and steps 1-2 find the left main no
-reference of its own. Analytic 3-5 mm left mains beside an RCA: a 60 % lesion reads 47-57 %, healthy ones none
-(a 3 mm one with no right tree is not found).
+**Left main** (:func:`left_main_stenosis`, where steps 1-5 find no candidate on it): a left main is short (about 10 mm
+in adults), so steps 1-2 give few of its points a reference, its windows running off it; a lesion's own points often
+get none. Where they give some, the left main's reference is theirs, interpolated between them and the nearest one
+beyond them (they may see part of the lesion in their window, which then reads milder: an analytic 55 % lesion in an
+11 mm left main reads 25-55 %). Where they give none, as in a left main a few mm long that lies almost wholly inside
+its bifurcation's inscribed ball (one pruned as a spur is put back by :mod:`.trees` where the mask has a right tree),
+its reference is that of bifurcation QCA, Finet's law ``D_ref = 0.678 (D_LAD + D_LCX)`` (Finet et al.,
+EuroIntervention 2008), from the LAD's and LCX's healthy proximal diameters (the median of ``D`` over the first
+``window_mm`` of their reliable points). Its sections are measured beyond its first point's voxel (more than half a
+voxel, along the vessel, from it) where their distance to the cut, half a voxel outside that point, is at least their
+own equivalent radius; distances are taken along the straight line from the ostium to the division (a stub of a few
+points has its smoothed arc length run ahead: along it, a healthy left main at 1.57 mm slices read 31 % 0.7 mm in; and
+a restored stub may start in a corner of the cut, off its axis). The cut at the aortic wall is oblique, and a plane it
+clips loses the lumen beyond a chord: up to 45 degrees off the perpendicular, a clipped section's equivalent radius
+exceeds its distance to the cut, so none is kept; at 60 or 75 degrees one kept reads at most 10 or 20 % narrow (a
+healthy left main's section one voxel in read 37 % on a cohort phantom). A narrowed section is small and stays
+measured: trusting only sections farther from the cut than the inscribed radius there found no candidate for a 66 %
+lesion of a cohort phantom (51 % now) and read a 76 % one as 44 % (59 % now). Sections within the bifurcation can only
+read wide. It is one candidate, at the largest ``%DS``, if that is at least ``min_pct``. Analytic 3-5 mm left mains
+beside an RCA: a 60 % lesion reads 47-57 %, healthy ones none (a 3 mm one with no right tree is not found).
 
 Grades: 25-49 % mild, 50-69 % moderate, 70-99 % severe.
 """

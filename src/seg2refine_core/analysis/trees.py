@@ -6,23 +6,27 @@ Per connected component (one :class:`~.centerline.CenterlineGraph`), on the grap
   centerline voxel of largest lumen radius (radius averaged over its graph neighbours within about 2 mm). If an
   unbranched direction from there runs to an end point that is still wide (somewhere in its distal half at least
   ``STUB_RADIUS_FRACTION`` of that radius: a blunt end, the cut at the aortic wall, even past an ostial narrowing),
-  the nearest such end point is the ostium; a division within the widest voxel's inscribed ball (the widest point of
-  a left main lies at its bifurcation) is passed, its directions searched in turn for an end within
-  ``PASSED_STUB_MM`` (a side branch leaving the bifurcation reaches farther). An unbranched direction that reaches
-  an end point within ``OSTIAL_STUB_MM`` qualifies whatever its width: an ostial stenosis narrows the lumen from the
-  ostium on, so the widest point lies just past it and the ostium's own stub is narrow (the nearest qualifying end
-  still wins, so a long tapering vessel's distal tip never beats it). Only end points of the graph qualify, not the
-  voxel where two ways round a loop meet. Otherwise the widest voxel is a division with no stub before it: a left
-  main a few mm long (narrowed by a lesion, or 3 mm and healthy) reaches no farther than the lumen radius at its
-  division plus ``spur_mm`` and loses its skeleton to spur pruning (:mod:`.centerline`, step 4). For the left tree
-  (one of the two largest), of the terminal segments pruned there (their inner end inside the division's inscribed
-  ball) that reach at least ``OSTIAL_SPUR_REACH_MM`` beyond that ball and head, from their junction pixel to their
-  end, for the right tree's ostium (cos >= ``OSTIUM_DIRECTION_COS``: both ostia lie on the aortic root, and a left
-  main runs from its bifurcation back towards it), the one reaching farthest is put back and its end point is the
-  ostium. On the cohort phantoms the pruned left mains head for the RCA's ostium at cos 0.48-0.69 and the other
-  spurs reaching as far at -0.28 to 0.27; the stray twigs that, with no direction test, became ostia on Y (legacy
-  main-vessel names 0.626 -> 0.588) head away from it (-0.26, -0.27). A twig heading the same way as a left main
-  would is still taken for one. With none such, or no right tree, the widest voxel itself is the root.
+  the nearest such end point is the ostium; a division within the widest voxel's inscribed ball (the widest point of a
+  left main lies at its bifurcation) is passed, its directions searched in turn for an end within ``PASSED_STUB_MM``
+  (a side branch leaving the bifurcation reaches farther). For the left tree (one of the two largest, beside a right
+  tree) an end so found past the division but farther, within ``LEFT_MAIN_MAX_MM`` along the centerline, is the ostium
+  if it lies towards the right tree's ostium as seen from the widest voxel (cos >= ``OSTIUM_DIRECTION_COS``; both
+  ostia lie on the aortic root): a left main 5-15 mm long whose lesion leaves its widest point on the LAD or LCX just
+  past the division (cohort phantoms drawn with 5-10 mm left mains). An unbranched direction that reaches an end point
+  within ``OSTIAL_STUB_MM`` qualifies whatever its width: an ostial stenosis narrows the lumen from the ostium on, so
+  the widest point lies just past it and the ostium's own stub is narrow (the nearest qualifying end still wins, so a
+  long tapering vessel's distal tip never beats it). Only end points of the graph qualify, not the voxel where two
+  ways round a loop meet. Otherwise the widest voxel is a division with no stub before it: a left main a few mm long
+  (narrowed by a lesion, or 3 mm and healthy) reaches no farther than the lumen radius at its division plus
+  ``spur_mm`` and loses its skeleton to spur pruning (:mod:`.centerline`, step 4). For the left tree (one of the two
+  largest), of the terminal segments pruned there (their inner end inside the division's inscribed ball) that reach at
+  least ``OSTIAL_SPUR_REACH_MM`` beyond that ball and head, from their junction pixel to their end, for the right
+  tree's ostium (cos >= ``OSTIUM_DIRECTION_COS``: both ostia lie on the aortic root, and a left main runs from its
+  bifurcation back towards it), the one reaching farthest is put back and its end point is the ostium. On the cohort
+  phantoms the pruned left mains head for the RCA's ostium at cos 0.48-0.69 and the other spurs reaching as far at
+  -0.28 to 0.27; the stray twigs that, with no direction test, became ostia on Y (legacy main-vessel names 0.626 ->
+  0.588) head away from it (-0.26, -0.27). A twig heading the same way as a left main would is still taken for one.
+  With none such, or no right tree, the widest voxel itself is the root.
 * **Flow direction**: every centerline voxel's parent is its predecessor on the shortest path from the root
   (``scipy.sparse.csgraph.dijkstra``); loops are broken there.
 * **Branches** (vessels): the root branch starts at the ostium and, at each junction, continues into one child;
