@@ -10,7 +10,7 @@ the resolution) it analyses the ground-truth label and, with --y, the Y mask of 
   that name;
 * stenoses: true stenoses >= 50 % found (a candidate within 5 mm of the true centre): all of them, those in vessels
   whose healthy diameter is at least the analysis' 1.5 mm grading threshold, and of these the ones beyond the ostia
-  (not on the left main, a 3.5-7 mm long loop in the default phantom, 7-11 mm with --left-main-mm 5 10, nor on the
+  (not on the left main, a 3.5-7 mm long loop in the default phantom, 6-11 mm with --left-main-mm 5 10, nor on the
   first 5 mm of the RCA); and false candidates per volume (a candidate >= 25 % farther than 5 mm from every true
   stenosis of any severity). The notes count the >= 50 % stenoses that the true lumen goes round
   (:func:`channel_severity` under 50 %: the phantom's left main is a loop whose limbs overlap), which no analysis of

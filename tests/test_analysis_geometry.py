@@ -13,6 +13,7 @@ from seg2refine_core.analysis.stenosis import (
     FINET_RATIO,
     StenosisOptions,
     find_stenoses,
+    finet_reference,
     left_main_stenosis,
     reference_diameter,
 )
@@ -440,9 +441,9 @@ def test_a_left_main_longer_than_the_passed_stub_limit_is_the_ostium_when_it_hea
     """A 10 mm left main (r 2.0 mm) with a 60 % lesion 5 mm in, whose LAD (r 2.2 mm) flares wider than it: the
     widest voxel lies on the LAD just past the division, and the ostium lies 10 mm beyond the division, farther than
     PASSED_STUB_MM. It heads for the RCA's ostium, so it is the ostium (LEFT_MAIN_MAX_MM); the left main is named and
-    its lesion graded against its own lumen on either side (its reference interpolated across the lesion, where
-    steps 1-2 give none): 60 %. Without a right tree nothing tells the left main from a side branch: the root stays
-    at the division and no left main is named."""
+    its lesion graded: its reliable points are too few for steps 1-2 to give any of them a reference, so against
+    Finet's, 0.678 (D_LAD + D_LCX) from the analysis' daughters. Without a right tree nothing tells the left main
+    from a side branch: the root stays at the division and no left main is named."""
     spacing, shape = (0.5, 0.5, 0.5), (48, 132, 160)
     ostium, u = np.array([12.0, 33.0, 40.0]), np.array([0.0, 0.0, -1.0])
     fork = ostium + 10.0 * u
@@ -463,8 +464,11 @@ def test_a_left_main_longer_than_the_passed_stub_limit_is_the_ostium_when_it_hea
     assert np.linalg.norm(left.root_voxel * 0.5 - ostium) < 1.5
     (s,) = [s for s in analysis.stenoses if analysis.branches[s.branch].name == "LM"]
     assert np.linalg.norm(analysis.branches[s.branch].voxels[s.index] * 0.5 - (ostium + 5.0 * u)) < 1.0
+    left_main = analysis.branches[s.branch]
+    assert not np.isfinite(reference_diameter(left_main)[1]).any()
+    daughters = [b for b in analysis.branches if b.parent == left_main.id and b.name in ("LAD", "LCX")]
+    assert s.reference_diameter_mm == pytest.approx(finet_reference(daughters))
     assert s.severity_pct == pytest.approx(60.0, abs=6.0)
-    assert s.reference_diameter_mm == pytest.approx(4.0, abs=0.5)
 
 
 def _straight_branch(branch_id, diameter, reliable, step=0.5):
@@ -478,8 +482,9 @@ def _straight_branch(branch_id, diameter, reliable, step=0.5):
 def test_a_left_main_lesion_with_no_reference_of_its_own_is_graded_against_the_left_mains_own_lumen():
     """An 11 mm left main (4 mm across) with a 55 % lesion 6 mm in: steps 1-2 give the lesion's points no
     reference (the windows run off the left main), but give one to points nearer each end. The lesion is graded
-    against those, interpolated across it (they see part of the lesion: it reads milder); with no reference of
-    its own anywhere (a left main a few mm long), against Finet's 0.678 (D_LAD + D_LCX) = 0.678 x 5.6 mm."""
+    against those, interpolated across it (they see part of the lesion: it reads milder); only points steps 1-2 give
+    no reference are graded so (a one-point dip where they give one stays theirs: none); with no reference of its
+    own anywhere (a left main a few mm long), against Finet's 0.678 (D_LAD + D_LCX) = 0.678 x 5.6 mm."""
     arc = np.arange(23) * 0.5
     diameter = 4.0 * (1.0 - 0.55 * np.exp(-0.5 * ((arc - 6.0) / 1.5) ** 2))
     spacing = (0.5, 0.5, 0.5)
@@ -493,6 +498,10 @@ def test_a_left_main_lesion_with_no_reference_of_its_own_is_graded_against_the_l
     assert s.arc_mm == pytest.approx(6.0) and s.min_diameter_mm == pytest.approx(1.8)
     assert np.nanmin(own) <= s.reference_diameter_mm <= np.nanmax(own)
     assert 25.0 <= s.severity_pct < 55.0
+    dip = np.where(arc == 1.5, 2.8, 4.0)  # a healthy left main, one point 30 % narrow where it has a reference
+    healthy = _straight_branch(0, dip, (arc >= 1.0) & (arc <= 8.5))
+    assert np.isfinite(reference_diameter(healthy)[1][arc == 1.5]).all()
+    assert find_stenoses(healthy) == [] and left_main_stenosis(healthy, daughters, spacing) is None
     stub = _straight_branch(0, diameter, (arc >= 4.0) & (arc <= 8.0))  # too short for steps 1-2 anywhere
     s = left_main_stenosis(stub, daughters, spacing)
     assert s.reference_diameter_mm == pytest.approx(FINET_RATIO * 5.6)

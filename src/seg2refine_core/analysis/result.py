@@ -40,9 +40,9 @@ RULES = {
                 "the median diameters 3-11 mm proximal and distal; candidates >= 25 % where D_ref >= "
                 "min_reference_mm (parameters; 1.5 mm as CAD-RADS), less dips no longer than a slice and shallower "
                 "than half a voxel across the vessel (the mask's staircase); in smaller vessels of at least "
-                "small_vessel_mm only narrowings a voxel deep ('small vessel', not graded); a left main with no "
-                "healthy segment of its own against Finet's 0.678 (D_LAD + D_LCX); grades mild 25-49, moderate "
-                "50-69, severe >= 70",
+                "small_vessel_mm only narrowings a voxel deep ('small vessel', not graded); a left main's points "
+                "with no reference of their own against its references on either side (interpolated), or with none "
+                "anywhere against Finet's 0.678 (D_LAD + D_LCX); grades mild 25-49, moderate 50-69, severe >= 70",
 }
 
 

@@ -62,22 +62,23 @@ those of CAD-RADS 2.0, Cury et al., JCCT 2022). Along each branch:
 in adults), so steps 1-2 give few of its points a reference, its windows running off it; a lesion's own points often
 get none. Where they give some, the left main's reference is theirs, interpolated between them and the nearest one
 beyond them (they may see part of the lesion in their window, which then reads milder: an analytic 55 % lesion in an
-11 mm left main reads 25-55 %). Where they give none, as in a left main a few mm long that lies almost wholly inside
-its bifurcation's inscribed ball (one pruned as a spur is put back by :mod:`.trees` where the mask has a right tree),
-its reference is that of bifurcation QCA, Finet's law ``D_ref = 0.678 (D_LAD + D_LCX)`` (Finet et al.,
-EuroIntervention 2008), from the LAD's and LCX's healthy proximal diameters (the median of ``D`` over the first
-``window_mm`` of their reliable points). Its sections are measured beyond its first point's voxel (more than half a
-voxel, along the vessel, from it) where their distance to the cut, half a voxel outside that point, is at least their
-own equivalent radius; distances are taken along the straight line from the ostium to the division (a stub of a few
-points has its smoothed arc length run ahead: along it, a healthy left main at 1.57 mm slices read 31 % 0.7 mm in; and
-a restored stub may start in a corner of the cut, off its axis). The cut at the aortic wall is oblique, and a plane it
-clips loses the lumen beyond a chord: up to 45 degrees off the perpendicular, a clipped section's equivalent radius
-exceeds its distance to the cut, so none is kept; at 60 or 75 degrees one kept reads at most 10 or 20 % narrow (a
-healthy left main's section one voxel in read 37 % on a cohort phantom). A narrowed section is small and stays
-measured: trusting only sections farther from the cut than the inscribed radius there found no candidate for a 66 %
-lesion of a cohort phantom (51 % now) and read a 76 % one as 44 % (59 % now). Sections within the bifurcation can only
-read wide. It is one candidate, at the largest ``%DS``, if that is at least ``min_pct``. Analytic 3-5 mm left mains
-beside an RCA: a 60 % lesion reads 47-57 %, healthy ones none (a 3 mm one with no right tree is not found).
+11 mm left main reads 25-55 %); only the points they give no reference are graded so, the others being steps 1-5's.
+Where they give none, as in a left main a few mm long that lies almost wholly inside its bifurcation's inscribed ball
+(one pruned as a spur is put back by :mod:`.trees` where the mask has a right tree), its reference is that of
+bifurcation QCA, Finet's law ``D_ref = 0.678 (D_LAD + D_LCX)`` (Finet et al., EuroIntervention 2008), from the LAD's
+and LCX's healthy proximal diameters (the median of ``D`` over the first ``window_mm`` of their reliable points). Its
+sections are measured beyond its first point's voxel (more than half a voxel, along the vessel, from it) where their
+distance to the cut, half a voxel outside that point, is at least their own equivalent radius; distances are taken
+along the straight line from the ostium to the division (a stub of a few points has its smoothed arc length run ahead:
+along it, a healthy left main at 1.57 mm slices read 31 % 0.7 mm in; and a restored stub may start in a corner of the
+cut, off its axis). The cut at the aortic wall is oblique, and a plane it clips loses the lumen beyond a chord: up to
+45 degrees off the perpendicular, a clipped section's equivalent radius exceeds its distance to the cut, so none is
+kept; at 60 or 75 degrees one kept reads at most 10 or 20 % narrow (a healthy left main's section one voxel in read 37
+% on a cohort phantom). A narrowed section is small and stays measured: trusting only sections farther from the cut
+than the inscribed radius there found no candidate for a 66 % lesion of a cohort phantom (51 % now) and read a 76 %
+one as 44 % (59 % now). Sections within the bifurcation can only read wide. It is one candidate, at the largest
+``%DS``, if that is at least ``min_pct``. Analytic 3-5 mm left mains beside an RCA: a 60 % lesion reads 47-57 %,
+healthy ones none (a 3 mm one with no right tree is not found).
 
 Grades: 25-49 % mild, 50-69 % moderate, 70-99 % severe.
 """
@@ -229,9 +230,10 @@ FINET_RATIO = 0.678
 
 def left_main_stenosis(left_main: Branch, daughters: list[Branch], spacing: tuple[float, float, float],
                        options: StenosisOptions = StenosisOptions()) -> Stenosis | None:
-    """The left-main rule of the module docstring: one candidate on ``left_main`` against Finet's reference from
-    its two ``daughters`` (the LAD and LCX), or None (also where steps 1-2 find the left main a reference of its
-    own). spacing: the mask's (z, y, x) voxel spacing (mm)."""
+    """The left-main rule of the module docstring: one candidate on ``left_main`` among the points to which steps
+    1-2 give no reference, against the left main's own references interpolated (the nearest one beyond them) or,
+    with none, Finet's reference from its two ``daughters`` (the LAD and LCX); or None. spacing: the mask's (z, y,
+    x) voxel spacing (mm)."""
     sp = np.asarray(spacing, dtype=float)
     voxel_mm = float(sp.max())
     own = reference_diameter(left_main, options)[1]
@@ -250,7 +252,7 @@ def left_main_stenosis(left_main: Branch, daughters: list[Branch], spacing: tupl
     axis = (left_main.voxels[-1] - left_main.voxels[0]) * sp  # ostium to division
     axis = axis / max(float(np.linalg.norm(axis)), 1e-9)
     from_first = ((left_main.voxels - left_main.voxels[0]) * sp) @ axis  # the first point may sit in a corner
-    measured = ((from_first > along / 2.0) & (from_first + along / 2.0 >= diameter / 2.0)
+    measured = ((from_first > along / 2.0) & (from_first + along / 2.0 >= diameter / 2.0) & ~np.isfinite(own)
                 & (ref >= max(options.min_reference_mm, options.min_reference_voxels * voxel_mm)))
     if not measured.any():
         return None

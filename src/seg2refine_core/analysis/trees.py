@@ -9,24 +9,24 @@ Per connected component (one :class:`~.centerline.CenterlineGraph`), on the grap
   the nearest such end point is the ostium; a division within the widest voxel's inscribed ball (the widest point of a
   left main lies at its bifurcation) is passed, its directions searched in turn for an end within ``PASSED_STUB_MM``
   (a side branch leaving the bifurcation reaches farther). For the left tree (one of the two largest, beside a right
-  tree) an end so found past the division but farther, within ``LEFT_MAIN_MAX_MM`` along the centerline, is the ostium
-  if it lies towards the right tree's ostium as seen from the widest voxel (cos >= ``OSTIUM_DIRECTION_COS``; both
-  ostia lie on the aortic root): a left main 5-15 mm long whose lesion leaves its widest point on the LAD or LCX just
-  past the division (cohort phantoms drawn with 5-10 mm left mains). An unbranched direction that reaches an end point
-  within ``OSTIAL_STUB_MM`` qualifies whatever its width: an ostial stenosis narrows the lumen from the ostium on, so
-  the widest point lies just past it and the ostium's own stub is narrow (the nearest qualifying end still wins, so a
-  long tapering vessel's distal tip never beats it). Only end points of the graph qualify, not the voxel where two
-  ways round a loop meet. Otherwise the widest voxel is a division with no stub before it: a left main a few mm long
-  (narrowed by a lesion, or 3 mm and healthy) reaches no farther than the lumen radius at its division plus
-  ``spur_mm`` and loses its skeleton to spur pruning (:mod:`.centerline`, step 4). For the left tree (one of the two
-  largest), of the terminal segments pruned there (their inner end inside the division's inscribed ball) that reach at
-  least ``OSTIAL_SPUR_REACH_MM`` beyond that ball and head, from their junction pixel to their end, for the right
-  tree's ostium (cos >= ``OSTIUM_DIRECTION_COS``: both ostia lie on the aortic root, and a left main runs from its
-  bifurcation back towards it), the one reaching farthest is put back and its end point is the ostium. On the cohort
-  phantoms the pruned left mains head for the RCA's ostium at cos 0.48-0.69 and the other spurs reaching as far at
-  -0.28 to 0.27; the stray twigs that, with no direction test, became ostia on Y (legacy main-vessel names 0.626 ->
-  0.588) head away from it (-0.26, -0.27). A twig heading the same way as a left main would is still taken for one.
-  With none such, or no right tree, the widest voxel itself is the root.
+  tree) the end so found past the division but farther, within ``LEFT_MAIN_MAX_MM`` along the centerline, that lies
+  most nearly towards the right tree's ostium as seen from the widest voxel is the ostium if at cos >=
+  ``OSTIUM_DIRECTION_COS`` (both ostia lie on the aortic root): a left main 5-15 mm long whose lesion leaves its
+  widest point on the LAD or LCX just past the division (cohort phantoms drawn with 5-10 mm left mains). An unbranched
+  direction that reaches an end point within ``OSTIAL_STUB_MM`` qualifies whatever its width: an ostial stenosis
+  narrows the lumen from the ostium on, so the widest point lies just past it and the ostium's own stub is narrow (the
+  nearest qualifying end still wins, so a long tapering vessel's distal tip never beats it). Only end points of the
+  graph qualify, not the voxel where two ways round a loop meet. Otherwise the widest voxel is a division with no stub
+  before it: a left main a few mm long (narrowed by a lesion, or 3 mm and healthy) reaches no farther than the lumen
+  radius at its division plus ``spur_mm`` and loses its skeleton to spur pruning (:mod:`.centerline`, step 4). For the
+  left tree (one of the two largest), of the terminal segments pruned there (their inner end inside the division's
+  inscribed ball) that reach at least ``OSTIAL_SPUR_REACH_MM`` beyond that ball and head, from their junction pixel to
+  their end, for the right tree's ostium (cos >= ``OSTIUM_DIRECTION_COS``: both ostia lie on the aortic root, and a
+  left main runs from its bifurcation back towards it), the one reaching farthest is put back and its end point is the
+  ostium. On the cohort phantoms the pruned left mains head for the RCA's ostium at cos 0.48-0.69 and the other spurs
+  reaching as far at -0.28 to 0.27; the stray twigs that, with no direction test, became ostia on Y (legacy
+  main-vessel names 0.626 -> 0.588) head away from it (-0.26, -0.27). A twig heading the same way as a left main would
+  is still taken for one. With none such, or no right tree, the widest voxel itself is the root.
 * **Flow direction**: every centerline voxel's parent is its predecessor on the shortest path from the root
   (``scipy.sparse.csgraph.dijkstra``); loops are broken there.
 * **Branches** (vessels): the root branch starts at the ostium and, at each junction, continues into one child;
@@ -177,7 +177,7 @@ class PixelTree:
         self.root_at_division = False  # set by _find_root: rooted at the widest voxel, inside the graph (a division,
         # where a pruned stub left one, or mid-vessel), for want of a stub
         self.distant_stubs: list[int] = []  # set by _find_root: ends past a division in the widest voxel's ball,
-        # farther than PASSED_STUB_MM and within LEFT_MAIN_MAX_MM, nearest first
+        # farther than PASSED_STUB_MM and within LEFT_MAIN_MAX_MM
         if ostium is None:
             self.root = self._find_root()
         else:
@@ -223,7 +223,8 @@ class PixelTree:
         for v in range(n):
             if pred[v] >= 0:
                 children[pred[v]].append(v)
-        stubs, distant = [], []
+        stubs: list[tuple[float, int]] = []
+        distant: list[int] = []
         todo = [(first, False) for first in children[widest]]
         while todo:
             v, passed = todo.pop()
@@ -239,7 +240,7 @@ class PixelTree:
                 continue
             if passed and from_widest[v] > PASSED_STUB_MM:
                 if from_widest[v] <= LEFT_MAIN_MAX_MM:
-                    distant.append((float(from_widest[v]), v))
+                    distant.append(v)
                 continue
             distal = self.radius[run[len(run) // 2 :]]
             short = float(from_widest[v]) <= OSTIAL_STUB_MM
@@ -248,18 +249,18 @@ class PixelTree:
         if stubs and len(children[widest]) >= 2:
             return int(min(stubs)[1])
         self.root_at_division = len(children[widest]) >= 2
-        self.distant_stubs = [v for _, v in sorted(distant)]
+        self.distant_stubs = distant
         return widest
 
     def stub_towards(self, other_ostium: np.ndarray, spacing: tuple[float, float, float]) -> int | None:
-        """The nearest of :attr:`distant_stubs` whose end lies towards ``other_ostium`` (3,) int (z, y, x), seen
-        from the root (cos >= ``OSTIUM_DIRECTION_COS``), or None: a left main longer than ``PASSED_STUB_MM``."""
+        """Of :attr:`distant_stubs`, the end that lies most nearly towards ``other_ostium`` (3,) int (z, y, x), seen
+        from the root, if at cos >= ``OSTIUM_DIRECTION_COS``, or None: a left main longer than ``PASSED_STUB_MM``."""
         sp = np.asarray(spacing, dtype=float)
         towards = _unit((np.asarray(other_ostium) - self.voxels[self.root]) * sp)
-        for v in self.distant_stubs:
-            if float(_unit(self.mm[v] - self.mm[self.root]) @ towards) >= OSTIUM_DIRECTION_COS:
-                return v
-        return None
+        cos = [float(_unit(self.mm[v] - self.mm[self.root]) @ towards) for v in self.distant_stubs]
+        if not cos or max(cos) < OSTIUM_DIRECTION_COS:
+            return None
+        return self.distant_stubs[int(np.argmax(cos))]
 
     def forward(self, first: int, reach_mm: float) -> int:
         """The voxel about ``reach_mm`` downstream of ``first``'s parent, following the longest downstream path."""

@@ -16,7 +16,9 @@ spacing 1.0 0.7 0.7).
 --left-main-mm LOW HIGH draws the left main's length from the aortic root to its division from that range
 (legacy or cohort): without it the left main is 1.8-3.7 mm long at real size, shorter than it is across, and
 loops back on itself; an adult left main is typically about 10 mm long. The division moves along
-the AV groove towards the LCX, as far as about 6.5 mm x the heart's scale (10-12 mm at real size).
+the AV groove towards the LCX, as far as about 7 mm x the heart's scale (10-12 mm at real size, about 7 mm
+in the legacy half-size heart); longer lengths are clamped to that, shorter ones to the default's nearest
+division.
 """
 
 from __future__ import annotations

@@ -83,7 +83,7 @@ class PhantomOptions:
     n_stenoses: number of stenosed vessels (0-7). severity_range: (low, high) fractional diameter reduction,
     0 <= low <= high <= 0.9. n_calcified: number of calcified plaques. calcium_hu: (low, high) plaque HU.
     n_stents: number of stents (the legacy generator has none). left_main_mm: (low, high) range of the left main's
-    length, mm, from the aortic root to its division (0.5 <= low <= high <= 15; at most about 6.5 x the heart scale
+    length, mm, from the aortic root to its division (0.5 <= low <= high <= 15; at most about 7 x the heart scale
     is reached): ``None`` keeps the original short left main, 1.8-3.7 mm at real size, which loops back on itself
     (the cohort preset keeps it too, so that every earlier volume stays the same).
     """

@@ -196,7 +196,8 @@ def division_azimuth(heart: Heart, theta: float, ant: float, offset: float, leng
     """Azimuth (deg) of the left main's division on the AV groove (polar angle ``theta``, ``offset`` mm off the
     epicardium) that puts it ``length_mm`` from the aortic root's surface: the first one, going from 14 deg before
     the anterior groove ``ant`` towards the LCX, where the distance reaches ``length_mm``, at most 54 deg before it
-    (beyond, the groove leaves the ventricle; there the distance is about 6.5 ``heart.k`` mm)."""
+    (beyond, the groove leaves the ventricle; there the distance is about 7 ``heart.k`` mm). A length shorter than
+    the distance at 14 deg or longer than at 54 deg is clamped to that end."""
     phi = np.arange(ant - 14.0, ant - 54.25, -0.25)
     points = heart.on_surface(np.full(len(phi), theta), phi, offset)
     distance = np.linalg.norm(points - heart.root.center, axis=1) - heart.root.radii[0]
@@ -212,8 +213,8 @@ def coronary_trees(rng: np.random.Generator, heart: Heart, step: float, dominanc
     The left main runs straight (bowed outwards by 1.5 ``heart.k`` mm) from the aortic root to its division on the
     AV groove, 14-22 deg before the anterior groove: 1.8-3.7 mm from the root at real size, shorter than the left
     main is across, so it loops back on itself. ``left_main_mm`` (low, high) places the division instead where the
-    root is a length drawn from that range away (mm, about 6.5 ``heart.k`` at most; :func:`division_azimuth`), from the
-    same draw, so nothing else drawn changes.
+    root is a length drawn from that range away (mm, about 7 ``heart.k`` at most, clamped;
+    :func:`division_azimuth`), from the same draw, so nothing else drawn changes.
 
     Right-dominant: the RCA gives the PDA at the crux and continues as the posterolateral branch, the LCX ends on
     the lateral wall. Left-dominant: the LCX runs to the crux and gives the PDA, the RCA ends before it.
