@@ -73,8 +73,8 @@ along the straight line from the ostium to the division (a stub of a few points 
 along it, a healthy left main at 1.57 mm slices read 31 % 0.7 mm in; and a restored stub may start in a corner of the
 cut, off its axis). The cut at the aortic wall is oblique, and a plane it clips loses the lumen beyond a chord: up to
 45 degrees off the perpendicular, a clipped section's equivalent radius exceeds its distance to the cut, so none is
-kept; at 60 or 75 degrees one kept reads at most 10 or 20 % narrow (a healthy left main's section one voxel in read 37
-% on a cohort phantom). A narrowed section is small and stays measured: trusting only sections farther from the cut
+kept; at 60 or 75 degrees one kept reads at most 10 or 20 % narrow (a healthy left main's section one voxel in read
+37 % on a cohort phantom). A narrowed section is small and stays measured: trusting only sections farther from the cut
 than the inscribed radius there found no candidate for a 66 % lesion of a cohort phantom (51 % now) and read a 76 %
 one as 44 % (59 % now). Sections within the bifurcation can only read wide. It is one candidate, at the largest
 ``%DS``, if that is at least ``min_pct``. Analytic 3-5 mm left mains beside an RCA: a 60 % lesion reads 47-57 %,
