@@ -67,6 +67,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _check(args: argparse.Namespace) -> None:
+    from seg2refine_core.data.phantom.cohort import LEFT_MAIN_MM_LIMITS, left_main_range_ok
+
     if args.count < 1:
         raise Seg2RefineError(f"--count must be at least 1, got {args.count}")
     if args.shape is not None and any(n < 8 for n in args.shape):
@@ -79,10 +81,10 @@ def _check(args: argparse.Namespace) -> None:
         low, high = args.severity
         if not 0.0 <= low <= high <= 90.0:
             raise Seg2RefineError(f"--severity must satisfy 0 <= LOW <= HIGH <= 90 (percent), got {low:g} {high:g}")
-    if args.left_main_mm is not None:
-        low, high = args.left_main_mm
-        if not 0.5 <= low <= high <= 15.0:
-            raise Seg2RefineError(f"--left-main-mm must satisfy 0.5 <= LOW <= HIGH <= 15 (mm), got {low:g} {high:g}")
+    if args.left_main_mm is not None and not left_main_range_ok(args.left_main_mm):
+        low, high = LEFT_MAIN_MM_LIMITS
+        raise Seg2RefineError(f"--left-main-mm must satisfy {low:g} <= LOW <= HIGH <= {high:g} (mm), got "
+                              f"{args.left_main_mm[0]:g} {args.left_main_mm[1]:g}")
     if args.matrix is not None:
         if not args.cohort:
             raise Seg2RefineError("--matrix applies to --cohort cases only")

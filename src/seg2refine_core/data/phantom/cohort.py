@@ -142,10 +142,18 @@ class PhantomOptions:
             low, high = self.calcium_hu
             if not 130.0 <= low <= high <= 3000.0:
                 bad("calcium_hu", "must satisfy 130 <= low <= high <= 3000 HU")
-        if self.left_main_mm is not None:
-            low, high = self.left_main_mm
-            if not 0.5 <= low <= high <= 15.0:
-                bad("left_main_mm", "must satisfy 0.5 <= low <= high <= 15 mm")
+        if self.left_main_mm is not None and not left_main_range_ok(self.left_main_mm):
+            bad("left_main_mm", "must satisfy {:g} <= low <= high <= {:g} mm".format(*LEFT_MAIN_MM_LIMITS))
+
+
+#: bounds (mm) of PhantomOptions.left_main_mm's range
+LEFT_MAIN_MM_LIMITS = (0.5, 15.0)
+
+
+def left_main_range_ok(low_high: tuple[float, float]) -> bool:
+    """Whether (low, high) mm is a valid left-main length range: within :data:`LEFT_MAIN_MM_LIMITS`, low <= high."""
+    low, high = low_high
+    return LEFT_MAIN_MM_LIMITS[0] <= low <= high <= LEFT_MAIN_MM_LIMITS[1]
 
 
 @dataclass(frozen=True)
