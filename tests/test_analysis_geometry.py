@@ -7,6 +7,7 @@ import pytest
 from seg2refine_core.analysis import analyze_mask
 from seg2refine_core.analysis.centerline import centerline_graphs
 from seg2refine_core.analysis.cpr import straighten
+from seg2refine_core.analysis.naming import name_trees
 from seg2refine_core.analysis.report import summary
 from seg2refine_core.analysis.sides import HEART_AXIS_RAS, ras_direction_in_array_mm
 from seg2refine_core.analysis.stenosis import (
@@ -17,7 +18,7 @@ from seg2refine_core.analysis.stenosis import (
     left_main_stenosis,
     reference_diameter,
 )
-from seg2refine_core.analysis.trees import Branch, build_trees
+from seg2refine_core.analysis.trees import Branch, Tree, build_trees
 
 
 def tube_mask(shape, spacing, pieces):
@@ -477,6 +478,37 @@ def _straight_branch(branch_id, diameter, reliable, step=0.5):
     voxels = np.c_[np.arange(n), np.zeros(n), np.zeros(n)].astype(np.int64)
     return Branch(branch_id, 0, voxels, diameter / 2, np.arange(n) * step, np.asarray(reliable), None, None,
                   n * step, diameter_mm=np.asarray(diameter, dtype=float))
+
+
+def _path_branch(branch_id, start, step, n, parent=None, origin=None, downstream_mm=None):
+    """A straight branch of ``n`` voxels (z, y, x) from ``start`` by ``step`` per point (0.5 mm voxels), r 2 mm."""
+    voxels = np.asarray(start) + np.arange(n)[:, None] * np.asarray(step)
+    arc = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(voxels, axis=0), axis=1))] * 0.5
+    return Branch(branch_id, 0, voxels.astype(np.int64), np.full(n, 2.0), arc, np.ones(n, bool), parent, origin,
+                  downstream_mm if downstream_mm is not None else float(arc[-1]))
+
+
+@pytest.mark.parametrize(("second_origin", "named"), [(1, True), (12, False)])
+def test_a_division_drawn_as_two_junctions_ends_the_left_main(second_origin, named):
+    """A left main (10 mm along x, r 2 mm) goes on past its junction 9 mm in only as a 1 mm stub; the one major
+    vessel leaving there (posterior: smaller y) gives off an anterior one 0.5 mm from its origin, inside the
+    junction's ball (r 2 mm + 1 mm): one division that the skeleton drew as two junctions. The left main ends at
+    the first junction, the anterior daughter is the LAD, the other the LCX. Given off 6 mm along instead, it is no
+    division of the left main: no vessel is named."""
+    root = _path_branch(0, (10, 40, 0), (0, 0, 1), 21, downstream_mm=10.0 + 60.0)
+    lcx = _path_branch(1, (10, 39, 18), (0, -1, 1), 60, parent=0, origin=18)
+    lad = _path_branch(2, lcx.voxels[second_origin] + (0, 1, 0), (0, 1, 1), 60, parent=1, origin=second_origin)
+    lcx.downstream_mm += lad.downstream_mm
+    root.downstream_mm = root.length_mm + lcx.downstream_mm
+    tree = Tree(0, 1, root.voxels[0], 1000, [0, 1, 2], side="left")
+    branches = name_trees([tree], [root, lcx, lad], np.diag([0.5, 0.5, 0.5, 1.0]))
+    if not named:
+        assert {b.name for b in branches} == {"unnamed"}
+        return
+    assert (root.name, lad.name, lcx.name) == ("LM", "LAD", "LCX")
+    assert root.length_mm == pytest.approx(9.0)
+    (stub,) = [b for b in branches if b.parent == root.id and b not in (lcx, lad)]
+    assert stub.name == "unnamed"
 
 
 def test_a_left_main_lesion_with_no_reference_of_its_own_is_graded_against_the_left_mains_own_lumen():

@@ -66,7 +66,7 @@ def analyze_mask(
     for b in branches:
         found = find_stenoses(b, options, voxel_mm=max(spacing), spacing=spacing)
         if b.name == "LM" and not found:
-            daughters = [d for d in branches if d.parent == b.id and d.name in ("LAD", "LCX")]
+            daughters = [d for d in branches if d.tree == b.tree and d.name in ("LAD", "LCX")]
             found = [s for s in [left_main_stenosis(b, daughters, spacing, options)] if s is not None]
         stenoses += found
     report(state["total"], state["total"], "stenoses")

@@ -8,7 +8,11 @@ The rule, in world RAS coordinates (x towards the patient's right, y anterior, z
    junction (a left main shorter than its own radius). Of the two largest vessels leaving that junction, the one
    whose first ``LAD_DIRECTION_MM`` run more anteriorly (larger mean RAS y relative to the junction) is the LAD,
    which runs down the anterior interventricular groove; the other is the LCX, which runs posteriorly in the left
-   atrioventricular groove. A third large vessel there (a ramus intermedius) stays unnamed.
+   atrioventricular groove. A third large vessel there (a ramus intermedius) stays unnamed. A division the
+   skeleton draws as two junctions counts as one: where the root goes on past a junction only as a stub (under
+   ``MAJOR_BRANCH_MM`` downstream) and the one major vessel leaving there divides into two such vessels within that
+   junction's inscribed radius plus ``JUNCTION_MARGIN_MM`` of its origin, the left main ends at the first junction
+   and those two are the LAD and LCX.
 3. Every other branch is 'unnamed' (diagonals, marginals, PDA/PLB and septal branches are not told apart), as are
    fragments; a left tree without a major division has no LM, LAD or LCX.
 """
@@ -18,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from seg2refine_core.analysis.sides import voxels_to_ras
-from seg2refine_core.analysis.trees import Branch, Tree
+from seg2refine_core.analysis.trees import JUNCTION_MARGIN_MM, Branch, Tree
 
 #: both vessels at the end of the left main have at least this much centerline downstream (mm)
 MAJOR_BRANCH_MM = 20.0
@@ -40,7 +44,7 @@ def name_trees(trees: list[Tree], branches: list[Branch], affine: np.ndarray) ->
 def _name_left(tree: Tree, branches: list[Branch], affine: np.ndarray) -> list[Branch]:
     root = branches[tree.branch_ids[0]]
     children = [b for b in branches if b.parent == root.id]
-    split = None
+    split, daughters = None, []
     for k in sorted({b.origin for b in children}):
         majors = [b for b in children if b.origin == k and b.downstream_mm >= MAJOR_BRANCH_MM]
         rest = root.arc_mm[-1] - root.arc_mm[k] + sum(
@@ -48,16 +52,21 @@ def _name_left(tree: Tree, branches: list[Branch], affine: np.ndarray) -> list[B
         if majors and rest >= MAJOR_BRANCH_MM:
             split = k
             break
+        if len(majors) == 1 and rest < MAJOR_BRANCH_MM:
+            daughters = _divides_at_origin(majors[0], branches, root.radius_mm[k] + JUNCTION_MARGIN_MM)
+            if daughters:
+                split = k
+            break
     if split is None:
         return branches
+    continuation = root
     if root.arc_mm[split] > 0.0:
-        branches = _split(branches, root, split, tree)
+        if split < len(root.arc_mm) - 1:
+            branches = _split(branches, root, split, tree)
+            continuation = branches[-1]
         root.name = "LM"
-        continuation = branches[-1]
-    else:
-        continuation = root
-    candidates = [continuation] + [b for b in branches
-                                   if b.parent == root.id and b.origin == split and b is not continuation]
+    candidates = daughters or [continuation] + [b for b in branches if b.parent == root.id and b.origin == split
+                                                and b is not continuation]
     candidates = sorted(candidates, key=lambda b: -b.downstream_mm)[:2]
     if len(candidates) < 2:
         return branches
@@ -70,6 +79,18 @@ def _name_left(tree: Tree, branches: list[Branch], affine: np.ndarray) -> list[B
     lad, lcx = sorted(candidates, key=anterior, reverse=True)
     lad.name, lcx.name = "LAD", "LCX"
     return branches
+
+
+def _divides_at_origin(branch: Branch, branches: list[Branch], within_mm: float) -> list[Branch]:
+    """``branch`` and a child of it leaving within ``within_mm`` of its origin where both go on for at least
+    ``MAJOR_BRANCH_MM`` of centerline (the larger such child), or [] where it does not divide there."""
+    for child in sorted((b for b in branches if b.parent == branch.id), key=lambda b: -b.downstream_mm):
+        k = child.origin
+        on = branch.arc_mm[-1] - branch.arc_mm[k] + sum(
+            b.downstream_mm for b in branches if b.parent == branch.id and b.origin > k)
+        if branch.arc_mm[k] <= within_mm and child.downstream_mm >= MAJOR_BRANCH_MM and on >= MAJOR_BRANCH_MM:
+            return [branch, child]
+    return []
 
 
 def _split(branches: list[Branch], root: Branch, k: int, tree: Tree) -> list[Branch]:
