@@ -277,16 +277,20 @@ def test_vessels_narrower_than_a_slice_are_not_graded():
     assert len(find_stenoses(branch, StenosisOptions(min_reference_voxels=0.0), voxel_mm=2.0)) == 1
 
 
-@pytest.mark.parametrize(("voxel", "severity", "kept"), [(0.3, 0.6, True), (0.3, 0.2, False), (0.7, 0.6, False)])
-def test_small_vessel_narrowings_only_where_a_voxel_deep(voxel, severity, kept):
+@pytest.mark.parametrize(("voxel", "radius", "severity", "kept"), [
+    (0.3, 0.6, 0.6, True), (0.3, 0.6, 0.2, False), (0.7, 0.6, 0.6, False), (0.25, 0.42, 0.6, True),
+    (0.25, 0.3, 0.6, False)])
+def test_small_vessel_narrowings_only_where_a_voxel_deep(voxel, radius, severity, kept):
     """A 1.2 mm vessel (under CAD-RADS' 1.5 mm) with a Gaussian narrowing (sigma 1.5 mm): at 0.3 mm voxels a 60 %
     lesion is 0.7 mm deep, over two voxels, and is reported as a small-vessel candidate (not graded); a 20 % dip
     is under a voxel deep, and at 0.7 mm voxels the 60 % lesion's 0.7 mm is one voxel at most and the mask draws
-    it shallower: neither is kept."""
+    it shallower: neither is kept. At 0.25 mm voxels a 60 % lesion in a 0.84 mm vessel (above ``small_vessel_mm``,
+    0.75) is kept; in a 0.6 mm one it is not, however deep."""
     spacing, u, a = (voxel,) * 3, OBLIQUE, np.array([5.0, 5.0, 3.0])
     length = 24.0
     shape = tuple(int(n / voxel) for n in (14.0, 22.0, 32.0))
-    mask = tube_mask(shape, spacing, [(a, a + length * u, 0.6, 0.6, gaussian_narrowing(length, 12.0, 1.5, severity))])
+    mask = tube_mask(shape, spacing, [(a, a + length * u, radius, radius,
+                                       gaussian_narrowing(length, 12.0, 1.5, severity))])
     analysis = analyze_mask(mask, spacing)
     if not kept:
         assert analysis.stenoses == []

@@ -33,7 +33,8 @@ RULES = {
     "trees": "the two largest trees; the one further to the patient's left (smaller RAS x) is the left tree; "
              "fragments within 10 mm of a main tree join its side",
     "names": "right tree: its root branch is the RCA; left tree: LM from the ostium to the first division into two "
-             "vessels of >= 20 mm each, then the more anterior of the two is the LAD, the other the LCX; vessels "
+             "vessels of >= 20 mm each (two junctions within the first's inscribed radius + 1 mm are one division), "
+             "then the more anterior of the two is the LAD, the other the LCX; vessels "
              "in an AV groove continue into the child heading least towards the apex, others straight on and "
              "far; the rest are unnamed",
     "stenoses": "QCA-style %DS = 100 (1 - D / D_ref), D the cross-section's equivalent diameter, D_ref the mean of "

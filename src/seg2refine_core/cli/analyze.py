@@ -33,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--png", metavar="F", help="write the figure as PNG (a folder with several masks)")
     p.add_argument("--min-reference", type=float, default=1.5, metavar="MM",
                    help="grade stenoses only where the reference diameter is at least this (default 1.5 mm, as "
-                        "CAD-RADS); from 1 mm up, narrowings a voxel deep are reported as 'small vessel'")
+                        "CAD-RADS); from 0.75 mm up, narrowings a voxel deep are reported as 'small vessel'")
     p.set_defaults(run=run)
 
 
