@@ -47,8 +47,7 @@ def _name_left(tree: Tree, branches: list[Branch], affine: np.ndarray) -> list[B
     split, daughters = None, []
     for k in sorted({b.origin for b in children}):
         majors = [b for b in children if b.origin == k and b.downstream_mm >= MAJOR_BRANCH_MM]
-        rest = root.arc_mm[-1] - root.arc_mm[k] + sum(
-            b.downstream_mm for b in children if b.origin > k)  # the continuation's downstream length
+        rest = _going_on(root, k, branches)
         if majors and rest >= MAJOR_BRANCH_MM:
             split = k
             break
@@ -86,11 +85,17 @@ def _divides_at_origin(branch: Branch, branches: list[Branch], within_mm: float)
     ``MAJOR_BRANCH_MM`` of centerline (the larger such child), or [] where it does not divide there."""
     for child in sorted((b for b in branches if b.parent == branch.id), key=lambda b: -b.downstream_mm):
         k = child.origin
-        on = branch.arc_mm[-1] - branch.arc_mm[k] + sum(
-            b.downstream_mm for b in branches if b.parent == branch.id and b.origin > k)
-        if branch.arc_mm[k] <= within_mm and child.downstream_mm >= MAJOR_BRANCH_MM and on >= MAJOR_BRANCH_MM:
+        if (branch.arc_mm[k] <= within_mm and child.downstream_mm >= MAJOR_BRANCH_MM
+                and _going_on(branch, k, branches) >= MAJOR_BRANCH_MM):
             return [branch, child]
     return []
+
+
+def _going_on(branch: Branch, k: int, branches: list[Branch]) -> float:
+    """Centerline (mm) downstream of ``branch``'s voxel ``k`` along the branch itself: its rest and every branch
+    leaving it after ``k``."""
+    return float(branch.arc_mm[-1] - branch.arc_mm[k] + sum(
+        b.downstream_mm for b in branches if b.parent == branch.id and b.origin > k))
 
 
 def _split(branches: list[Branch], root: Branch, k: int, tree: Tree) -> list[Branch]:

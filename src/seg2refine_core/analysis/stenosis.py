@@ -45,8 +45,8 @@ those of CAD-RADS 2.0, Cury et al., JCCT 2022). Along each branch:
    was 1.0 mm at first; 0.75 mm (half the grading size; the depth, not the size, keeps digitisation steps out)
    found one more lesion each on seeds 3000-3019, 4000-4019 and 6000-6019 at matrix 512 with the 5-10 mm left
    main (0.8-0.9 mm marginals, 0.3-0.5 mm voxels) and added no false candidate there nor at matrix 256 or on the
-   legacy phantoms; a depth factor of 0.8 found one more each on the first two sets at 0.05-0.30 more false
-   candidates per volume, none on the others.
+   legacy phantoms; a depth factor of 0.8 found one more on 3000-3019, 4000-4019 and 6000-6019 at 0.05, 0.20 and
+   0.15 more false candidates per volume, and none on 5000-5019 at 0.30 more.
 5. **Staircase dips** are dropped: a candidate whose half-maximum extent is measured on both sides (neither end
    runs into an unmeasured point nor the branch's end, where the lesion may go on) and is no longer than the largest
    voxel spacing (one slice), and whose depth ``D_ref - D_min`` is under ``staircase_voxels`` (0.5) times the
