@@ -2,7 +2,8 @@
 contrast/noise level and a real-size scan.
 
 Cells. Every case is a cohort phantom (real-size heart; ``seg2refine_core.data.phantom.cohort``) from seeds never
-used for training (2000 and up):
+used for training (2000 and up), with the looped left main every cohort case had when the study ran
+(``LOOPED_LEFT_MAIN``), so that it reproduces:
 
 * ``<v> mm, <level>`` for v in 0.4, 0.7, 1.2 (isotropic voxels) and two contrast/noise levels, ``high`` (blood
   450 HU, noise std 20 HU) and ``low`` (blood 300 HU, noise std 45 HU): a heart-centred box of 120 x 140 x 140 mm
@@ -38,17 +39,18 @@ METRICS = ("dice", "hd95_mm", "betti0_error", "cldice")
 
 def cells(seeds: list[int], real_seeds: list[int]) -> list[tuple[str, int, dict]]:
     """(cell name, seed, make_phantom keyword arguments) of every case."""
-    from seg2refine_core.data.phantom import PhantomOptions
+    from seg2refine_core.data.phantom import LOOPED_LEFT_MAIN, PhantomOptions
 
+    loop = PhantomOptions(left_main_mm=LOOPED_LEFT_MAIN)
     out = []
     for seed in seeds:
         for v in VOXELS_MM:
             shape = tuple(int(round(b / v)) for b in BOX_MM)
             for level, (blood, noise) in LEVELS.items():
-                options = PhantomOptions(blood_hu=blood, noise_sd_hu=noise)
+                options = PhantomOptions(blood_hu=blood, noise_sd_hu=noise, left_main_mm=LOOPED_LEFT_MAIN)
                 out.append((f"{v} mm, {level}", seed,
                             {"seed": seed, "cohort": True, "shape": shape, "spacing": (v, v, v), "options": options}))
-    out += [("real size", seed, {"seed": seed, "cohort": True}) for seed in real_seeds]
+    out += [("real size", seed, {"seed": seed, "cohort": True, "options": loop}) for seed in real_seeds]
     return out
 
 

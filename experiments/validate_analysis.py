@@ -10,10 +10,10 @@ the resolution) it analyses the ground-truth label and, with --y, the Y mask of 
   that name;
 * stenoses: true stenoses >= 50 % found (a candidate within 5 mm of the true centre): all of them, those in vessels
   whose healthy diameter is at least the analysis' 1.5 mm grading threshold, and of these the ones beyond the ostia
-  (not on the left main, a 3.5-7 mm long loop in the default phantom, 6-11 mm with --left-main-mm 5 10, nor on the
+  (not on the left main, 6-11 mm long in the cohort preset, a 3.5-7 mm long loop with --left-main-mm loop, nor on the
   first 5 mm of the RCA); and false candidates per volume (a candidate >= 25 % farther than 5 mm from every true
   stenosis of any severity). The notes count the >= 50 % stenoses that the true lumen goes round
-  (:func:`channel_severity` under 50 %: the phantom's left main is a loop whose limbs overlap), which no analysis of
+  (:func:`channel_severity` under 50 %: the looped left main's limbs overlap), which no analysis of
   the mask can find at their severity, and how many of them were missed;
 * diameter: |analysis - true| lumen diameter at healthy points (true lumen = healthy radius, analysis point reliable,
   within 1 mm of a true centerline point whose vessel is >= 1 mm across), mean, 90th percentile, and the share within
@@ -24,11 +24,12 @@ at least one in-plane voxel across whose world RAS position, taken back through 
 label voxel or touches one (one of the 8 voxels around it: a thin vessel's point can sit on a voxel boundary); the
 phantom always labels its centreline voxels, so anything below 1.00 is a wrong mapping.
 
-With --left-main-mm LOW HIGH the phantoms draw their left main that long (mm, aortic root to division) instead of
-the original looped stub; the same seeds keep every other draw, so the two runs compare case by case.
+With --left-main-mm LOW HIGH the phantoms draw their left main that long (mm, aortic root to division; the cohort
+preset draws 5-10 mm), with --left-main-mm loop the legacy generator's looped stub (as every cohort case had before
+the preset drew 5-10 mm); the same seeds keep every other draw, so runs compare case by case.
 
 Usage: python experiments/validate_analysis.py [--seed 3000] [--count 20] [--cohort [--matrix 256]]
-[--left-main-mm 5 10] [--y] [--json out.json]
+[--left-main-mm {LOW HIGH,loop}] [--y] [--json out.json]
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from seg2refine_core.analysis import analyze_mask
+from seg2refine_core.cli.phantom import left_main_option
 from seg2refine_core.data.phantom import PhantomOptions, make_phantom
 
 MATCH_MM = 2.0
@@ -172,9 +174,9 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=20)
     parser.add_argument("--cohort", action="store_true", help="the cohort preset's real-size cases")
     parser.add_argument("--matrix", type=int, default=None, help="cohort in-plane matrix (default 512: real size)")
-    parser.add_argument("--left-main-mm", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None,
-                        help="draw the phantom's left main this long (mm, root to division) instead of its "
-                             "original looped 2-4 mm stub; every other draw stays the same")
+    parser.add_argument("--left-main-mm", nargs="+", metavar="MM", default=None,
+                        help="LOW HIGH: draw the phantom's left main this long (mm, root to division); loop: the "
+                             "legacy generator's looped 2-4 mm stub; every other draw stays the same")
     parser.add_argument("--y", action="store_true", help="also score Y of the bundled weights")
     parser.add_argument("--json", help="write per-case scores here")
     args = parser.parse_args()
@@ -184,7 +186,7 @@ def main() -> None:
 
         predictor = Predictor.from_checkpoints(device="cpu")
     cases = []
-    options = None if args.left_main_mm is None else PhantomOptions(left_main_mm=tuple(args.left_main_mm))
+    options = None if args.left_main_mm is None else PhantomOptions(left_main_mm=left_main_option(args.left_main_mm))
     for seed in range(args.seed, args.seed + args.count):
         if args.cohort:
             ph = make_phantom(seed=seed, cohort=True, matrix=args.matrix, options=options)

@@ -283,6 +283,8 @@ def test_cli_writes_imagecas_cases(tmp_path, capsys, small):
         (["--seed", "-3"], "--seed"),
         (["--severity", "60", "40"], "--severity"),
         (["--left-main-mm", "0", "10"], "--left-main-mm"),
+        (["--left-main-mm", "5"], "--left-main-mm"),
+        (["--left-main-mm", "five", "ten"], "--left-main-mm"),
     ],
 )
 def test_cli_bad_arguments_exit_2(tmp_path, capsys, args, message):

@@ -15,6 +15,7 @@ from scipy.spatial import cKDTree
 from seg2refine_core.cli import main
 from seg2refine_core.data.phantom import (
     COHORT_RANGES,
+    LOOPED_LEFT_MAIN,
     TISSUES,
     PhantomOptions,
     draw_cohort,
@@ -290,6 +291,29 @@ def test_dominance_option_builds_the_trees():
     assert ("PDA", "right") in names["co"] and ("PDA", "left") not in names["co"]
 
 
+def _left_main_chord_mm(ph) -> float:
+    lm = next(v for v in ph.truth.vessels if v.name == "LM")
+    return float(np.linalg.norm(lm.points_ras[-1] - lm.points_ras[0]))
+
+
+def test_cohort_left_main_is_5_to_10_mm_and_the_loop_stays_available():
+    """The cohort preset draws the left main 5-10 mm from the aortic root to its division (an adult's length);
+    LOOPED_LEFT_MAIN gives the legacy generator's short loop; only the left tree's division moves."""
+    chords = []
+    for seed in (0, 1, 2, 3):
+        drawn = make_phantom(seed=seed, cohort=True, matrix=TINY)
+        loop = make_phantom(seed=seed, cohort=True, matrix=TINY, options=PhantomOptions(left_main_mm=LOOPED_LEFT_MAIN))
+        chords.append(_left_main_chord_mm(drawn))
+        assert 5.0 - 0.1 <= chords[-1] <= 10.0 + 0.1  # the division is searched in 0.25 deg steps along the groove
+        assert _left_main_chord_mm(loop) < 4.5
+        assert [(s.vessel, s.severity_pct) for s in drawn.truth.stenoses] == [
+            (s.vessel, s.severity_pct) for s in loop.truth.stenoses]
+        assert drawn.spacing == loop.spacing and drawn.meta["hu"] == loop.meta["hu"]
+    assert max(chords) - min(chords) > 1.0  # drawn per case
+    with pytest.raises(Seg2RefineError, match="left_main_mm"):
+        make_phantom(seed=0, cohort=True, matrix=TINY, options=PhantomOptions(left_main_mm="long"))
+
+
 def test_legacy_volumes_unchanged_by_empty_options_and_options_change_single_draws():
     legacy = make_phantom(*SMALL, seed=3)
     same = make_phantom(*SMALL, seed=3, options=PhantomOptions())
@@ -332,6 +356,11 @@ def test_cli_cohort_writes_drawn_cases(tmp_path, capsys):
     assert "wrote 2 case(s)" in capsys.readouterr().out
     assert main(["phantom", "--out", str(tmp_path / "x"), "--matrix", "64"]) == 2
     assert "--matrix" in capsys.readouterr().err
+    assert main(["phantom", "--out", str(tmp_path / "loop"), "--cohort", "--matrix", str(TINY), "--seed", "40",
+                 "--left-main-mm", "loop"]) == 0
+    label = np.asarray(nib.load(tmp_path / "loop" / "1.label.nii.gz").dataobj).transpose(2, 1, 0)
+    loop = make_phantom(seed=40, cohort=True, matrix=TINY, options=PhantomOptions(left_main_mm=LOOPED_LEFT_MAIN))
+    np.testing.assert_array_equal(label, loop.label)
 
 
 def test_sample_data_seed_was_never_trained_on():

@@ -14,11 +14,12 @@ and --left-main-mm the arguments make the same volumes as every earlier version 
 spacing 1.0 0.7 0.7).
 
 --left-main-mm LOW HIGH draws the left main's length from the aortic root to its division from that range
-(legacy or cohort): without it the left main is 1.8-3.7 mm long at real size, shorter than it is across, and
-loops back on itself; an adult left main is typically about 10 mm long. The division moves along
-the AV groove towards the LCX, as far as about 7 mm x the heart's scale (10-12 mm at real size, about 7 mm
-in the legacy half-size heart); longer lengths are clamped to that, shorter ones to the default's nearest
-division.
+(legacy or cohort; an adult left main is typically about 10 mm long). The cohort preset draws 5-10 mm; the legacy
+generator's left main is 1.8-3.7 mm long at real size, shorter than it is across, and loops back on itself
+(--left-main-mm loop gives a cohort case that one, as every cohort case had before the preset drew 5-10 mm). The
+division moves along the AV groove towards the LCX, as far as about 7 mm x the heart's scale (10-12 mm at real
+size, about 7 mm in the legacy half-size heart); longer lengths are clamped to that, shorter ones to the loop's
+nearest division.
 """
 
 from __future__ import annotations
@@ -57,9 +58,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="range of stenosis severities, %% diameter reduction, 0 <= LOW <= HIGH <= 90 (default "
                         f"{DEFAULT_SEVERITY_PCT[0]:g} {DEFAULT_SEVERITY_PCT[1]:g}, the range of every earlier volume, "
                         "or 25 90 with --cohort; 25 80 makes every grade occur)")
-    p.add_argument("--left-main-mm", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None,
-                   help="range of the left main's length, mm from the aortic root to its division, 0.5 <= LOW <= "
-                        "HIGH <= 15 (default: the original 1.8-3.7 mm stub at real size; 5 10 is realistic)")
+    p.add_argument("--left-main-mm", nargs="+", metavar="MM", default=None,
+                   help="range LOW HIGH of the left main's length, mm from the aortic root to its division, 0.5 <= "
+                        "LOW <= HIGH <= 15, or loop (default: 5 10 with --cohort; else the legacy loop, 1.8-3.7 mm "
+                        "at real size)")
     p.add_argument("--preview", action="store_true", help="also write <id>.preview.png (MIPs of image and label)")
     p.add_argument("--truth", action="store_true",
                    help="also write <id>.truth.json (vessel centerlines and stenoses in world RAS mm)")
@@ -67,8 +69,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _check(args: argparse.Namespace) -> None:
-    from seg2refine_core.data.phantom.cohort import LEFT_MAIN_MM_LIMITS, left_main_range_ok
-
     if args.count < 1:
         raise Seg2RefineError(f"--count must be at least 1, got {args.count}")
     if args.shape is not None and any(n < 8 for n in args.shape):
@@ -81,10 +81,8 @@ def _check(args: argparse.Namespace) -> None:
         low, high = args.severity
         if not 0.0 <= low <= high <= 90.0:
             raise Seg2RefineError(f"--severity must satisfy 0 <= LOW <= HIGH <= 90 (percent), got {low:g} {high:g}")
-    if args.left_main_mm is not None and not left_main_range_ok(args.left_main_mm):
-        low, high = LEFT_MAIN_MM_LIMITS
-        raise Seg2RefineError(f"--left-main-mm must satisfy {low:g} <= LOW <= HIGH <= {high:g} (mm), got "
-                              f"{args.left_main_mm[0]:g} {args.left_main_mm[1]:g}")
+    if args.left_main_mm is not None:
+        args.left_main_mm = left_main_option(args.left_main_mm)
     if args.matrix is not None:
         if not args.cohort:
             raise Seg2RefineError("--matrix applies to --cohort cases only")
@@ -92,6 +90,25 @@ def _check(args: argparse.Namespace) -> None:
             raise Seg2RefineError("--matrix scales the drawn cohort scan: give it without --shape and --spacing")
         if not 8 <= args.matrix <= 2048:
             raise Seg2RefineError(f"--matrix must be from 8 to 2048, got {args.matrix}")
+
+
+def left_main_option(words: list[str]) -> tuple[float, float] | str:
+    """``--left-main-mm``'s words as :attr:`PhantomOptions.left_main_mm`: (LOW, HIGH) mm or ``'loop'``.
+
+    Raises :class:`Seg2RefineError` naming the option for anything else."""
+    from seg2refine_core.data.phantom.cohort import LEFT_MAIN_MM_LIMITS, LOOPED_LEFT_MAIN, left_main_range_ok
+
+    if words == [LOOPED_LEFT_MAIN]:
+        return LOOPED_LEFT_MAIN
+    low, high = LEFT_MAIN_MM_LIMITS
+    try:
+        value = tuple(float(w) for w in words)
+    except ValueError:
+        value = ()
+    if len(value) != 2 or not left_main_range_ok(value):
+        raise Seg2RefineError(f"--left-main-mm must be LOW HIGH with {low:g} <= LOW <= HIGH <= {high:g} (mm), or "
+                              f"{LOOPED_LEFT_MAIN}; got {' '.join(words)}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -113,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     shape = None if args.shape is None else tuple(args.shape)
     spacing = None if args.spacing is None else tuple(args.spacing)
     severity = None if args.severity is None else (args.severity[0] / 100.0, args.severity[1] / 100.0)
-    options = None if args.left_main_mm is None else PhantomOptions(left_main_mm=tuple(args.left_main_mm))
+    options = None if args.left_main_mm is None else PhantomOptions(left_main_mm=args.left_main_mm)
     with tqdm_progress("phantom", unit="case") as progress:
         progress(0, args.count, "")
         for i in range(1, args.count + 1):

@@ -3,7 +3,8 @@
 ``seg2refine train demo`` (``make demo-weights``) makes two kinds of phantoms: legacy ones (seeds ``0 .. n-1``,
 ids ``1 .. n``: a half-size heart in a heart-centred ~90-mm field of view) and cohort ones (seeds ``0 .. m-1``, ids
 ``c1 .. cm``: real-size hearts in a whole-chest field of view, with contrast, noise, PSF, voxel size, plaques and
-stents drawn per case, :mod:`seg2refine_core.data.phantom.cohort`, scaled down to ``cohort_matrix`` in-plane voxels).
+stents drawn per case, :mod:`seg2refine_core.data.phantom.cohort`, scaled down to ``cohort_matrix`` in-plane voxels;
+their left main is the looped one, ``LOOPED_LEFT_MAIN``, as when the bundled weights were trained).
 It trains SFANet (stage 1) on a seeded hold-out split of them, then trains the 3D Attention-GAN (stage 2) on S that
 the stage-1 model produced for the cases it never trained on (its validation cases, as the paper does with the
 ImageCAS validation set), and copies both best checkpoints into the package's ``weights/`` folder as ``stage1`` and
@@ -88,7 +89,7 @@ def train_demo_weights(
     should_stop: StopFn | None = None,
 ) -> dict[str, Any]:
     """Run the three steps (phantoms, stage 1, stage 2) and install the weights; returns a summary."""
-    from seg2refine_core.data.phantom import make_phantom, write_phantom_case
+    from seg2refine_core.data.phantom import LOOPED_LEFT_MAIN, PhantomOptions, make_phantom, write_phantom_case
     from seg2refine_core.training.stage1 import Stage1TrainConfig, train_stage1
     from seg2refine_core.training.stage2 import Stage2TrainConfig, train_stage2
 
@@ -98,7 +99,8 @@ def train_demo_weights(
     data = work / "phantoms"
     t0 = time.perf_counter()
     cases = [(str(seed + 1), {"shape": config.shape, "seed": seed}) for seed in range(config.n_cases)]
-    cases += [(f"c{seed + 1}", {"seed": seed, "cohort": True, "matrix": config.cohort_matrix})
+    loop = PhantomOptions(left_main_mm=LOOPED_LEFT_MAIN)
+    cases += [(f"c{seed + 1}", {"seed": seed, "cohort": True, "matrix": config.cohort_matrix, "options": loop})
               for seed in range(config.cohort_cases)]
     for done, (case_id, kwargs) in enumerate(cases, 1):
         if not (data / f"{case_id}.label.nii.gz").exists():

@@ -29,7 +29,8 @@ Cohort preset (``make_phantom(seed=n, cohort=True)``, :mod:`.cohort`). Each seed
 (left-ventricular long semi-axis 40-51 mm, aortic root radius 13-16 mm) and chest (218-364 mm wide) sized apart,
 the coronaries laid out on that heart with the same absolute radii, a 512 x 512 scan at 0.3-0.5 mm in-plane and
 0.25-1.0 mm slices covering the coronary tree plus 10-30 mm, centred on the tree, and per-case contrast, noise,
-PSF, dominance, lesions and stents; ``matrix`` scales the scan down for small CPU sizes.
+PSF, dominance, lesions and stents, and a left main 5-10 mm long (the legacy one is a short loop);
+``matrix`` scales the scan down for small CPU sizes.
 :class:`~.cohort.PhantomOptions` replaces single properties of a legacy or cohort case.
 
 Array axes are ``(z, y, x)`` = (inferior->superior, anterior->posterior, patient right->left): displayed with row 0
@@ -57,7 +58,13 @@ preview PNGs).
 """
 
 from seg2refine_core.data.phantom.anatomy import REF_FOV_MM, TISSUES
-from seg2refine_core.data.phantom.cohort import COHORT_RANGES, CohortDraw, PhantomOptions, draw_cohort
+from seg2refine_core.data.phantom.cohort import (
+    COHORT_RANGES,
+    LOOPED_LEFT_MAIN,
+    CohortDraw,
+    PhantomOptions,
+    draw_cohort,
+)
 from seg2refine_core.data.phantom.coronary import SEVERITY_RANGE
 from seg2refine_core.data.phantom.files import preview_cases_png, preview_png, write_phantom_case
 from seg2refine_core.data.phantom.generator import (
@@ -78,7 +85,8 @@ from seg2refine_core.data.phantom.truth import (
 )
 
 __all__ = [
-    "COHORT_RANGES", "DEFAULT_SHAPE", "DEFAULT_SPACING", "MAIN_VESSELS", "REF_FOV_MM", "SEVERITY_RANGE", "TISSUES",
+    "COHORT_RANGES", "DEFAULT_SHAPE", "DEFAULT_SPACING", "LOOPED_LEFT_MAIN", "MAIN_VESSELS", "REF_FOV_MM",
+    "SEVERITY_RANGE", "TISSUES",
     "CohortDraw", "Phantom", "PhantomOptions", "PhantomTruth", "TruthStenosis", "TruthStent", "TruthVessel",
     "draw_cohort", "grid_mm_to_ras", "make_phantom", "phantom_affine", "preview_cases_png", "preview_png",
     "write_phantom_case", "write_truth_json",

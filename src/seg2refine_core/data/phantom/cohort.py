@@ -26,6 +26,8 @@ dominance                 right 70 %, co-dominant 20 %, left 10 %
 stenoses                  0-4 (uniform), severity 25-90 % diameter reduction (uniform per stenosis)
 calcified plaques         none for 30 % of cases, else 1-8; 500-1500 HU each
 stents                    none for 70 % of cases, one for 20 %, two for 10 % (8-28 mm, diamond wire mesh)
+left main                 5-10 mm from the aortic root to its division (an adult's is about 10 mm; the legacy
+                          generator's is a 1.8-3.7 mm loop at real size, :data:`LOOPED_LEFT_MAIN`)
 ========================  =====================================================================================
 
 Other tissues' HU, the heart's pose, the trees' branching and tortuosity, stenosis length and plaque size are drawn
@@ -64,6 +66,7 @@ COHORT_RANGES: dict[str, tuple[float, float]] = {
     "n_calcified": (0, 8),
     "calcium_hu": (500.0, 1500.0),
     "n_stents": (0, 2),
+    "left_main_mm": (5.0, 10.0),
 }
 """The cohort preset's ranges (see the module docstring for what each means)."""
 
@@ -84,8 +87,8 @@ class PhantomOptions:
     0 <= low <= high <= 0.9. n_calcified: number of calcified plaques. calcium_hu: (low, high) plaque HU.
     n_stents: number of stents (the legacy generator has none). left_main_mm: (low, high) range of the left main's
     length, mm, from the aortic root to its division (0.5 <= low <= high <= 15; at most about 7 x the heart scale
-    is reached): ``None`` keeps the original short left main, 1.8-3.7 mm at real size, which loops back on itself
-    (the cohort preset keeps it too, so that every earlier volume stays the same).
+    is reached; the cohort preset draws 5-10 mm), or :data:`LOOPED_LEFT_MAIN` for the legacy generator's short one,
+    1.8-3.7 mm at real size, which loops back on itself (the cohort preset's before it drew 5-10 mm).
     """
 
     heart_scale: float | None = None
@@ -100,7 +103,7 @@ class PhantomOptions:
     n_calcified: int | None = None
     calcium_hu: tuple[float, float] | None = None
     n_stents: int | None = None
-    left_main_mm: tuple[float, float] | None = None
+    left_main_mm: tuple[float, float] | str | None = None
 
     def merged(self, base: PhantomOptions) -> PhantomOptions:
         """These options, with ``base``'s value wherever this one is ``None``."""
@@ -142,23 +145,37 @@ class PhantomOptions:
             low, high = self.calcium_hu
             if not 130.0 <= low <= high <= 3000.0:
                 bad("calcium_hu", "must satisfy 130 <= low <= high <= 3000 HU")
-        if self.left_main_mm is not None and not left_main_range_ok(self.left_main_mm):
-            bad("left_main_mm", "must satisfy {:g} <= low <= high <= {:g} mm".format(*LEFT_MAIN_MM_LIMITS))
+        if self.left_main_mm not in (None, LOOPED_LEFT_MAIN) and not left_main_range_ok(self.left_main_mm):
+            bad("left_main_mm", "must satisfy {:g} <= low <= high <= {:g} mm, or be {!r}".format(
+                *LEFT_MAIN_MM_LIMITS, LOOPED_LEFT_MAIN))
+
+    @property
+    def left_main_range_mm(self) -> tuple[float, float] | None:
+        """The left main's (low, high) length range, mm; ``None`` for the looped one (or none set)."""
+        return None if self.left_main_mm in (None, LOOPED_LEFT_MAIN) else self.left_main_mm
 
 
 #: bounds (mm) of PhantomOptions.left_main_mm's range
 LEFT_MAIN_MM_LIMITS = (0.5, 15.0)
 
+#: PhantomOptions.left_main_mm for the legacy generator's left main: divided 14-22 deg before the anterior groove,
+#: 1.8-3.7 mm from the aortic root at real size, shorter than it is across (the volumes of cohort cases made before
+#: the preset drew 5-10 mm, the bundled weights' training data among them)
+LOOPED_LEFT_MAIN = "loop"
 
-def left_main_range_ok(low_high: tuple[float, float]) -> bool:
-    """Whether (low, high) mm is a valid left-main length range: within :data:`LEFT_MAIN_MM_LIMITS`, low <= high."""
+
+def left_main_range_ok(low_high: object) -> bool:
+    """Whether ``low_high`` is a valid left-main length range (low, high) mm: within :data:`LEFT_MAIN_MM_LIMITS`,
+    low <= high."""
+    if not isinstance(low_high, (tuple, list)) or len(low_high) != 2:
+        return False
     low, high = low_high
     return LEFT_MAIN_MM_LIMITS[0] <= low <= high <= LEFT_MAIN_MM_LIMITS[1]
 
 
 @dataclass(frozen=True)
 class CohortDraw:
-    """One cohort case's draws: ``options`` (every field set but ``left_main_mm``) and the scan geometry at real
+    """One cohort case's draws: ``options`` (every field set) and the scan geometry at real
     size: ``spacing_mm`` (d_z, d_xy, d_xy), the margins above and below the coronary tree (mm) and the in-plane
     offset of the field of view's centre from the tree's centre (y, x) mm."""
 
@@ -200,5 +217,6 @@ def draw_cohort(seed: int) -> CohortDraw:
         psf_sigma_mm=(psf_z, psf_xy, psf_xy), dominance=dominance, n_stenoses=n_sten,
         severity_range=(float(r["severity"][0]), float(r["severity"][1])), n_calcified=n_calc,
         calcium_hu=(float(r["calcium_hu"][0]), float(r["calcium_hu"][1])), n_stents=n_stents,
+        left_main_mm=(float(r["left_main_mm"][0]), float(r["left_main_mm"][1])),
     )
     return CohortDraw(options, (d_z, d_xy, d_xy), margins, jitter)

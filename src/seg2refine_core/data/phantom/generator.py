@@ -201,7 +201,7 @@ def make_phantom(
     fat_mm = 3.0 * heart.k
     tubes = great_vessels(heart, s, None if opts.heart_scale is None else heart.k) + ribs(rng, s)  # calibres
     tubes += lung_vessels(rng, s)
-    vessels, tree_info = coronary_trees(rng, heart, CENTRELINE_STEP_MM, opts.dominance, opts.left_main_mm)
+    vessels, tree_info = coronary_trees(rng, heart, CENTRELINE_STEP_MM, opts.dominance, opts.left_main_range_mm)
     stenoses, plaques = lesions(rng, vessels, opts.severity_range or SEVERITY_RANGE, opts.n_stenoses,
                                 opts.n_calcified, opts.calcium_hu or CALCIUM_HU)
     z_disc = float(rng.uniform(0, 16))
