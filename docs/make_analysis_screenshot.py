@@ -1,6 +1,7 @@
 """Screenshot of the Vessel analysis widget for the README: `xvfb-run -a python docs/make_analysis_screenshot.py`.
 
-A phantom (seed 1000, stenoses 25-80 %) is opened as CT and Y (its ground-truth label stands in for a refined mask),
+A phantom (seed 1000, stenoses 25-80 %), written as the NIfTI files of the README's example (`seg2refine phantom
+--seed 1000 --severity 25 80`) and read back, is opened as CT and Y (its label stands in for a refined mask),
 the widget analyses Y, and the worst stenosis candidate on the LAD is chosen; the viewer (1600 x 1000) is saved as
 docs/screenshots/vessel_analysis.png and the analysis of that mask as docs/vessel_analysis_example.json (first
 points of each branch only, to keep it short).
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import napari
@@ -17,8 +19,8 @@ from qtpy.QtWidgets import QApplication
 
 from napari_seg2refine._layers import CT, Y, image_kwargs, labels_kwargs
 from napari_seg2refine._vessel_analysis import VesselAnalysisWidget
-from seg2refine_core.data.phantom import make_phantom
-from seg2refine_core.io.volume import Volume
+from seg2refine_core.data.phantom import make_phantom, write_phantom_case
+from seg2refine_core.io.volume import read_volume
 
 OUT = Path(__file__).parent
 
@@ -27,12 +29,13 @@ def main() -> int:
     from napari.settings import get_settings
 
     get_settings().application.gui_notification_level = "error"
-    ph = make_phantom(seed=1000, severity_range=(0.25, 0.8))
-    volume = Volume.from_array(ph.image, ph.spacing, ph.affine)
+    with tempfile.TemporaryDirectory() as tmp:  # the files store the spacing as float32, as the CLI reads it
+        image, label = write_phantom_case(make_phantom(seed=1000, severity_range=(0.25, 0.8)), Path(tmp), 1)
+        volume, mask = read_volume(image), read_volume(label)
     viewer = napari.Viewer(title="Seg2Refine")
     viewer.window._qt_window.resize(1600, 1000)
-    viewer.add_image(ph.image, **image_kwargs(volume, CT))
-    viewer.add_labels(ph.label, **labels_kwargs(volume, Y))
+    viewer.add_image(volume.array, **image_kwargs(volume, CT))
+    viewer.add_labels(mask.array.astype("uint8"), **labels_kwargs(mask, Y))
     widget = VesselAnalysisWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Vessel analysis", area="right")
     widget.run_button.click()

@@ -149,5 +149,80 @@ def test_cli_bad_input_one_line_exit_2(tmp_path, capsys, make_args):
     nib.save(nib.Nifti1Image(mask.transpose(2, 1, 0), np.eye(4)), tmp_path / "m.nii.gz")
     nib.save(nib.Nifti1Image(np.zeros((14, 12, 11), np.int16), np.eye(4)), tmp_path / "other.nii.gz")
     assert main(["analyze", *make_args(tmp_path)]) == 2
+    *notes, error = capsys.readouterr().err.splitlines()  # a note: the test files have no spatial unit
+    assert error.startswith("seg2refine analyze: error:") and "Traceback" not in error
+    assert all(line.startswith("seg2refine analyze: note:") for line in notes)
+
+
+def _tube_mask(path, value=1, radius=1.5, shape=(40, 16, 16), dtype=np.uint8):
+    """A straight tube along z (radius in voxels of 1 mm) written as NIfTI; returns its bytes."""
+    z, y, x = np.indices(shape)
+    c = (shape[1] - 1) / 2
+    mask = np.where((y - c) ** 2 + (x - c) ** 2 <= radius**2, value, 0).astype(dtype)
+    mask[:3] = mask[-3:] = 0
+    nib.save(nib.Nifti1Image(mask.transpose(2, 1, 0), np.eye(4)), path)
+    return path.read_bytes()
+
+
+def test_cli_never_replaces_inputs_and_refuses_existing_outputs(tmp_path, capsys):
+    before = _tube_mask(tmp_path / "m.nii.gz")
+    for args, message in ((["--json", "m.nii.gz"], "overwrite an input"),
+                          (["--json", "r.txt", "--csv", "r.txt"], "two outputs"),
+                          (["--csv", "."], "not a folder"),
+                          (["--json", "m.nii.gz/sub/r.json"], "cannot create the output folder")):
+        assert main(["analyze", str(tmp_path / "m.nii.gz"), *[str(tmp_path / a) if a[0] != "-" else a
+                                                                for a in args]]) == 2
+        *notes, error = capsys.readouterr().err.splitlines()
+        assert message in error and all(line.startswith("seg2refine analyze: note:") for line in notes), error
+    assert (tmp_path / "m.nii.gz").read_bytes() == before and not (tmp_path / "r.txt").exists()
+    out = ["--json", str(tmp_path / "reports") + "/", "--png", str(tmp_path / "r.png")]
+    assert main(["analyze", str(tmp_path / "m.nii.gz"), *out]) == 0
+    assert (tmp_path / "reports" / "m.analysis.json").is_file()  # a trailing / names a folder for one mask too
+    assert main(["analyze", str(tmp_path / "m.nii.gz"), *out]) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert main(["analyze", str(tmp_path / "m.nii.gz"), *out, "--overwrite"]) == 0
+    assert (tmp_path / "m.nii.gz").read_bytes() == before
+
+
+def test_cli_reports_a_bad_mask_and_goes_on_with_the_others(tmp_path, capsys):
+    _tube_mask(tmp_path / "1.y.nii.gz")
+    data = _tube_mask(tmp_path / "2.y.nii.gz")
+    (tmp_path / "2.y.nii.gz").write_bytes(data[: len(data) // 2])
+    _tube_mask(tmp_path / "3.y.nii.gz")
+    rc = main(["analyze", str(tmp_path), "--json", str(tmp_path / "j"), "--csv", str(tmp_path / "all.csv")])
     err = capsys.readouterr().err
-    assert err.startswith("seg2refine analyze: error:") and "Traceback" not in err and err.count("\n") == 1
+    assert rc == 2 and "2.y.nii.gz: error:" in err and "1 of 3 mask(s) failed: 2.y.nii.gz" in err
+    assert sorted(p.name for p in (tmp_path / "j").iterdir()) == ["1.y.analysis.json", "3.y.analysis.json"]
+    assert {r["source"] for r in csv.DictReader((tmp_path / "all.csv").open())} == {
+        str(tmp_path / "1.y.nii.gz"), str(tmp_path / "3.y.nii.gz")}
+
+
+@pytest.mark.parametrize(("kind", "note"), [
+    ("empty", "the mask is empty"),
+    ("probability", "a probability map?"),
+    ("labels", "several labels (values up to 3)"),
+    ("wide", "wider than any coronary artery"),
+    ("binary 255", None),
+])
+def test_cli_says_how_an_unusual_mask_was_read(tmp_path, capsys, kind, note):
+    path = tmp_path / "m.nii.gz"
+    if kind == "empty":
+        _tube_mask(path, value=0)
+    elif kind == "probability":
+        _tube_mask(path, value=0.9, dtype=np.float32)
+    elif kind == "labels":
+        _tube_mask(path, value=3)
+        img = nib.load(path)
+        arr = np.asarray(img.dataobj).copy()
+        arr[:, :, :20][arr[:, :, :20] > 0] = 1
+        nib.save(nib.Nifti1Image(arr, img.affine), path)
+    elif kind == "wide":
+        _tube_mask(path, radius=6.5, shape=(60, 20, 20))
+    else:
+        _tube_mask(path, value=255)
+    assert main(["analyze", str(path)]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("seg2refine analyze: note:")]
+    if note is None:
+        assert notes == []
+    else:
+        assert len(notes) == 1 and note in notes[0] and str(path) in notes[0]

@@ -1,4 +1,6 @@
-"""User-facing errors. Each message names the file (or option) and the problem in one line."""
+"""User-facing errors and notices. Each message names the file (or option) and the problem in one line."""
+
+import warnings
 
 
 class Seg2RefineError(Exception):
@@ -15,6 +17,15 @@ class DatasetError(Seg2RefineError):
 
 class CheckpointError(Seg2RefineError):
     """A checkpoint whose files are missing, unsafe, or do not match their config."""
+
+
+class Notice(UserWarning):
+    """A one-line notice about an input that is used but not as given (a unit read as mm, a probability map
+    thresholded, ...). The command line prints ``seg2refine <command>: note: <message>``, the plugin a notification
+    (:func:`seg2refine_core.data.canonical.notices_to`); each distinct message once per process."""
+
+
+warnings.simplefilter("once", Notice)
 
 
 class StopRequested(Exception):

@@ -14,6 +14,10 @@ from seg2refine_core.analysis.result import TreeAnalysis
 from seg2refine_core.analysis.stenosis import worst_first
 from seg2refine_core.io.atomic import write_text_atomic
 
+#: lumen diameter (mm) that no coronary artery reaches (an adult's left main is about 4-5 mm across, an aneurysm
+#: rarely over 8 mm): a mask with wider branches is said not to look like a coronary lumen mask
+CORONARY_MAX_DIAMETER_MM = 10.0
+
 CSV_COLUMNS = (
     "source", "tree", "side", "branch", "name", "parent", "length_mm", "mean_diameter_mm", "min_diameter_mm",
     "tortuosity", "stenoses", "worst_stenosis_pct", "worst_grade",
@@ -102,12 +106,37 @@ def summary(analysis: TreeAnalysis) -> str:
     return "\n".join(lines)
 
 
+def lumen_mask(array: np.ndarray, name: str) -> np.ndarray:
+    """The lumen (voxels > 0.5) of a mask file's array (z, y, x), bool. Where the array is not a plain binary mask
+    (0/1, or 0 and one other value such as 255) a :class:`~seg2refine_core.errors.Notice` naming ``name`` says how
+    it was read: empty, a probability map (values between 0 and 1), or several labels merged into one lumen."""
+    mask = array > 0.5
+    if not mask.any():
+        _notice(f"{name}: the mask is empty (no voxel > 0.5): no vessel to analyse")
+    elif np.any((array > 0) & (array < 1)):
+        _notice(f"{name}: values between 0 and 1 (a probability map?): voxels > 0.5 are taken as lumen")
+    else:
+        top = array.max()
+        if top > 1 and np.any(mask & (array != top)):
+            _notice(f"{name}: several labels (values up to {top:g}) are merged into one lumen (voxels > 0.5)")
+    return mask
+
+
+def _notice(message: str) -> None:
+    import warnings
+
+    from seg2refine_core.errors import Notice
+
+    warnings.warn(message, Notice, stacklevel=3)
+
+
 def analyze_file(mask_path: str | Path, *, image_path: str | Path | None = None, json_path: str | Path | None = None,
                  png_path: str | Path | None = None, options: Any = None) -> TreeAnalysis:
     """Analyse the mask file ``mask_path`` (any format :func:`~seg2refine_core.io.volume.read_volume` reads; voxels
-    > 0.5 are lumen) and write the reports asked for. ``image_path``: its CT, on the same grid, for the figure's
-    CPR panels. ``options``: :class:`~seg2refine_core.analysis.stenosis.StenosisOptions`. Raises
-    :class:`~seg2refine_core.errors.VolumeError` for an unreadable file or a CT on another grid."""
+    > 0.5 are lumen, :func:`lumen_mask`) and write the reports asked for. ``image_path``: its CT, on the same grid,
+    for the figure's CPR panels. ``options``: :class:`~seg2refine_core.analysis.stenosis.StenosisOptions`. A
+    :class:`~seg2refine_core.errors.Notice` says when a branch is wider than :data:`CORONARY_MAX_DIAMETER_MM`.
+    Raises :class:`~seg2refine_core.errors.VolumeError` for an unreadable file or a CT on another grid."""
     from seg2refine_core.analysis.analyze import analyze_mask
     from seg2refine_core.io.volume import check_same_geometry, read_volume
 
@@ -117,8 +146,13 @@ def analyze_file(mask_path: str | Path, *, image_path: str | Path | None = None,
         ct = read_volume(image_path)
         check_same_geometry(ct, volume)
         image = ct.array
-    mask = volume.array > 0.5
+    mask = lumen_mask(volume.array, str(mask_path))
     analysis = analyze_mask(mask, volume.spacing, volume.affine, options=options, source=str(mask_path))
+    diameters = [b.diameter_mm[np.isfinite(b.diameter_mm)] for b in analysis.branches]
+    widest = max((float(d.max()) for d in diameters if d.size), default=0.0)
+    if widest > CORONARY_MAX_DIAMETER_MM:
+        _notice(f"{mask_path}: branches up to {widest:.0f} mm across, wider than any coronary artery: is this a "
+                "coronary lumen mask?")
     write_reports(analysis, json_path=json_path, png_path=png_path, image=image, mask=mask)
     return analysis
 

@@ -2,16 +2,20 @@
 
 Each MASK is a file (NIfTI or NRRD; voxels > 0.5 are lumen) or a folder, whose masks named <id>.SUFFIX.<ext>
 (--suffix, default y: the refined masks predict writes) are analysed in turn. Positions are reported in world
-RAS mm through the mask's affine. With one mask, --json, --csv and --png name files; with several, --json and
---png name folders (<stem>.analysis.json, <stem>.analysis.png) and --csv one table of every branch of every mask.
---image adds straightened CPRs of the branches with the worst stenoses to the PNG: a CT file for one mask, or a
-folder holding <id>.img.<ext> for several. The rules (trees, names, QCA-style stenosis reference) are in the
-README and in the JSON under "rules".
+RAS mm through the mask's affine. With one mask, --json and --png name files, or folders where they end in / or
+are folders (<stem>.analysis.json, <stem>.analysis.png); with several they name folders; --csv names one file,
+a table of every branch of every mask. Missing folders are created. Existing outputs, and outputs that would
+replace an input, are refused before any work (--overwrite replaces existing outputs). --image adds straightened
+CPRs of the branches with the worst stenoses to the PNG: a CT file for one mask, or a folder holding
+<id>.img.<ext> for several. A mask that cannot be analysed is reported and the others go on (exit status 2 at
+the end). The rules (trees, names, QCA-style stenosis reference) are in the README and in the JSON under "rules".
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from pathlib import Path
 
 from seg2refine_core.errors import Seg2RefineError
@@ -31,6 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", metavar="F", help="write the report as JSON (a folder with several masks)")
     p.add_argument("--csv", metavar="F", help="write one row per branch as CSV (every mask in one table)")
     p.add_argument("--png", metavar="F", help="write the figure as PNG (a folder with several masks)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--min-reference", type=float, default=1.5, metavar="MM",
                    help="grade stenoses only where the reference diameter is at least this (default 1.5 mm, as "
                         "CAD-RADS); from 0.75 mm up, narrowings a voxel deep are reported as 'small vessel'")
@@ -78,33 +83,105 @@ def _image_for(mask: Path, image: str | None, several: bool) -> Path | None:
     raise Seg2RefineError(f"--image {where}: no {_case_id(mask)}.img.nii.gz/.nii/.nrrd for {mask.name}")
 
 
-def run(args: argparse.Namespace) -> int:
-    from seg2refine_core.analysis.report import analyze_file, summary, write_csv
-    from seg2refine_core.analysis.stenosis import StenosisOptions
+def _is_folder(target: str, several: bool) -> bool:
+    return several or target.endswith(("/", os.sep)) or Path(target).is_dir()
+
+
+def plan_outputs(args: argparse.Namespace, masks: list[Path]) -> list[tuple[Path, Path | None, Path | None]]:
+    """``(mask, json, png)`` per mask and the checks made before any work: no output names an input or another
+    output, none exists (without ``--overwrite``), every output folder can be made and written. Raises
+    :class:`Seg2RefineError` naming the first problem."""
     from seg2refine_core.io.volume import strip_suffix
+
+    several = len(masks) > 1
+    plans = []
+    for mask in masks:
+        stem = strip_suffix(mask)
+        paths = []
+        for option, kind in (("json", "json"), ("png", "png")):
+            target = getattr(args, option)
+            if not target:
+                paths.append(None)
+            elif _is_folder(target, several):
+                if Path(target).exists() and not Path(target).is_dir():
+                    raise Seg2RefineError(f"--{option} {target}: must be a folder here (<id>.analysis.{kind} in it)")
+                paths.append(Path(target) / f"{stem}.analysis.{kind}")
+            else:
+                paths.append(Path(target))
+        plans.append((mask, paths[0], paths[1]))
+    if args.csv and (args.csv.endswith(("/", os.sep)) or Path(args.csv).is_dir()):
+        raise Seg2RefineError(f"--csv {args.csv}: must name a file (one table of every mask), not a folder")
+    outputs = [p for _, j, g in plans for p in (j, g) if p is not None] + ([Path(args.csv)] if args.csv else [])
+    inputs = {m.resolve() for m in masks}
+    if args.image:
+        image = Path(args.image)
+        inputs |= {p.resolve() for p in image.iterdir()} if image.is_dir() else {image.resolve()}
+    seen: set[Path] = set()
+    for path in outputs:
+        key = path.resolve()
+        if key in inputs:
+            raise Seg2RefineError(f"{path}: output would overwrite an input file; choose another output")
+        if key in seen:
+            raise Seg2RefineError(f"{path}: named for two outputs (--json, --csv, --png); give each its own file")
+        seen.add(key)
+        if path.exists() and not args.overwrite:
+            raise Seg2RefineError(f"{path}: already exists; pass --overwrite to replace outputs")
+    for folder in sorted({p.parent for p in outputs}):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise Seg2RefineError(f"{folder}: cannot create the output folder ({err.strerror})") from None
+        if not os.access(folder, os.W_OK):
+            raise Seg2RefineError(f"{folder}: output folder is not writable")
+    return plans
+
+
+def _note(message: str) -> None:
+    print(f"seg2refine analyze: note: {message}", file=sys.stderr, flush=True)
+
+
+def _analyze_one(mask: Path, image: Path | None, json_path: Path | None, png_path: Path | None, options: object):
+    """:func:`~seg2refine_core.analysis.report.analyze_file`, a failed write raised as :class:`Seg2RefineError`."""
+    from seg2refine_core.analysis.report import analyze_file
+
+    try:
+        return analyze_file(mask, image_path=image, json_path=json_path, png_path=png_path, options=options)
+    except OSError as err:
+        raise Seg2RefineError(f"{err.filename or json_path or png_path}: cannot write ({err.strerror})") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from seg2refine_core.analysis.report import summary, write_csv
+    from seg2refine_core.analysis.stenosis import StenosisOptions
+    from seg2refine_core.data.canonical import notices_to
     from seg2refine_core.progress import tqdm_progress
 
-    if args.min_reference < 0:
+    if not args.min_reference >= 0:
         raise Seg2RefineError(f"--min-reference must be >= 0 mm, got {args.min_reference}")
     masks = find_masks(args.masks, args.suffix)
     several = len(masks) > 1
-    for option in ("json", "png"):
-        target = getattr(args, option)
-        if target and several and Path(target).exists() and not Path(target).is_dir():
-            raise Seg2RefineError(f"--{option} {target}: with several masks this must be a folder")
+    plans = plan_outputs(args, masks)
     options = StenosisOptions(min_reference_mm=args.min_reference)
-    analyses = []
-    with tqdm_progress("analyze", unit="mask") as progress:
+    analyses, failed = [], []
+    with notices_to(_note), tqdm_progress("analyze", unit="mask") as progress:
         progress(0, len(masks), "")
-        for done, path in enumerate(masks, start=1):
-            stem = strip_suffix(path)
-            json_path = (Path(args.json) / f"{stem}.analysis.json" if several else args.json) if args.json else None
-            png_path = (Path(args.png) / f"{stem}.analysis.png" if several else args.png) if args.png else None
-            analysis = analyze_file(path, image_path=_image_for(path, args.image, several), json_path=json_path,
-                                    png_path=png_path, options=options)
-            analyses.append(analysis)
-            print(f"{path}:\n" + "\n".join(f"  {line}" for line in summary(analysis).splitlines()))
+        for done, (path, json_path, png_path) in enumerate(plans, start=1):
+            try:
+                analysis = _analyze_one(path, _image_for(path, args.image, several), json_path, png_path, options)
+            except Seg2RefineError as err:
+                if not several:
+                    raise
+                failed.append(path)
+                print(f"{path}: error: {err}", file=sys.stderr, flush=True)
+            else:
+                analyses.append(analysis)
+                print(f"{path}:\n" + "\n".join(f"  {line}" for line in summary(analysis).splitlines()))
             progress(done, len(masks), path.name)
-    if args.csv:
-        write_csv(analyses, args.csv)
+    if args.csv and analyses:
+        try:
+            write_csv(analyses, args.csv)
+        except OSError as err:
+            raise Seg2RefineError(f"{args.csv}: cannot write ({err.strerror})") from None
+    if failed:
+        raise Seg2RefineError(f"{len(failed)} of {len(masks)} mask(s) failed: {', '.join(p.name for p in failed)}")
     return 0

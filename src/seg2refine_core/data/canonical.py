@@ -53,7 +53,7 @@ from nibabel.orientations import (
     ornt_transform,
 )
 
-from seg2refine_core.errors import CheckpointError, Seg2RefineError, VolumeError
+from seg2refine_core.errors import CheckpointError, Notice, Seg2RefineError, VolumeError
 from seg2refine_core.io.volume import Volume
 
 CANONICAL_ORIENTATION = "LPS"
@@ -69,11 +69,8 @@ _IDENTITY = np.array([[0, 1], [1, 1], [2, 1]], dtype=float)
 _HALF_NEIGHBOURHOOD = np.array([o for o in np.ndindex(3, 3, 3) if o > (1, 1, 1)]) - 1
 
 
-class CanonicalNotice(UserWarning):
+class CanonicalNotice(Notice):
     """A one-line notice about how an input is mapped (old checkpoint, napari layer without a file affine)."""
-
-
-warnings.simplefilter("once", CanonicalNotice)
 
 
 def _notice(message: str) -> None:
@@ -82,13 +79,14 @@ def _notice(message: str) -> None:
 
 @contextmanager
 def notices_to(show: Callable[[str], None]) -> Iterator[None]:
-    """Inside the block every :class:`CanonicalNotice` goes to ``show(message)`` as one line (each distinct message
-    still once per process) instead of Python's two-line warning format; other warnings are left alone. The command
-    line prints them as ``seg2refine <command>: note: <message>``."""
+    """Inside the block every :class:`~seg2refine_core.errors.Notice` (a :class:`CanonicalNotice` among them) goes
+    to ``show(message)`` as one line (each distinct message still once per process) instead of Python's two-line
+    warning format; other warnings are left alone. The command line prints them as
+    ``seg2refine <command>: note: <message>``."""
     previous = warnings.showwarning
 
     def showwarning(message, category, filename, lineno, file=None, line=None):
-        if issubclass(category, CanonicalNotice):
+        if issubclass(category, Notice):
             show(str(message))
         else:
             previous(message, category, filename, lineno, file, line)

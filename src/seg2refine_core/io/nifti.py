@@ -3,7 +3,7 @@
 ``xyzt_units`` says what one unit of the affine and of ``pixdim`` is: metres, millimetres or microns. Everything
 in the core is in mm, so the affine and the spacing are scaled by 1000, 1 or 0.001 on read. A header whose unit is
 "unknown" (0, nibabel's default when a writer never sets it) is read as mm, the NIfTI standard's intent and what
-ITK and 3D Slicer do; this is said once per process as a :class:`UserWarning`, not once per file.
+ITK and 3D Slicer do; this is said once per process as a :class:`~seg2refine_core.errors.Notice`, not once per file.
 
 Dimensions 4 to 7 beyond (x, y, z) are time (dim 4) and per-voxel components (dims 5 to 7): each of size 1 is
 dropped, any larger one is refused with a message naming frames or components. The declared data size is checked
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from seg2refine_core.errors import VolumeError
+from seg2refine_core.errors import Notice, VolumeError
 from seg2refine_core.io.limits import check_memory, check_payload
 
 if TYPE_CHECKING:
@@ -75,7 +75,7 @@ def _mm_per_unit(path: Path, unit: str) -> float:
         warnings.warn(
             f"{path}: NIfTI spatial unit is '{unit}'; reading it as mm (said once; other such files are read "
             "the same way)",
-            UserWarning,
+            Notice,
             stacklevel=4,
         )
     return 1.0

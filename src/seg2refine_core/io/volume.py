@@ -171,13 +171,15 @@ def read_mask(path: str | Path, like: Volume | None = None, series: str | None =
 
 
 def check_same_geometry(a: Volume, b: Volume, atol_mm: float = 1e-3) -> None:
-    """Raise :class:`VolumeError` unless ``a`` and ``b`` have the same shape, spacing and affine."""
+    """Raise :class:`VolumeError`, naming both files by their paths, unless ``a`` and ``b`` have the same shape,
+    spacing and affine."""
+    where_a, where_b = (str(v.path) if v.path is not None else v.name for v in (a, b))
     if a.shape != b.shape:
-        raise VolumeError(f"{a.name}: shape (z, y, x) {a.shape} does not match {b.name} {b.shape}")
+        raise VolumeError(f"{where_a}: shape (z, y, x) {a.shape} does not match {where_b} {b.shape}")
     if not np.allclose(a.spacing, b.spacing, atol=atol_mm):
-        raise VolumeError(f"{a.name}: spacing {a.spacing} mm does not match {b.name} {b.spacing} mm")
+        raise VolumeError(f"{where_a}: spacing {a.spacing} mm does not match {where_b} {b.spacing} mm")
     if not np.allclose(a.affine, b.affine, atol=atol_mm):
-        raise VolumeError(f"{a.name}: orientation/origin (affine) does not match {b.name}")
+        raise VolumeError(f"{where_a}: orientation/origin (affine) does not match {where_b}")
 
 
 def write_volume(
