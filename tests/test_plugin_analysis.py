@@ -102,3 +102,24 @@ def test_stop_and_no_mask(make_napari_viewer, qtbot):
     widget.job.stop()
     assert wait_for_job(qtbot, widget) in ("stopped", "done")
     assert widget.run_button.isEnabled() and not widget.stop_button.isEnabled()
+
+
+def test_a_label_map_and_a_blood_pool_are_said_as_notifications(make_napari_viewer, qtbot, monkeypatch):
+    """Several labels are merged into one lumen, and a branch wider than any coronary is questioned, each in one
+    napari notification naming the layer."""
+    from napari_seg2refine import _vessel_analysis
+
+    told = []
+    monkeypatch.setattr(_vessel_analysis, "show_info", told.append)
+    viewer = make_napari_viewer()
+    widget = VesselAnalysisWidget(viewer)
+    labels = np.zeros((60, 24, 24), np.uint8)
+    z, y, x = np.indices(labels.shape)
+    labels[((y - 11.5) ** 2 + (x - 11.5) ** 2 <= 6.5**2) & (z > 2) & (z < 57)] = 2  # a 13 mm wide "vessel"
+    labels[30:] = np.where(labels[30:] > 0, 3, 0)
+    layer = viewer.add_labels(labels, name="pools")
+    widget.mask_combo.select(layer.name)
+    widget.run_button.click()
+    assert wait_for_job(qtbot, widget) == "done"
+    assert len(told) == 2
+    assert "layer 'pools': several labels" in told[0] and "wider than any coronary" in told[1]

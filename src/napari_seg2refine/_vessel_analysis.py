@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 from napari.layers import Image, Labels
-from napari.utils.notifications import show_error
+from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QFormLayout,
@@ -145,8 +145,12 @@ class VesselAnalysisWidget(QWidget):
         volume = layer.metadata.get(VOLUME_KEY)
         affine = volume.affine if volume is not None else None
         spacing = tuple(float(s) for s in layer.scale)
+        from seg2refine_core.analysis.report import lumen_mask
+        from seg2refine_core.data.canonical import notices_to
+
         self._mask_layer = layer
-        self._mask = np.asarray(layer.data) > 0
+        with notices_to(show_info):  # an empty layer, several labels merged
+            self._mask = lumen_mask(np.asarray(layer.data), f"layer {layer.name!r}")
         mask = self._mask
         self.run_button.setEnabled(False)
         self.stop_button.setEnabled(True)
@@ -160,7 +164,12 @@ class VesselAnalysisWidget(QWidget):
         self.stop_button.setEnabled(False)
 
     def _show(self, analysis: Any) -> None:
+        from seg2refine_core.analysis.report import check_coronary_size
+        from seg2refine_core.data.canonical import notices_to
+
         self.analysis = analysis
+        with notices_to(show_info):
+            check_coronary_size(analysis, f"layer {self._mask_layer.name!r}")
         self._add_layers(analysis)
         self._fill_tables(analysis)
         self.summary.setText(brief_summary(analysis))

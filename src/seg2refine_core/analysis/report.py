@@ -122,6 +122,16 @@ def lumen_mask(array: np.ndarray, name: str) -> np.ndarray:
     return mask
 
 
+def check_coronary_size(analysis: TreeAnalysis, name: str) -> None:
+    """A :class:`~seg2refine_core.errors.Notice` naming ``name`` where a branch of ``analysis`` is wider than
+    :data:`CORONARY_MAX_DIAMETER_MM` (a whole-heart or blood-pool mask, not a coronary lumen)."""
+    diameters = [b.diameter_mm[np.isfinite(b.diameter_mm)] for b in analysis.branches]
+    widest = max((float(d.max()) for d in diameters if d.size), default=0.0)
+    if widest > CORONARY_MAX_DIAMETER_MM:
+        _notice(f"{name}: branches up to {widest:.0f} mm across, wider than any coronary artery: is this a "
+                "coronary lumen mask?")
+
+
 def _notice(message: str) -> None:
     import warnings
 
@@ -135,7 +145,7 @@ def analyze_file(mask_path: str | Path, *, image_path: str | Path | None = None,
     """Analyse the mask file ``mask_path`` (any format :func:`~seg2refine_core.io.volume.read_volume` reads; voxels
     > 0.5 are lumen, :func:`lumen_mask`) and write the reports asked for. ``image_path``: its CT, on the same grid,
     for the figure's CPR panels. ``options``: :class:`~seg2refine_core.analysis.stenosis.StenosisOptions`. A
-    :class:`~seg2refine_core.errors.Notice` says when a branch is wider than :data:`CORONARY_MAX_DIAMETER_MM`.
+    :class:`~seg2refine_core.errors.Notice` says when a branch is too wide for a coronary (:func:`check_coronary_size`).
     Raises :class:`~seg2refine_core.errors.VolumeError` for an unreadable file or a CT on another grid."""
     from seg2refine_core.analysis.analyze import analyze_mask
     from seg2refine_core.io.volume import check_same_geometry, read_volume
@@ -148,11 +158,7 @@ def analyze_file(mask_path: str | Path, *, image_path: str | Path | None = None,
         image = ct.array
     mask = lumen_mask(volume.array, str(mask_path))
     analysis = analyze_mask(mask, volume.spacing, volume.affine, options=options, source=str(mask_path))
-    diameters = [b.diameter_mm[np.isfinite(b.diameter_mm)] for b in analysis.branches]
-    widest = max((float(d.max()) for d in diameters if d.size), default=0.0)
-    if widest > CORONARY_MAX_DIAMETER_MM:
-        _notice(f"{mask_path}: branches up to {widest:.0f} mm across, wider than any coronary artery: is this a "
-                "coronary lumen mask?")
+    check_coronary_size(analysis, str(mask_path))
     write_reports(analysis, json_path=json_path, png_path=png_path, image=image, mask=mask)
     return analysis
 
