@@ -191,7 +191,8 @@ def test_cli_reports_a_bad_mask_and_goes_on_with_the_others(tmp_path, capsys):
     _tube_mask(tmp_path / "3.y.nii.gz")
     rc = main(["analyze", str(tmp_path), "--json", str(tmp_path / "j"), "--csv", str(tmp_path / "all.csv")])
     err = capsys.readouterr().err
-    assert rc == 2 and "2.y.nii.gz: error:" in err and "1 of 3 mask(s) failed: 2.y.nii.gz" in err
+    assert rc == 2 and f"error: {tmp_path / '2.y.nii.gz'}: corrupt or truncated" in err
+    assert err.splitlines()[-1] == "seg2refine analyze: error: 1 of 3 mask(s) failed: 2.y.nii.gz"
     assert sorted(p.name for p in (tmp_path / "j").iterdir()) == ["1.y.analysis.json", "3.y.analysis.json"]
     assert {r["source"] for r in csv.DictReader((tmp_path / "all.csv").open())} == {
         str(tmp_path / "1.y.nii.gz"), str(tmp_path / "3.y.nii.gz")}

@@ -172,7 +172,8 @@ def run(args: argparse.Namespace) -> int:
                 if not several:
                     raise
                 failed.append(path)
-                print(f"{path}: error: {err}", file=sys.stderr, flush=True)
+                where = "" if str(path) in str(err) else f"{path}: "
+                print(f"seg2refine analyze: error: {where}{err}", file=sys.stderr, flush=True)
             else:
                 analyses.append(analysis)
                 print(f"{path}:\n" + "\n".join(f"  {line}" for line in summary(analysis).splitlines()))
