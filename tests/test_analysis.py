@@ -202,7 +202,7 @@ def test_cli_reports_a_bad_mask_and_goes_on_with_the_others(tmp_path, capsys):
     ("empty", "the mask is empty"),
     ("probability", "a probability map?"),
     ("labels", "several labels (values up to 3)"),
-    ("wide", "wider than any coronary artery"),
+    ("wide", "far wider than a coronary artery"),
     ("binary 255", None),
 ])
 def test_cli_says_how_an_unusual_mask_was_read(tmp_path, capsys, kind, note):

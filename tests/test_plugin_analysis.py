@@ -105,7 +105,7 @@ def test_stop_and_no_mask(make_napari_viewer, qtbot):
 
 
 def test_a_label_map_and_a_blood_pool_are_said_as_notifications(make_napari_viewer, qtbot, monkeypatch):
-    """Several labels are merged into one lumen, and a branch wider than any coronary is questioned, each in one
+    """Several labels are merged into one lumen, and a branch far wider than a coronary is questioned, each in one
     napari notification naming the layer."""
     from napari_seg2refine import _vessel_analysis
 
@@ -122,4 +122,4 @@ def test_a_label_map_and_a_blood_pool_are_said_as_notifications(make_napari_view
     widget.run_button.click()
     assert wait_for_job(qtbot, widget) == "done"
     assert len(told) == 2
-    assert "layer 'pools': several labels" in told[0] and "wider than any coronary" in told[1]
+    assert "layer 'pools': several labels" in told[0] and "far wider than a coronary" in told[1]

@@ -135,6 +135,9 @@ class VesselAnalysisWidget(QWidget):
 
     def run(self) -> None:
         """Analyse the chosen mask layer in a thread worker."""
+        from seg2refine_core.analysis.report import lumen_mask
+        from seg2refine_core.data.canonical import notices_to
+
         layer = self.mask_combo.layer()
         if layer is None:
             show_error("Vessel analysis: choose a mask (Labels) layer")
@@ -145,9 +148,6 @@ class VesselAnalysisWidget(QWidget):
         volume = layer.metadata.get(VOLUME_KEY)
         affine = volume.affine if volume is not None else None
         spacing = tuple(float(s) for s in layer.scale)
-        from seg2refine_core.analysis.report import lumen_mask
-        from seg2refine_core.data.canonical import notices_to
-
         self._mask_layer = layer
         with notices_to(show_info):  # an empty layer, several labels merged
             self._mask = lumen_mask(np.asarray(layer.data), f"layer {layer.name!r}")

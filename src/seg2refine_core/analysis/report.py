@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +13,11 @@ import numpy as np
 
 from seg2refine_core.analysis.result import TreeAnalysis
 from seg2refine_core.analysis.stenosis import worst_first
+from seg2refine_core.errors import Notice
 from seg2refine_core.io.atomic import write_text_atomic
 
-#: lumen diameter (mm) that no coronary artery reaches (an adult's left main is about 4-5 mm across, an aneurysm
-#: rarely over 8 mm): a mask with wider branches is said not to look like a coronary lumen mask
+#: lumen diameter (mm) far beyond a coronary artery's (an adult's left main is about 4-5 mm across; only an aneurysm
+#: comes near): a mask with wider branches is said not to look like a coronary lumen mask
 CORONARY_MAX_DIAMETER_MM = 10.0
 
 CSV_COLUMNS = (
@@ -128,15 +130,11 @@ def check_coronary_size(analysis: TreeAnalysis, name: str) -> None:
     diameters = [b.diameter_mm[np.isfinite(b.diameter_mm)] for b in analysis.branches]
     widest = max((float(d.max()) for d in diameters if d.size), default=0.0)
     if widest > CORONARY_MAX_DIAMETER_MM:
-        _notice(f"{name}: branches up to {widest:.0f} mm across, wider than any coronary artery: is this a "
+        _notice(f"{name}: branches up to {widest:.0f} mm across, far wider than a coronary artery: is this a "
                 "coronary lumen mask?")
 
 
 def _notice(message: str) -> None:
-    import warnings
-
-    from seg2refine_core.errors import Notice
-
     warnings.warn(message, Notice, stacklevel=3)
 
 

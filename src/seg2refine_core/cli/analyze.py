@@ -17,8 +17,13 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from seg2refine_core.errors import Seg2RefineError
+
+if TYPE_CHECKING:
+    from seg2refine_core.analysis.result import TreeAnalysis
+    from seg2refine_core.analysis.stenosis import StenosisOptions
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -98,13 +103,13 @@ def plan_outputs(args: argparse.Namespace, masks: list[Path]) -> list[tuple[Path
     for mask in masks:
         stem = strip_suffix(mask)
         paths = []
-        for option, kind in (("json", "json"), ("png", "png")):
-            target = getattr(args, option)
+        for kind in ("json", "png"):
+            target = getattr(args, kind)
             if not target:
                 paths.append(None)
             elif _is_folder(target, several):
                 if Path(target).exists() and not Path(target).is_dir():
-                    raise Seg2RefineError(f"--{option} {target}: must be a folder here (<id>.analysis.{kind} in it)")
+                    raise Seg2RefineError(f"--{kind} {target}: must be a folder here (<id>.analysis.{kind} in it)")
                 paths.append(Path(target) / f"{stem}.analysis.{kind}")
             else:
                 paths.append(Path(target))
@@ -140,7 +145,8 @@ def _note(message: str) -> None:
     print(f"seg2refine analyze: note: {message}", file=sys.stderr, flush=True)
 
 
-def _analyze_one(mask: Path, image: Path | None, json_path: Path | None, png_path: Path | None, options: object):
+def _analyze_one(mask: Path, image: Path | None, json_path: Path | None, png_path: Path | None,
+                 options: StenosisOptions) -> TreeAnalysis:
     """:func:`~seg2refine_core.analysis.report.analyze_file`, a failed write raised as :class:`Seg2RefineError`."""
     from seg2refine_core.analysis.report import analyze_file
 
