@@ -227,3 +227,22 @@ def test_cli_says_how_an_unusual_mask_was_read(tmp_path, capsys, kind, note):
         assert notes == []
     else:
         assert len(notes) == 1 and note in notes[0] and str(path) in notes[0]
+
+
+def test_cli_a_folder_of_one_mask_with_its_ct_folder_and_checks_before_any_folder_is_made(tmp_path, capsys):
+    ph = make_phantom(seed=1000, severity_range=(0.25, 0.8))
+    image, label = write_phantom_case(ph, tmp_path / "one", 1)
+    label.rename(tmp_path / "one" / "1.y.nii.gz")
+    rc = main(["analyze", str(tmp_path / "one"), str(tmp_path / "one" / "1.y.nii.gz"),  # the same mask twice: once
+               "--image", str(tmp_path / "one"), "--png", str(tmp_path / "p") + "/"])
+    assert rc == 0 and [p.name for p in (tmp_path / "p").iterdir()] == ["1.y.analysis.png"]
+    _tube_mask(tmp_path / "one" / "2.y.nii.gz")  # no 2.img: refused before any work, no folder made
+    one = str(tmp_path / "one")
+    assert main(["analyze", one, "--image", one, "--json", str(tmp_path / "j")]) == 2
+    assert "no 2.img.nii.gz" in capsys.readouterr().err and not (tmp_path / "j").exists()
+    for args, message in ((["--json", ""], "--json: empty path"), (["--suffix", ""], "--suffix must not be empty")):
+        assert main(["analyze", str(tmp_path / "one"), *args]) == 2
+        assert message in capsys.readouterr().err
+    (tmp_path / "dangling.json").symlink_to(tmp_path / "nowhere.json")
+    assert main(["analyze", str(tmp_path / "one" / "2.y.nii.gz"), "--json", str(tmp_path / "dangling.json")]) == 2
+    assert "already exists" in capsys.readouterr().err and (tmp_path / "dangling.json").is_symlink()

@@ -416,3 +416,15 @@ def test_metaimage_channels_are_refused(tmp_path, sitk):
     sitk.WriteImage(image, str(tmp_path / "rgb.mha"))
     with pytest.raises(VolumeError, match=r"rgb.mha: 3 channels per voxel"):
         read_volume(tmp_path / "rgb.mha")
+
+
+def test_a_failed_atomic_write_names_the_target_and_leaves_no_temporary_file(tmp_path):
+    from seg2refine_core.io.atomic import write_text_atomic
+
+    target = tmp_path / "report.json"
+    target.mkdir()
+    (target / "keep").write_text("x")  # a non-empty folder where the file should go: the rename fails
+    with pytest.raises(OSError) as caught:
+        write_text_atomic(target, "{}")
+    assert caught.value.filename == str(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"] and (target / "keep").read_text() == "x"

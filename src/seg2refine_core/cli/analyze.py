@@ -48,10 +48,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def find_masks(inputs: list[str], suffix: str) -> list[Path]:
-    """The mask files of ``inputs`` (files as given; folders: ``<id>.<suffix>.<ext>``, sorted)."""
+    """The mask files of ``inputs`` (files as given; folders: ``<id>.<suffix>.<ext>``, sorted), each once."""
     from seg2refine_core.io.volume import SUPPORTED_SUFFIXES
 
-    masks = []
+    if not suffix:
+        raise Seg2RefineError("--suffix must not be empty (e.g. y, or label for ground truth)")
+    masks: dict[Path, Path] = {}
     for item in inputs:
         path = Path(item)
         if path.is_dir():
@@ -59,12 +61,13 @@ def find_masks(inputs: list[str], suffix: str) -> list[Path]:
                 p.name.lower().endswith(f".{suffix}{ext}") for ext in SUPPORTED_SUFFIXES))
             if not found:
                 raise Seg2RefineError(f"{path}: no masks named <id>.{suffix}.nii.gz/.nii/.nrrd in this folder")
-            masks += found
         elif path.exists():
-            masks.append(path)
+            found = [path]
         else:
             raise Seg2RefineError(f"{path}: no such file or folder")
-    return masks
+        for mask in found:
+            masks.setdefault(mask.resolve(), mask)
+    return list(masks.values())
 
 
 def _case_id(path: Path) -> str:
@@ -72,32 +75,40 @@ def _case_id(path: Path) -> str:
 
 
 def _image_for(mask: Path, image: str | None, several: bool) -> Path | None:
+    """The CT of ``mask`` for ``--image``: a file (one mask), or ``<id>.img.<ext>`` in a folder; a folder without
+    one is taken as the one mask's DICOM series."""
     from seg2refine_core.io.volume import SUPPORTED_SUFFIXES
 
     if image is None:
         return None
     where = Path(image)
-    if not several:
-        return where
-    if not where.is_dir():
+    if where.is_dir():
+        for ext in SUPPORTED_SUFFIXES:
+            candidate = where / f"{_case_id(mask)}.img{ext}"
+            if candidate.is_file():
+                return candidate
+        if several:
+            raise Seg2RefineError(f"--image {where}: no {_case_id(mask)}.img.nii.gz/.nii/.nrrd for {mask.name}")
+    elif several:
         raise Seg2RefineError(f"--image {where}: with several masks, give a folder of <id>.img.<ext>")
-    for ext in SUPPORTED_SUFFIXES:
-        candidate = where / f"{_case_id(mask)}.img{ext}"
-        if candidate.is_file():
-            return candidate
-    raise Seg2RefineError(f"--image {where}: no {_case_id(mask)}.img.nii.gz/.nii/.nrrd for {mask.name}")
+    return where
 
 
 def _is_folder(target: str, several: bool) -> bool:
     return several or target.endswith(("/", os.sep)) or Path(target).is_dir()
 
 
-def plan_outputs(args: argparse.Namespace, masks: list[Path]) -> list[tuple[Path, Path | None, Path | None]]:
-    """``(mask, json, png)`` per mask and the checks made before any work: no output names an input or another
-    output, none exists (without ``--overwrite``), every output folder can be made and written. Raises
-    :class:`Seg2RefineError` naming the first problem."""
+def plan_outputs(args: argparse.Namespace, masks: list[Path]) -> list[tuple[Path, Path | None, Path | None,
+                                                                          Path | None]]:
+    """``(mask, image, json, png)`` per mask and the checks made before any work: every mask has its CT (with
+    ``--image``), no output names an input or another output, none exists (without ``--overwrite``), every output
+    folder can be made and written (made only once all else is checked). Raises :class:`Seg2RefineError` naming
+    the first problem."""
     from seg2refine_core.io.volume import strip_suffix
 
+    for kind in ("json", "csv", "png"):
+        if getattr(args, kind) == "":
+            raise Seg2RefineError(f"--{kind}: empty path")
     several = len(masks) > 1
     plans = []
     for mask in masks:
@@ -113,10 +124,10 @@ def plan_outputs(args: argparse.Namespace, masks: list[Path]) -> list[tuple[Path
                 paths.append(Path(target) / f"{stem}.analysis.{kind}")
             else:
                 paths.append(Path(target))
-        plans.append((mask, paths[0], paths[1]))
+        plans.append((mask, _image_for(mask, args.image, several), paths[0], paths[1]))
     if args.csv and (args.csv.endswith(("/", os.sep)) or Path(args.csv).is_dir()):
         raise Seg2RefineError(f"--csv {args.csv}: must name a file (one table of every mask), not a folder")
-    outputs = [p for _, j, g in plans for p in (j, g) if p is not None] + ([Path(args.csv)] if args.csv else [])
+    outputs = [p for *_, j, g in plans for p in (j, g) if p is not None] + ([Path(args.csv)] if args.csv else [])
     inputs = {m.resolve() for m in masks}
     if args.image:
         image = Path(args.image)
@@ -129,7 +140,7 @@ def plan_outputs(args: argparse.Namespace, masks: list[Path]) -> list[tuple[Path
         if key in seen:
             raise Seg2RefineError(f"{path}: named for two outputs (--json, --csv, --png); give each its own file")
         seen.add(key)
-        if path.exists() and not args.overwrite:
+        if (path.exists() or path.is_symlink()) and not args.overwrite:
             raise Seg2RefineError(f"{path}: already exists; pass --overwrite to replace outputs")
     for folder in sorted({p.parent for p in outputs}):
         try:
@@ -171,9 +182,9 @@ def run(args: argparse.Namespace) -> int:
     analyses, failed = [], []
     with notices_to(_note), tqdm_progress("analyze", unit="mask") as progress:
         progress(0, len(masks), "")
-        for done, (path, json_path, png_path) in enumerate(plans, start=1):
+        for done, (path, image, json_path, png_path) in enumerate(plans, start=1):
             try:
-                analysis = _analyze_one(path, _image_for(path, args.image, several), json_path, png_path, options)
+                analysis = _analyze_one(path, image, json_path, png_path, options)
             except Seg2RefineError as err:
                 if not several:
                     raise

@@ -14,7 +14,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; on success it replaces ``path`` in one rename.
 
     The temporary name ends with the target's full name, so extension-based writers (``.nii.gz``) still
-    pick the right format. On any exception the temporary file is removed and ``path`` is left untouched.
+    pick the right format. On any exception the temporary file is removed and ``path`` is left untouched; an
+    :class:`OSError` about the temporary file names ``path`` instead.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -22,6 +23,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, target)
+    except OSError as err:
+        if err.filename is not None and Path(err.filename) == tmp:  # name the file the user asked for
+            err.filename = str(target)
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
