@@ -104,6 +104,7 @@ def plan_outputs(args: argparse.Namespace, masks: list[Path]) -> list[tuple[Path
     ``--image``), no output names an input or another output, none exists (without ``--overwrite``), every output
     folder can be made and written (made only once all else is checked). Raises :class:`Seg2RefineError` naming
     the first problem."""
+    from seg2refine_core.io.atomic import check_output
     from seg2refine_core.io.volume import strip_suffix
 
     for kind in ("json", "csv", "png"):
@@ -134,14 +135,10 @@ def plan_outputs(args: argparse.Namespace, masks: list[Path]) -> list[tuple[Path
         inputs |= {p.resolve() for p in image.iterdir()} if image.is_dir() else {image.resolve()}
     seen: set[Path] = set()
     for path in outputs:
-        key = path.resolve()
-        if key in inputs:
-            raise Seg2RefineError(f"{path}: output would overwrite an input file; choose another output")
-        if key in seen:
+        if path.resolve() in seen:
             raise Seg2RefineError(f"{path}: named for two outputs (--json, --csv, --png); give each its own file")
-        seen.add(key)
-        if (path.exists() or path.is_symlink()) and not args.overwrite:
-            raise Seg2RefineError(f"{path}: already exists; pass --overwrite to replace outputs")
+        seen.add(path.resolve())
+        check_output(path, inputs, args.overwrite)
     for folder in sorted({p.parent for p in outputs}):
         try:
             folder.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from seg2refine_core.errors import Seg2RefineError
 from seg2refine_core.inference.pipeline import OUTPUT_KEYS
+from seg2refine_core.io.atomic import check_output
 
 DEFAULT_OUTPUT_FORMAT = "nifti"
 PROB_SUFFIX = ".nii.gz"
@@ -173,8 +174,5 @@ def check_outputs(
     for case_id, _ in cases:
         for key in keys:
             for prob in (False, True) if save_prob else (False,):
-                target = output_path(out_dir, case_id, key, prob, output_format)
-                if target.resolve() in inputs:
-                    raise Seg2RefineError(f"{target}: output would overwrite an input file; choose another --out")
-                if target.exists() and not overwrite:
-                    raise Seg2RefineError(f"{target}: already exists; pass --overwrite to replace outputs")
+                check_output(output_path(out_dir, case_id, key, prob, output_format), inputs, overwrite,
+                             "another --out")

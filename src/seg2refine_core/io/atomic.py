@@ -44,3 +44,15 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return Path(path)
+
+
+def check_output(target: Path, inputs: set[Path], overwrite: bool, choose: str = "another output") -> None:
+    """Refuse ``target`` as an output: :class:`~seg2refine_core.errors.Seg2RefineError` when it resolves to one of
+    ``inputs`` (resolved paths), or exists (a dangling link included) without ``overwrite``. ``choose`` completes
+    the first message ("choose another --out")."""
+    from seg2refine_core.errors import Seg2RefineError
+
+    if target.resolve() in inputs:
+        raise Seg2RefineError(f"{target}: output would overwrite an input file; choose {choose}")
+    if (target.exists() or target.is_symlink()) and not overwrite:
+        raise Seg2RefineError(f"{target}: already exists; pass --overwrite to replace outputs")
